@@ -1,0 +1,16 @@
+//! Wire types shared by the outpost agent and server: tensor data types, the Open Inference
+//! Protocol v2 messages, the model package manifest and typed predictions.
+//!
+//! This crate does no I/O: everything here is plain data with serde, so the agent, the server,
+//! the simulator and the tests agree on one definition of every message.
+
+pub mod dtype;
+pub mod manifest;
+pub mod oip;
+pub mod prediction;
+
+pub use dtype::DType;
+pub use manifest::Manifest;
+
+/// Version of the agent/server protocol spoken by this build.
+pub const PROTOCOL_VERSION: u32 = 1;

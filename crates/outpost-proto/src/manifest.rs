@@ -1,0 +1,751 @@
+//! The model package manifest (`manifest.toml`): what a model is, what it takes and returns,
+//! how raw data is turned into tensors and tensors into results, how to self-test it, and the
+//! sha256 of every file in the package.
+//!
+//! This module only describes the format; reading packages from disk, verifying hashes and
+//! running pipelines is `outpost-runtime`'s job.
+
+use crate::DType;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Current manifest format version.
+pub const FORMAT_VERSION: u32 = 1;
+/// File name of the manifest inside a package.
+pub const MANIFEST_FILE: &str = "manifest.toml";
+
+/// Parsed `manifest.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version; readers refuse versions newer than [`FORMAT_VERSION`].
+    pub format: u32,
+    /// Identity and purpose of the model.
+    pub model: ModelInfo,
+    /// Model inputs, in graph order.
+    pub inputs: Vec<TensorSpec>,
+    /// Model outputs, in graph order.
+    pub outputs: Vec<TensorSpec>,
+    /// Values pinned for symbolic dimensions (`batch = 1`, `height = 640`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub symbols: BTreeMap<String, i64>,
+    /// Class labels, indexed by class id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// How raw data (image, WAV, sensor window) becomes the model input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre: Option<PreProcess>,
+    /// How model outputs become typed results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<PostProcess>,
+    /// Golden self-test vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selftest: Option<SelfTestRef>,
+    /// Reference statistics of inputs and outputs on representative data, for drift detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceStats>,
+    /// sha256 (lowercase hex) of every file in the package except the manifest itself.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Identity and purpose of a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// Model name, `[a-z0-9._-]+`.
+    pub name: String,
+    /// Model version, `[A-Za-z0-9._-]+`; versions compare numerically when both are numbers.
+    pub version: String,
+    /// What the model does.
+    pub task: Task,
+    /// Human description.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The ONNX file inside the package.
+    #[serde(default = "default_model_file")]
+    pub file: String,
+    /// Which inference backend to use.
+    #[serde(default)]
+    pub backend: BackendChoice,
+}
+
+fn default_model_file() -> String {
+    "model.onnx".to_string()
+}
+
+/// What a model does; decides which result type `predict` returns by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Image or signal classification.
+    Classification,
+    /// Object detection with boxes.
+    Detection,
+    /// Anomaly score against a threshold.
+    Anomaly,
+    /// Audio events (voice activity, wake word).
+    AudioEvent,
+    /// Numeric outputs.
+    Regression,
+}
+
+impl fmt::Display for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Task::Classification => "classification",
+            Task::Detection => "detection",
+            Task::Anomaly => "anomaly",
+            Task::AudioEvent => "audio-event",
+            Task::Regression => "regression",
+        })
+    }
+}
+
+/// Backend selection for a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Use the measured-faster backend that loads, preferring tract.
+    #[default]
+    Auto,
+    /// Pure-Rust tract.
+    Tract,
+    /// ONNX Runtime loaded from its shared library at run time.
+    Onnxruntime,
+}
+
+/// Name, type and shape of a model input or output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// Tensor name in the graph.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape; symbolic dimensions are strings.
+    pub shape: Vec<Dim>,
+}
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(i64),
+    /// A named symbol (`batch`), possibly pinned in [`Manifest::symbols`].
+    Symbol(String),
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbol(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Pre-processing: raw data to model input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PreProcess {
+    /// JPEG/PNG image.
+    Image(ImagePre),
+    /// 16-bit PCM WAV.
+    Audio(AudioPre),
+    /// Multichannel sensor series as JSON.
+    Sensor(SensorPre),
+}
+
+/// Image pre-processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagePre {
+    /// Model input width in pixels.
+    pub width: u32,
+    /// Model input height in pixels.
+    pub height: u32,
+    /// How the image is fitted to width x height.
+    #[serde(default)]
+    pub resize: ResizeMode,
+    /// Tensor layout.
+    #[serde(default)]
+    pub layout: ImageLayout,
+    /// Channel order and count.
+    #[serde(default)]
+    pub color: ColorOrder,
+    /// Element type of the tensor: `UINT8` keeps raw pixels, `FP32` applies scale/mean/std.
+    #[serde(default = "default_image_dtype")]
+    pub dtype: DType,
+    /// Multiplier applied to pixel values before mean/std (`1/255` maps to 0..1).
+    #[serde(default = "default_scale")]
+    pub scale: f32,
+    /// Per-channel mean subtracted after scaling.
+    #[serde(default = "default_mean")]
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided after mean subtraction.
+    #[serde(default = "default_std")]
+    pub std: Vec<f32>,
+    /// Pixel value of letterbox padding.
+    #[serde(default = "default_pad")]
+    pub pad_value: u8,
+}
+
+fn default_image_dtype() -> DType {
+    DType::F32
+}
+fn default_scale() -> f32 {
+    1.0 / 255.0
+}
+fn default_mean() -> Vec<f32> {
+    vec![0.0; 3]
+}
+fn default_std() -> Vec<f32> {
+    vec![1.0; 3]
+}
+fn default_pad() -> u8 {
+    114
+}
+
+/// How an image is fitted to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeMode {
+    /// Scale each axis independently.
+    #[default]
+    Stretch,
+    /// Keep aspect ratio, pad the rest (YOLO style).
+    Letterbox,
+    /// Scale the short side, crop the centre.
+    CenterCrop,
+}
+
+/// Image tensor layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageLayout {
+    /// `[1, C, H, W]`.
+    #[default]
+    Nchw,
+    /// `[1, H, W, C]`.
+    Nhwc,
+}
+
+/// Channel order of the image tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorOrder {
+    /// Red, green, blue.
+    #[default]
+    Rgb,
+    /// Blue, green, red (OpenCV-trained models).
+    Bgr,
+    /// One luminance channel.
+    Gray,
+}
+
+/// Audio pre-processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioPre {
+    /// Sample rate the model expects; input is resampled to it.
+    pub sample_rate: u32,
+    /// Samples per model window; the clip is cut into windows of this length (zero-padded).
+    pub window_samples: usize,
+    /// Hop between windows in samples; defaults to `window_samples`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hop_samples: Option<usize>,
+    /// What the model consumes.
+    #[serde(default)]
+    pub features: AudioFeatures,
+    /// FFT size for log-mel features.
+    #[serde(default = "default_n_fft")]
+    pub n_fft: usize,
+    /// Hop between STFT frames in samples.
+    #[serde(default = "default_hop")]
+    pub hop_length: usize,
+    /// Number of mel bands.
+    #[serde(default = "default_n_mels")]
+    pub n_mels: usize,
+    /// Lowest mel frequency in Hz.
+    #[serde(default)]
+    pub f_min: f32,
+    /// Highest mel frequency in Hz; defaults to Nyquist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f_max: Option<f32>,
+    /// Added before the logarithm to avoid log(0).
+    #[serde(default = "default_log_offset")]
+    pub log_offset: f32,
+    /// Tensor layout of log-mel features.
+    #[serde(default)]
+    pub mel_layout: MelLayout,
+}
+
+fn default_n_fft() -> usize {
+    512
+}
+fn default_hop() -> usize {
+    160
+}
+fn default_n_mels() -> usize {
+    40
+}
+fn default_log_offset() -> f32 {
+    1e-6
+}
+
+/// Audio model input kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioFeatures {
+    /// Raw float waveform in [-1, 1], shape `[1, window_samples]`.
+    #[default]
+    Waveform,
+    /// Log-mel spectrogram.
+    LogMel,
+}
+
+/// Layout of a log-mel tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MelLayout {
+    /// `[1, n_mels, frames]`.
+    #[default]
+    MelsFrames,
+    /// `[1, frames, n_mels]`.
+    FramesMels,
+}
+
+/// Sensor pre-processing: sliding windows over a multichannel series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensorPre {
+    /// Number of channels.
+    pub channels: usize,
+    /// Samples per window.
+    pub window: usize,
+    /// Step between windows; defaults to `window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<usize>,
+    /// Scaling applied per channel.
+    #[serde(default)]
+    pub scaling: Scaling,
+    /// Tensor layout of one window.
+    #[serde(default)]
+    pub layout: SensorLayout,
+}
+
+/// Per-channel scaling of sensor values.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Scaling {
+    /// Values pass through unchanged.
+    #[default]
+    None,
+    /// `(x - mean) / std` per channel.
+    Standard {
+        /// Per-channel mean.
+        mean: Vec<f32>,
+        /// Per-channel standard deviation.
+        std: Vec<f32>,
+    },
+    /// `(x - min) / (max - min)` per channel.
+    Minmax {
+        /// Per-channel minimum.
+        min: Vec<f32>,
+        /// Per-channel maximum.
+        max: Vec<f32>,
+    },
+}
+
+/// Tensor layout of one sensor window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorLayout {
+    /// `[1, channels, window]`.
+    #[default]
+    ChannelsFirst,
+    /// `[1, window, channels]`.
+    ChannelsLast,
+    /// `[1, window * channels]`, channels interleaved per time step.
+    Flat,
+}
+
+/// Post-processing: model outputs to typed results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PostProcess {
+    /// Scores per class: optional softmax, then top-k with labels.
+    Classification(ClassificationPost),
+    /// One score against a threshold (voice activity, wake word).
+    Threshold(ThresholdPost),
+    /// YOLO-style box decoding with non-maximum suppression.
+    Detection(DetectionPost),
+    /// Anomaly score against a threshold.
+    Anomaly(AnomalyPost),
+    /// Raw numeric values.
+    Regression(RegressionPost),
+}
+
+/// Classification post-processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationPost {
+    /// Output to read; the first output when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Apply softmax (the output holds logits).
+    #[serde(default)]
+    pub softmax: bool,
+    /// How many classes to return.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+/// Threshold post-processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdPost {
+    /// Output to read; the first output when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Score at or above which the event is detected.
+    pub threshold: f32,
+    /// Name of the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// Detection post-processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionPost {
+    /// Output to read; the first output when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Layout of the raw predictions.
+    #[serde(default)]
+    pub format: DetectionFormat,
+    /// Minimum class score kept.
+    #[serde(default = "default_score_threshold")]
+    pub score_threshold: f32,
+    /// IoU above which overlapping boxes of one class are suppressed.
+    #[serde(default = "default_iou")]
+    pub iou_threshold: f32,
+    /// Most boxes returned per image.
+    #[serde(default = "default_max_det")]
+    pub max_detections: usize,
+}
+
+fn default_score_threshold() -> f32 {
+    0.25
+}
+fn default_iou() -> f32 {
+    0.45
+}
+fn default_max_det() -> usize {
+    100
+}
+
+/// Layout of raw YOLO predictions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectionFormat {
+    /// `[1, 4 + classes, boxes]`, centre-x/y/w/h then class scores (YOLOv8 and later).
+    #[default]
+    Yolov8,
+    /// `[1, boxes, 5 + classes]`, centre-x/y/w/h, objectness, class scores.
+    Yolov5,
+}
+
+/// Anomaly post-processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyPost {
+    /// Output holding one score per window; the first output when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Score above which a window is anomalous.
+    pub threshold: f32,
+}
+
+/// Regression post-processing.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegressionPost {
+    /// Output to read; the first output when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// Where the golden self-test vectors are and how close outputs must be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfTestRef {
+    /// JSON file in the package holding a [`SelfTest`].
+    pub file: String,
+    /// Absolute tolerance.
+    #[serde(default = "default_atol")]
+    pub atol: f64,
+    /// Relative tolerance.
+    #[serde(default = "default_rtol")]
+    pub rtol: f64,
+}
+
+fn default_atol() -> f64 {
+    1e-4
+}
+fn default_rtol() -> f64 {
+    1e-3
+}
+
+/// Golden self-test vectors: inputs and the outputs the model must produce for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfTest {
+    /// Test cases.
+    pub cases: Vec<GoldenCase>,
+}
+
+/// One golden input/output pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoldenCase {
+    /// Input tensors.
+    pub inputs: Vec<NamedTensor>,
+    /// Expected outputs; only the outputs listed are compared.
+    pub outputs: Vec<NamedTensor>,
+}
+
+/// A small tensor written out in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedTensor {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Flat row-major values (numbers, or booleans for `BOOL`).
+    pub data: Vec<serde_json::Value>,
+}
+
+/// Reference statistics of a model's tensors on representative data.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceStats {
+    /// Statistics of the model inputs, by input name.
+    #[serde(default)]
+    pub inputs: BTreeMap<String, TensorStats>,
+    /// Statistics of the model outputs, by output name.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, TensorStats>,
+}
+
+/// Summary statistics of one tensor, per channel along `axis` (or over all values).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorStats {
+    /// Axis the statistics are split along; over all elements when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub axis: Option<usize>,
+    /// Number of samples summarised.
+    pub count: u64,
+    /// Mean per channel.
+    pub mean: Vec<f64>,
+    /// Standard deviation per channel.
+    pub std: Vec<f64>,
+    /// Minimum per channel.
+    pub min: Vec<f64>,
+    /// Maximum per channel.
+    pub max: Vec<f64>,
+    /// Quantiles 1%, 5%, 25%, 50%, 75%, 95%, 99% of the first channel, for drift tests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quantiles: Vec<f64>,
+}
+
+/// A manifest that parses but does not make sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// TOML syntax or schema error.
+    #[error("manifest.toml: {0}")]
+    Parse(String),
+    /// Written by a newer outpost.
+    #[error("manifest.toml: format {found} is newer than the supported format {FORMAT_VERSION}")]
+    Format {
+        /// Format found in the file.
+        found: u32,
+    },
+    /// A field has a value outside its domain.
+    #[error("manifest.toml: {field}: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Manifest {
+    /// Parses and validates a manifest.
+    pub fn from_toml(text: &str) -> Result<Manifest, ManifestError> {
+        let m: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Serialises the manifest to TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("manifest types always serialise to TOML")
+    }
+
+    /// Checks cross-field rules that serde cannot express.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |field: &str, reason: String| ManifestError::Invalid {
+            field: field.to_string(),
+            reason,
+        };
+        if self.format > FORMAT_VERSION {
+            return Err(ManifestError::Format { found: self.format });
+        }
+        if !valid_name(&self.model.name, false) {
+            return Err(invalid(
+                "model.name",
+                format!("`{}` must be 1-64 characters of a-z 0-9 . _ -", self.model.name),
+            ));
+        }
+        if !valid_name(&self.model.version, true) {
+            return Err(invalid(
+                "model.version",
+                format!("`{}` must be 1-64 characters of A-Z a-z 0-9 . _ -", self.model.version),
+            ));
+        }
+        if self.inputs.is_empty() || self.outputs.is_empty() {
+            return Err(invalid("inputs", "a model needs at least one input and one output".into()));
+        }
+        if !self.files.contains_key(&self.model.file) {
+            return Err(invalid(
+                "files",
+                format!("no sha256 listed for the model file `{}`", self.model.file),
+            ));
+        }
+        for (file, hash) in &self.files {
+            if file == MANIFEST_FILE || file.contains("..") || file.starts_with('/') {
+                return Err(invalid("files", format!("`{file}` is not a valid package file name")));
+            }
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(invalid(&format!("files.{file}"), "sha256 must be 64 lowercase hex digits".into()));
+            }
+        }
+        if let Some(st) = &self.selftest {
+            if !self.files.contains_key(&st.file) {
+                return Err(invalid("selftest.file", format!("`{}` is not listed in [files]", st.file)));
+            }
+        }
+        let output_names: Vec<&str> = self.outputs.iter().map(|o| o.name.as_str()).collect();
+        if let Some(out) = self.post.as_ref().and_then(PostProcess::output) {
+            if !output_names.contains(&out) {
+                return Err(invalid("post.output", format!("`{out}` is not one of the outputs {output_names:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The declared input with this name.
+    pub fn input(&self, name: &str) -> Option<&TensorSpec> {
+        self.inputs.iter().find(|t| t.name == name)
+    }
+}
+
+impl PostProcess {
+    /// The output this step reads, when the manifest names one.
+    pub fn output(&self) -> Option<&str> {
+        match self {
+            PostProcess::Classification(p) => p.output.as_deref(),
+            PostProcess::Threshold(p) => p.output.as_deref(),
+            PostProcess::Detection(p) => p.output.as_deref(),
+            PostProcess::Anomaly(p) => p.output.as_deref(),
+            PostProcess::Regression(p) => p.output.as_deref(),
+        }
+    }
+}
+
+/// Whether `s` is a safe model name (or version, which also allows upper case).
+pub fn valid_name(s: &str, allow_upper: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-') || (allow_upper && b.is_ascii_uppercase())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+format = 1
+labels = ["normal", "fault"]
+
+[model]
+name = "vibration-anomaly"
+version = "3"
+task = "anomaly"
+
+[[inputs]]
+name = "window"
+dtype = "FP32"
+shape = ["batch", 3, 256]
+
+[[outputs]]
+name = "score"
+dtype = "FP32"
+shape = ["batch"]
+
+[symbols]
+batch = 1
+
+[pre]
+kind = "sensor"
+channels = 3
+window = 256
+scaling = { kind = "standard", mean = [0, 0, 0], std = [1, 1, 1] }
+
+[post]
+kind = "anomaly"
+threshold = 0.5
+
+[files]
+"model.onnx" = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+"#;
+
+    #[test]
+    fn sample_manifest_parses_and_round_trips() {
+        let m = Manifest::from_toml(SAMPLE).unwrap();
+        assert_eq!(m.inputs[0].shape[0], Dim::Symbol("batch".into()));
+        assert_eq!(m.inputs[0].shape[1], Dim::Fixed(3));
+        assert!(matches!(m.pre, Some(PreProcess::Sensor(ref s)) if s.window == 256));
+        let again = Manifest::from_toml(&m.to_toml()).unwrap();
+        assert_eq!(again, m);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_hashes_are_rejected_with_the_field_named() {
+        let typo = SAMPLE.replace("task = \"anomaly\"", "task = \"anomaly\"\ntsak = 1");
+        assert!(Manifest::from_toml(&typo).unwrap_err().to_string().contains("tsak"));
+        let bad = SAMPLE.replace("e3b0c442", "E3B0C442");
+        assert!(Manifest::from_toml(&bad).unwrap_err().to_string().contains("files.model.onnx"));
+        let newer = SAMPLE.replace("format = 1", "format = 9");
+        assert!(matches!(Manifest::from_toml(&newer), Err(ManifestError::Format { found: 9 })));
+    }
+
+    #[test]
+    fn path_traversal_in_file_names_is_rejected() {
+        let evil = SAMPLE.replace("\"model.onnx\" = \"e3", "\"../etc/passwd\" = \"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"\n\"model.onnx\" = \"e3");
+        assert!(Manifest::from_toml(&evil).unwrap_err().to_string().contains("../etc/passwd"));
+    }
+}
