@@ -1,1 +1,152 @@
-//! placeholder
+//! outpost-agent: the daemon on each device.
+//!
+//! It serves the models found in a model directory through a local inference API (Open
+//! Inference Protocol v2 REST plus a raw-data pipeline endpoint), keeps the served set in step
+//! with the directory (new versions swap in atomically), and exports Prometheus metrics. It
+//! works fully offline; later issues add the control-plane channel.
+//!
+//! [`Agent::start`] binds the listener, scans the model directory once, then serves while a
+//! background task rescans the directory.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod store;
+
+pub use config::AgentConfig;
+
+use http::ApiState;
+use metrics::Metrics;
+use outpost_runtime::model::MemoryBudget;
+use outpost_runtime::LoadOptions;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use store::ModelStore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    /// Where the API listens (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    /// Shared state, for in-process callers and tests.
+    pub state: Arc<ApiState>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), AgentError>>,
+    watcher: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Binds, scans the model directory once, and starts serving and watching.
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        let options = load_options(&config)?;
+        std::fs::create_dir_all(&config.model_dir)
+            .map_err(|e| AgentError::Config(format!("model_dir {}: {e}", config.model_dir.display())))?;
+        let metrics = Arc::new(Metrics::new());
+        let budget = MemoryBudget::new(config.memory_budget_mb.saturating_mul(1 << 20));
+        let store = Arc::new(ModelStore::new(options, budget, metrics.clone()));
+        let state = Arc::new(ApiState { store: store.clone(), metrics, scanned: AtomicBool::new(false) });
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| AgentError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(AgentError::Serve)?;
+        let (shutdown, mut stop) = watch::channel(false);
+
+        let dir = config.model_dir.clone();
+        let first = {
+            let (store, dir) = (store.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || store.sync(&dir))
+        };
+        let _ = first.await;
+        state.scanned.store(true, Ordering::Release);
+        tracing::info!(%addr, models = store.slots().len(), dir = %dir.display(), "agent serving");
+
+        let watcher = {
+            let (store, mut stop, every) = (store.clone(), stop.clone(), config.poll_interval());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = stop.changed() => return,
+                    }
+                    let (store, dir) = (store.clone(), dir.clone());
+                    let _ = tokio::task::spawn_blocking(move || store.sync(&dir)).await;
+                }
+            })
+        };
+        let app = http::router(state.clone(), config.max_body_bytes);
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+                .map_err(AgentError::Serve)
+        });
+        Ok(Agent { addr, state, shutdown, server, watcher })
+    }
+
+    /// Rescans the model directory now instead of waiting for the next poll.
+    pub async fn rescan(&self, dir: std::path::PathBuf) {
+        let store = self.state.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.sync(&dir)).await;
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, and returns.
+    pub async fn shutdown(self) -> Result<(), AgentError> {
+        let _ = self.shutdown.send(true);
+        let _ = self.watcher.await;
+        self.server.await.map_err(|e| AgentError::Serve(std::io::Error::other(e)))?
+    }
+
+    /// Serves until the server stops (or fails).
+    pub async fn wait(self) -> Result<(), AgentError> {
+        let result = self.server.await.map_err(|e| AgentError::Serve(std::io::Error::other(e)))?;
+        self.watcher.abort();
+        result
+    }
+
+    /// A handle that stops the agent when sent `true`.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+fn load_options(config: &AgentConfig) -> Result<LoadOptions, AgentError> {
+    let backend = match &config.backend {
+        Some(b) => Some(b.parse().map_err(AgentError::Config)?),
+        None => None,
+    };
+    if config.sessions == 0 || config.queue_capacity == 0 {
+        return Err(AgentError::Config("sessions and queue_capacity must be at least 1".into()));
+    }
+    Ok(LoadOptions {
+        backend,
+        sessions: config.sessions,
+        queue_capacity: config.queue_capacity,
+        threads: config.threads.max(1),
+        ort_library: config.ort_library.clone(),
+        run_selftest: config.selftest,
+    })
+}

@@ -1,0 +1,81 @@
+//! Agent configuration: one struct, defaults that match the README.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the agent needs to start. Loaded from TOML, `OUTPOST_*` environment and flags
+/// (the binary merges them); `Default` is the documented default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address of the local inference API.
+    pub listen: SocketAddr,
+    /// Directory holding model packages (`*.opkg` files or package directories).
+    pub model_dir: PathBuf,
+    /// How often the model directory is rescanned, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Memory all loaded models may use together, in MB.
+    pub memory_budget_mb: u64,
+    /// Sessions (worker threads) per model.
+    pub sessions: usize,
+    /// Requests that may wait per model before new ones get 429.
+    pub queue_capacity: usize,
+    /// Intra-op threads per inference.
+    pub threads: usize,
+    /// Largest request body accepted, after decompression, in bytes.
+    pub max_body_bytes: usize,
+    /// Force a backend (`tract` or `onnxruntime`) instead of each manifest's choice.
+    pub backend: Option<String>,
+    /// Path of `libonnxruntime.so` for the onnxruntime backend.
+    pub ort_library: Option<PathBuf>,
+    /// Run each package's golden self-test before serving it.
+    pub selftest: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            model_dir: PathBuf::from("models"),
+            poll_interval_ms: 1000,
+            memory_budget_mb: 512,
+            sessions: 1,
+            queue_capacity: 64,
+            threads: 1,
+            max_body_bytes: 64 << 20,
+            backend: None,
+            ort_library: None,
+            selftest: true,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses a TOML configuration file's text; absent keys keep their defaults.
+    pub fn from_toml(text: &str) -> Result<AgentConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Model directory rescan interval.
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms.max(50))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        assert_eq!(AgentConfig::from_toml("").unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = AgentConfig::from_toml("listne = \"0.0.0.0:1\"").unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+}

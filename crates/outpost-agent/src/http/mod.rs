@@ -1,0 +1,148 @@
+//! The local inference API: Open Inference Protocol v2 REST (the KServe / Triton HTTP protocol,
+//! so `tritonclient` works unchanged), the v1 pipeline endpoint and Prometheus metrics.
+//!
+//! Handlers never run a model on an async thread: inference is queued to the model's session
+//! pool and awaited through a oneshot channel, pipelines run under `spawn_blocking`.
+
+pub mod codec;
+mod oip;
+mod predict;
+
+use crate::metrics::Metrics;
+use crate::store::ModelStore;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use outpost_proto::oip::ErrorResponse;
+use outpost_runtime::{LoadedModel, RuntimeError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tower_http::decompression::RequestDecompressionLayer;
+
+/// State shared by all handlers.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The served models.
+    pub store: Arc<ModelStore>,
+    /// Agent metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set once the model directory has been scanned at start-up.
+    pub scanned: AtomicBool,
+}
+
+impl ApiState {
+    /// Whether the agent has finished its first model directory scan.
+    pub fn is_ready(&self) -> bool {
+        self.scanned.load(Ordering::Acquire)
+    }
+}
+
+/// Builds the router; `max_body_bytes` bounds request bodies after decompression.
+pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/models/{model}", get(oip::model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(oip::model_version_metadata))
+        .route("/v2/models/{model}/ready", get(oip::model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(oip::model_version_ready))
+        .route("/v2/models/{model}/infer", post(oip::infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(oip::infer_version))
+        .route("/v2/repository/index", post(oip::repository_index))
+        .route("/v1/models/{model}/predict", post(predict::predict))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(RequestDecompressionLayer::new().gzip(true).deflate(true))
+        .with_state(state)
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<ApiState>>) -> Response {
+    let slots = state.store.slots();
+    for (name, slot) in &slots {
+        if let Some(model) = &slot.active {
+            state.metrics.queue_depth(name, model.queue_depth());
+        }
+    }
+    state.metrics.models_loaded(slots.values().filter(|s| s.is_ready()).count());
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+        .into_response()
+}
+
+/// An error answer: an HTTP status and `{"error": "…"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for the caller.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a status and message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> ApiError {
+        let status = match &e {
+            RuntimeError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RuntimeError::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            e if e.is_client_error() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(ErrorResponse { error: self.message })).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// Finds the model a request names: 404 when no package of it exists or the version differs,
+/// 503 with the load failure when it exists but cannot serve.
+pub fn resolve(state: &ApiState, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+    let Some(slot) = state.store.slot(name) else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown model `{name}`")));
+    };
+    let Some(model) = slot.active else {
+        let reason = slot.failure.map(|f| f.reason).unwrap_or_else(|| "still loading".into());
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model `{name}` is unavailable: {reason}")));
+    };
+    if let Some(v) = version {
+        if v != model.version() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("model `{name}` has no version `{v}` (serving version `{}`)", model.version()),
+            ));
+        }
+    }
+    Ok(model)
+}
+
+/// Maps a body extraction failure (over the limit, broken gzip) to a JSON error.
+pub fn body_error(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    let status = rejection.status();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "request body exceeds the configured limit (max_body_bytes)".to_string()
+    } else {
+        format!("cannot read request body: {}", rejection.body_text())
+    };
+    ApiError::new(status, message)
+}

@@ -1,0 +1,176 @@
+//! Prometheus metrics of the agent, served as text at `/metrics`.
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Labels of per-request series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Model name.
+    pub model: String,
+    /// `infer` (OIP v2) or `predict` (v1 pipeline).
+    pub endpoint: &'static str,
+}
+
+/// Labels of error series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Model name.
+    pub model: String,
+    /// `infer` or `predict`.
+    pub endpoint: &'static str,
+    /// HTTP status returned.
+    pub status: u16,
+}
+
+/// Labels naming a model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Model name.
+    pub model: String,
+}
+
+/// Labels naming a model version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Model name.
+    pub model: String,
+    /// Version serving.
+    pub version: String,
+}
+
+/// All agent metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    request_seconds: Family<RequestLabels, Histogram>,
+    inference_seconds: Family<ModelLabels, Histogram>,
+    queue_seconds: Family<ModelLabels, Histogram>,
+    queue_depth: Family<ModelLabels, Gauge>,
+    model_ready: Family<ModelLabels, Gauge>,
+    model_info: Family<VersionLabels, Gauge>,
+    load_failures: Family<ModelLabels, Counter>,
+    models_loaded: Gauge,
+    /// Version each `model_info` series carries, so the old one can be removed on a swap.
+    versions: Mutex<HashMap<String, String>>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s: edge models answer in single-digit milliseconds, and the tail matters.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every series.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("outpost");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            requests: Family::default(),
+            errors: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            inference_seconds: Family::new_with_constructor(latency_histogram),
+            queue_seconds: Family::new_with_constructor(latency_histogram),
+            queue_depth: Family::default(),
+            model_ready: Family::default(),
+            model_info: Family::default(),
+            load_failures: Family::default(),
+            models_loaded: Gauge::default(),
+            versions: Mutex::new(HashMap::new()),
+        };
+        registry.register("requests", "Inference requests received", m.requests.clone());
+        registry.register("request_errors", "Inference requests answered with an error", m.errors.clone());
+        registry.register("request_duration_seconds", "Whole request time inside the agent", m.request_seconds.clone());
+        registry.register("inference_duration_seconds", "Model run time", m.inference_seconds.clone());
+        registry.register("queue_wait_seconds", "Time requests waited for a session", m.queue_seconds.clone());
+        registry.register("queue_depth", "Requests waiting or running per model", m.queue_depth.clone());
+        registry.register("model_ready", "1 when the model serves, 0 when it is unavailable", m.model_ready.clone());
+        registry.register("model_info", "Version serving per model (value 1)", m.model_info.clone());
+        registry.register("model_load_failures", "Packages that failed to verify or load", m.load_failures.clone());
+        registry.register("models_loaded", "Models serving", m.models_loaded.clone());
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
+        m
+    }
+
+    /// Records a finished request: latency, and an error when `status` is not 2xx.
+    pub fn request(&self, model: &str, endpoint: &'static str, status: u16, elapsed: Duration) {
+        let labels = RequestLabels { model: model.to_string(), endpoint };
+        self.requests.get_or_create(&labels).inc();
+        self.request_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        if !(200..300).contains(&status) {
+            self.errors.get_or_create(&ErrorLabels { model: model.to_string(), endpoint, status }).inc();
+        }
+    }
+
+    /// Records one model run and the time it queued.
+    pub fn inference(&self, model: &str, queued: Duration, run: Duration) {
+        let labels = ModelLabels { model: model.to_string() };
+        self.inference_seconds.get_or_create(&labels).observe(run.as_secs_f64());
+        self.queue_seconds.get_or_create(&labels).observe(queued.as_secs_f64());
+    }
+
+    /// Sets a model's current queue depth.
+    pub fn queue_depth(&self, model: &str, depth: usize) {
+        self.queue_depth.get_or_create(&ModelLabels { model: model.to_string() }).set(depth as i64);
+    }
+
+    /// A version of `model` is now serving.
+    pub fn model_loaded(&self, model: &str, version: &str) {
+        self.forget_version(model);
+        self.versions.lock().unwrap_or_else(|p| p.into_inner()).insert(model.into(), version.into());
+        self.model_info.get_or_create(&VersionLabels { model: model.into(), version: version.into() }).set(1);
+    }
+
+    /// A package of `model` failed.
+    pub fn model_load_failed(&self, model: &str) {
+        self.load_failures.get_or_create(&ModelLabels { model: model.to_string() }).inc();
+    }
+
+    /// Whether `model` serves.
+    pub fn set_model_ready(&self, model: &str, ready: bool) {
+        self.model_ready.get_or_create(&ModelLabels { model: model.to_string() }).set(i64::from(ready));
+    }
+
+    /// `model` is gone from the directory.
+    pub fn model_unloaded(&self, model: &str) {
+        self.forget_version(model);
+        self.model_ready.remove(&ModelLabels { model: model.to_string() });
+        self.queue_depth.remove(&ModelLabels { model: model.to_string() });
+    }
+
+    fn forget_version(&self, model: &str) {
+        if let Some(old) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).remove(model) {
+            self.model_info.remove(&VersionLabels { model: model.into(), version: old });
+        }
+    }
+
+    /// Sets the number of serving models.
+    pub fn models_loaded(&self, n: usize) {
+        self.models_loaded.set(n as i64);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if encode(&mut out, &registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

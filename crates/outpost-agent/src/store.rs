@@ -1,0 +1,312 @@
+//! The models the agent serves, kept in step with the model directory.
+//!
+//! Each model name has at most one active version: the highest version among the packages in
+//! the directory that verify and load. A new version is loaded next to the old one and swapped
+//! in with one pointer write; requests already holding the old `Arc<LoadedModel>` finish on it,
+//! and its sessions stop when the last one lets go. A package that fails (corrupt file, bad
+//! manifest, unsupported op, over budget) is recorded against its model with the reason, and
+//! does not disturb any other model — nor the version already serving, which was verified when
+//! it was loaded and stays in memory.
+
+use crate::metrics::Metrics;
+use outpost_runtime::model::MemoryBudget;
+use outpost_runtime::{LoadOptions, LoadedModel, Package};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+/// Why a package could not be served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadFailure {
+    /// Version the package declares, when its manifest was readable.
+    pub version: Option<String>,
+    /// The package on disk.
+    pub path: PathBuf,
+    /// The error, naming the file, op or tensor.
+    pub reason: String,
+}
+
+/// One model name's state.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSlot {
+    /// The version serving requests.
+    pub active: Option<Arc<LoadedModel>>,
+    /// Where the active version was loaded from.
+    pub active_path: Option<PathBuf>,
+    /// The most recent package of this model that failed to load.
+    pub failure: Option<LoadFailure>,
+}
+
+impl ModelSlot {
+    /// Whether a version is serving.
+    pub fn is_ready(&self) -> bool {
+        self.active.is_some()
+    }
+}
+
+/// Size and modification time of a package (summed over a directory's files): when it changes,
+/// the package is read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    bytes: u64,
+    modified: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    path: PathBuf,
+    name: String,
+    version: Option<String>,
+    fingerprint: Fingerprint,
+    peek_error: Option<String>,
+}
+
+/// The served models, shared by the HTTP handlers and the directory watcher.
+#[derive(Debug)]
+pub struct ModelStore {
+    slots: RwLock<BTreeMap<String, ModelSlot>>,
+    /// Packages already tried, by path, with the fingerprint they had: not retried until changed.
+    tried: RwLock<HashMap<PathBuf, Fingerprint>>,
+    budget: MemoryBudget,
+    options: LoadOptions,
+    metrics: Arc<Metrics>,
+}
+
+impl ModelStore {
+    /// An empty store loading models with `options` inside `budget`.
+    pub fn new(options: LoadOptions, budget: MemoryBudget, metrics: Arc<Metrics>) -> ModelStore {
+        ModelStore {
+            slots: RwLock::new(BTreeMap::new()),
+            tried: RwLock::new(HashMap::new()),
+            budget,
+            options,
+            metrics,
+        }
+    }
+
+    /// The active version of `name`, if any.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        self.read().get(name).and_then(|s| s.active.clone())
+    }
+
+    /// The state of `name`, if the directory holds any package of it.
+    pub fn slot(&self, name: &str) -> Option<ModelSlot> {
+        self.read().get(name).cloned()
+    }
+
+    /// All models, ready or not, by name.
+    pub fn slots(&self) -> BTreeMap<String, ModelSlot> {
+        self.read().clone()
+    }
+
+    /// The memory budget shared by the models.
+    pub fn budget(&self) -> &MemoryBudget {
+        &self.budget
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelSlot>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelSlot>> {
+        self.slots.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings the store in line with `dir`: loads new or changed packages, swaps in newer
+    /// versions, drops models whose packages are gone. Blocking (models compile here); returns
+    /// whether anything changed.
+    pub fn sync(&self, dir: &Path) -> bool {
+        let candidates = match scan(dir) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot read the model directory");
+                return false;
+            }
+        };
+        let mut by_name: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+        for c in candidates {
+            by_name.entry(c.name.clone()).or_default().push(c);
+        }
+        let mut changed = false;
+        let gone: Vec<String> = self.read().keys().filter(|n| !by_name.contains_key(*n)).cloned().collect();
+        for name in gone {
+            tracing::info!(model = %name, "package removed; unloading");
+            self.write().remove(&name);
+            self.metrics.model_unloaded(&name);
+            changed = true;
+        }
+        for (name, mut versions) in by_name {
+            // Highest version first; unreadable manifests last.
+            versions.sort_by(|a, b| version_cmp(b.version.as_deref(), a.version.as_deref()));
+            changed |= self.sync_model(&name, &versions);
+        }
+        self.tried.write().unwrap_or_else(|p| p.into_inner()).retain(|p, _| p.exists());
+        changed
+    }
+
+    fn sync_model(&self, name: &str, versions: &[Candidate]) -> bool {
+        let active_path = self.slot(name).and_then(|s| s.active_path);
+        if active_path.is_some_and(|p| !versions.iter().any(|c| c.path == p)) {
+            // The active package was deleted: reconsider every remaining one, best first.
+            self.write().entry(name.to_string()).or_default().active_path = None;
+            let mut tried = self.tried.write().unwrap_or_else(|p| p.into_inner());
+            versions.iter().for_each(|c| {
+                tried.remove(&c.path);
+            });
+        }
+        let mut changed = false;
+        for cand in versions {
+            let slot = self.slot(name).unwrap_or_default();
+            let active_here = slot.active_path.as_ref() == Some(&cand.path);
+            let known = self.tried.read().unwrap_or_else(|p| p.into_inner()).get(&cand.path) == Some(&cand.fingerprint);
+            if known && active_here {
+                break; // serving the best loadable package, unchanged
+            }
+            if known {
+                continue; // failed before and unchanged: try the next lower version
+            }
+            let active_version = slot.active.as_ref().map(|m| m.version().to_string());
+            if !active_here
+                && slot.active_path.is_some()
+                && version_cmp(cand.version.as_deref(), active_version.as_deref()) == Ordering::Less
+            {
+                break; // never downgrade while a newer version serves
+            }
+            self.tried.write().unwrap_or_else(|p| p.into_inner()).insert(cand.path.clone(), cand.fingerprint);
+            changed = true;
+            match self.load(cand) {
+                Ok(model) => {
+                    tracing::info!(
+                        model = %name, version = %model.version(), backend = %model.backend(),
+                        ms = model.load_time.as_millis() as u64, path = %cand.path.display(), "model loaded"
+                    );
+                    self.metrics.model_loaded(name, model.version());
+                    let mut slots = self.write();
+                    let slot = slots.entry(name.to_string()).or_default();
+                    slot.active = Some(Arc::new(model));
+                    slot.active_path = Some(cand.path.clone());
+                    if slot.failure.as_ref().is_some_and(|f| f.path == cand.path) {
+                        slot.failure = None;
+                    }
+                    break;
+                }
+                Err(reason) => {
+                    tracing::error!(model = %name, path = %cand.path.display(), %reason, "model failed to load");
+                    self.metrics.model_load_failed(name);
+                    let mut slots = self.write();
+                    let slot = slots.entry(name.to_string()).or_default();
+                    slot.failure = Some(LoadFailure { version: cand.version.clone(), path: cand.path.clone(), reason });
+                    if active_here {
+                        // The served package changed on disk and no longer verifies; the copy in
+                        // memory was verified when loaded and keeps serving until a good one lands.
+                        break;
+                    }
+                }
+            }
+        }
+        self.metrics.set_model_ready(name, self.slot(name).is_some_and(|s| s.is_ready()));
+        changed
+    }
+
+    fn load(&self, cand: &Candidate) -> Result<LoadedModel, String> {
+        if let Some(e) = &cand.peek_error {
+            return Err(e.clone());
+        }
+        let pkg = Package::open(&cand.path).map_err(|e| e.to_string())?;
+        if pkg.manifest.model.name != cand.name {
+            return Err(format!("manifest changed while loading (now `{}`)", pkg.manifest.model.name));
+        }
+        LoadedModel::load(&pkg, &self.options, &self.budget).map_err(|e| e.to_string())
+    }
+}
+
+/// Orders versions: numeric dot-separated parts compare as numbers (`10` > `9`, `1.10` > `1.9`),
+/// anything else as text; `None` sorts lowest.
+pub fn version_cmp(a: Option<&str>, b: Option<&str>) -> Ordering {
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(a), Some(b)) => {
+            let (pa, pb): (Vec<&str>, Vec<&str>) = (a.split('.').collect(), b.split('.').collect());
+            for (x, y) in pa.iter().zip(&pb) {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => x.cmp(y),
+                };
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+            pa.len().cmp(&pb.len())
+        }
+    }
+}
+
+fn is_package(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    if name.starts_with('.') {
+        return false; // writers stage packages under dot-names, then rename
+    }
+    if path.is_dir() {
+        return path.join(outpost_proto::manifest::MANIFEST_FILE).exists();
+    }
+    path.extension().is_some_and(|e| e == outpost_runtime::package::PACKAGE_EXTENSION)
+}
+
+fn fingerprint(path: &Path) -> Fingerprint {
+    let one = |p: &Path| fs::metadata(p).map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None));
+    if path.is_dir() {
+        let mut fp = Fingerprint { bytes: 0, modified: None };
+        if let Ok(entries) = fs::read_dir(path) {
+            for e in entries.flatten() {
+                let (len, modified) = one(&e.path());
+                fp.bytes += len;
+                fp.modified = fp.modified.max(modified);
+            }
+        }
+        fp
+    } else {
+        let (bytes, modified) = one(path);
+        Fingerprint { bytes, modified }
+    }
+}
+
+fn scan(dir: &Path) -> std::io::Result<Vec<Candidate>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !is_package(&path) {
+            continue;
+        }
+        let fingerprint = fingerprint(&path);
+        let cand = match Package::peek_manifest(&path) {
+            Ok(m) => Candidate { name: m.model.name, version: Some(m.model.version), path, fingerprint, peek_error: None },
+            Err(e) => {
+                // Unreadable manifest: report it under the file's own name.
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                Candidate { name: stem, version: None, path, fingerprint, peek_error: Some(e.to_string()) }
+            }
+        };
+        out.push(cand);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_numerically_then_textually() {
+        assert_eq!(version_cmp(Some("10"), Some("9")), Ordering::Greater);
+        assert_eq!(version_cmp(Some("1.10"), Some("1.9")), Ordering::Greater);
+        assert_eq!(version_cmp(Some("2"), Some("2")), Ordering::Equal);
+        assert_eq!(version_cmp(Some("1.0"), Some("1")), Ordering::Greater);
+        assert_eq!(version_cmp(Some("b"), Some("a")), Ordering::Greater);
+        assert_eq!(version_cmp(None, Some("1")), Ordering::Less);
+    }
+}

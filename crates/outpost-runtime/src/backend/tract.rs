@@ -1,0 +1,172 @@
+//! The tract backend: parse, pin symbols, type, optimise once, then run many sessions.
+//!
+//! Real exported models often carry symbolic dimensions (`batch`, `height`) and sometimes output
+//! shapes that no longer match the graph. We pin the manifest's symbols on the inputs *before*
+//! type analysis (so shape-dependent control flow resolves), and if analysis trips over a declared
+//! output shape we retry ignoring declared output shapes, which is what a user of tract's own
+//! command line does by hand with `--onnx-ignore-output-shapes`.
+
+use super::{Engine, EngineOptions, IoSpec, MemoryEstimate, Session};
+use crate::tensor::dtype_of;
+use crate::{RuntimeError, Tensor};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::model::memory::eval_tmp_memory_usage;
+use tract_onnx::tract_hir::internal::{DimLike, Factoid};
+
+/// A model optimised by tract.
+#[derive(Debug)]
+pub struct TractEngine {
+    plan: Arc<TypedSimplePlan>,
+    inputs: Vec<IoSpec>,
+    outputs: Vec<IoSpec>,
+    memory: MemoryEstimate,
+    executor: Option<multithread::Executor>,
+    name: String,
+}
+
+fn model_err(opts: &EngineOptions, stage: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Model { model: opts.model_name.clone(), reason: format!("{stage}: {e}") }
+}
+
+/// Parses the ONNX bytes into tract's inference model, with symbols pinned on the inputs.
+fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Result<InferenceModel, RuntimeError> {
+    let framework = tract_onnx::onnx().with_ignore_output_shapes(ignore_output_shapes);
+    let proto = framework
+        .proto_model_for_read(&mut &onnx[..])
+        .map_err(|e| model_err(opts, "not a valid ONNX protobuf", format!("{e:#}")))?;
+    let mut model = framework
+        .model_for_proto_model(&proto)
+        .map_err(|e| model_err(opts, "cannot build the graph", format!("{e:#}")))?;
+    let unsupported: Vec<String> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op.name().contains("Unimplemented"))
+        .map(|n| format!("{} ({})", n.name, n.op.name()))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(model_err(opts, "unsupported operators", unsupported.join(", ")));
+    }
+    if !opts.symbols.is_empty() {
+        let mut values = SymbolValues::default();
+        for (name, value) in &opts.symbols {
+            values.set(&model.symbols.sym(name), *value);
+        }
+        for ix in 0..model.inputs.len() {
+            let fact = model.input_fact(ix).map_err(|e| model_err(opts, "input", e))?.clone();
+            if let Some(dims) = fact.shape.concretize() {
+                let pinned: TVec<TDim> = dims.iter().map(|d| d.eval(&values)).collect();
+                let mut new_fact = fact.clone();
+                new_fact.shape = pinned.into();
+                model.set_input_fact(ix, new_fact).map_err(|e| model_err(opts, "pinning symbols", e))?;
+            }
+        }
+    }
+    Ok(model)
+}
+
+fn io_specs(model: &TypedModel, outlets: &[OutletId], opts: &EngineOptions) -> Result<Vec<IoSpec>, RuntimeError> {
+    outlets
+        .iter()
+        .map(|o| {
+            let fact = model.outlet_fact(*o).map_err(|e| model_err(opts, "io", e))?;
+            let name = model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone());
+            let dtype = dtype_of(fact.datum_type).ok_or_else(|| {
+                model_err(
+                    opts,
+                    "io",
+                    format!("tensor `{name}` has type {:?}, which the protocol cannot carry", fact.datum_type),
+                )
+            })?;
+            let shape = fact.shape.iter().map(|d| d.to_usize().ok()).collect();
+            Ok(IoSpec { name, dtype, shape })
+        })
+        .collect()
+}
+
+impl TractEngine {
+    /// Parses, types and optimises `onnx`.
+    pub fn load(onnx: &[u8], opts: &EngineOptions) -> Result<TractEngine, RuntimeError> {
+        let typed = match parse(onnx, opts, false)?.into_typed() {
+            Ok(t) => t,
+            Err(first) => {
+                let retry = parse(onnx, opts, true)?.into_typed();
+                match retry {
+                    Ok(t) => {
+                        tracing::warn!(model = %opts.model_name, "declared output shapes disagree with the graph; ignored them");
+                        t
+                    }
+                    Err(_) => return Err(model_err(opts, "type analysis failed", format!("{first:#}"))),
+                }
+            }
+        };
+        let typed = if opts.symbols.is_empty() {
+            typed
+        } else {
+            let subs: HashMap<Symbol, TDim> =
+                opts.symbols.iter().map(|(k, v)| (typed.symbols.sym(k), TDim::Val(*v))).collect();
+            typed.set_symbols(&subs).map_err(|e| model_err(opts, "pinning symbols", format!("{e:#}")))?
+        };
+        let inputs = io_specs(&typed, &typed.inputs, opts)?;
+        let optimized = typed.into_optimized().map_err(|e| model_err(opts, "optimisation failed", format!("{e:#}")))?;
+        let outputs = io_specs(&optimized, &optimized.outputs, opts)?;
+        let executor = (opts.threads > 1).then(|| tract_linalg::multithread::Executor::multithread(opts.threads));
+        let run_opts = RunOptions { executor: executor.clone(), ..Default::default() };
+        let plan = TypedSimplePlan::new_with_options(optimized, &run_opts)
+            .map_err(|e| model_err(opts, "planning failed", format!("{e:#}")))?;
+        let activations = peak_activation_bytes(&plan);
+        let memory = MemoryEstimate { weights_bytes: onnx.len() as u64, activations_bytes: activations };
+        Ok(TractEngine { plan, inputs, outputs, memory, executor, name: opts.model_name.clone() })
+    }
+}
+
+/// Peak bytes of live intermediate tensors along the plan's execution order; symbolic sizes
+/// count as unknown and are left out (the budget check then relies on the weights).
+fn peak_activation_bytes(plan: &TypedSimplePlan) -> u64 {
+    let model = plan.model();
+    let order = plan.order_without_consts();
+    eval_tmp_memory_usage(model, order, |_| true)
+        .map(|steps| steps.iter().filter_map(|(_, mem)| mem.to_i64().ok()).max().unwrap_or(0).max(0) as u64)
+        .unwrap_or(0)
+}
+
+impl Engine for TractEngine {
+    fn kind(&self) -> super::BackendKind {
+        super::BackendKind::Tract
+    }
+    fn inputs(&self) -> &[IoSpec] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[IoSpec] {
+        &self.outputs
+    }
+    fn session(&self) -> Result<Box<dyn Session>, RuntimeError> {
+        let state =
+            self.plan.spawn().map_err(|e| RuntimeError::Model { model: self.name.clone(), reason: e.to_string() })?;
+        Ok(Box::new(TractSession { state, executor: self.executor.clone(), name: self.name.clone() }))
+    }
+    fn memory(&self) -> MemoryEstimate {
+        self.memory
+    }
+}
+
+struct TractSession {
+    state: TypedSimpleState,
+    executor: Option<multithread::Executor>,
+    name: String,
+}
+
+impl Session for TractSession {
+    fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.into_tvalue()).collect();
+        let state = &mut self.state;
+        let result = match &self.executor {
+            Some(ex) => multithread::multithread_tract_scope(ex.clone(), || state.run(inputs)),
+            None => state.run(inputs),
+        };
+        let outputs =
+            result.map_err(|e| RuntimeError::Inference { model: self.name.clone(), reason: format!("{e:#}") })?;
+        Ok(outputs.into_iter().map(|v| v.into_tensor()).collect())
+    }
+}

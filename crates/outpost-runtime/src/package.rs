@@ -1,0 +1,225 @@
+//! Model packages: a `.opkg` tar or a directory holding `manifest.toml`, the ONNX file and any
+//! other files the manifest lists (self-test vectors, label files).
+//!
+//! Every listed file's sha256 is checked before any of it is parsed, so a truncated download or
+//! a tampered file is reported as such instead of surfacing as a confusing parse error (or not
+//! at all). Writers fill the hashes themselves and publish atomically (write aside, then
+//! rename), so a reader never sees half a package.
+
+use crate::RuntimeError;
+use outpost_proto::manifest::{SelfTest, MANIFEST_FILE};
+use outpost_proto::Manifest;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// File extension of packed packages.
+pub const PACKAGE_EXTENSION: &str = "opkg";
+/// Largest single file accepted inside a package.
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
+
+/// A verified model package held in memory.
+#[derive(Debug, Clone)]
+pub struct Package {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn package_err(path: &Path, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Package { path: path.to_path_buf(), reason: reason.into() }
+}
+
+impl Package {
+    /// Reads and verifies a package from a directory or a `.opkg` tar.
+    pub fn open(path: impl AsRef<Path>) -> Result<Package, RuntimeError> {
+        let path = path.as_ref();
+        let meta = fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?;
+        let (manifest_text, mut files) = if meta.is_dir() { read_dir(path)? } else { read_tar(path)? };
+        let manifest_text = manifest_text.ok_or_else(|| package_err(path, format!("no {MANIFEST_FILE}")))?;
+        let manifest = Manifest::from_toml(&manifest_text).map_err(|e| package_err(path, e.to_string()))?;
+        files.retain(|name, _| manifest.files.contains_key(name));
+        for (name, expected) in &manifest.files {
+            let bytes = match files.get(name) {
+                Some(b) => b,
+                None if meta.is_dir() => {
+                    let bytes = read_limited(&path.join(name))?;
+                    files.entry(name.clone()).or_insert(bytes)
+                }
+                None => return Err(package_err(path, format!("`{name}` is listed in the manifest but missing"))),
+            };
+            let actual = sha256_hex(bytes);
+            if &actual != expected {
+                return Err(RuntimeError::HashMismatch {
+                    path: path.to_path_buf(),
+                    file: name.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(Package { path: path.to_path_buf(), manifest, files })
+    }
+
+    /// Reads only the manifest, without verifying any file: enough to learn which model a
+    /// broken package was meant to be, so the failure can be reported against that model.
+    pub fn peek_manifest(path: impl AsRef<Path>) -> Result<Manifest, RuntimeError> {
+        let path = path.as_ref();
+        let meta = fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?;
+        let (text, _) = if meta.is_dir() { read_dir(path)? } else { read_tar(path)? };
+        let text = text.ok_or_else(|| package_err(path, format!("no {MANIFEST_FILE}")))?;
+        Manifest::from_toml(&text).map_err(|e| package_err(path, e.to_string()))
+    }
+
+    /// Builds a package in memory, filling the manifest's hashes.
+    pub fn from_parts(mut manifest: Manifest, files: Vec<(String, Vec<u8>)>) -> Result<Package, RuntimeError> {
+        manifest.files = files.iter().map(|(n, b)| (n.clone(), sha256_hex(b))).collect();
+        manifest.validate().map_err(|e| package_err(Path::new("<memory>"), e.to_string()))?;
+        Ok(Package { path: PathBuf::from("<memory>"), manifest, files: files.into_iter().collect() })
+    }
+
+    /// Contents of a listed file.
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+
+    /// The ONNX model bytes.
+    pub fn model_bytes(&self) -> &[u8] {
+        self.file(&self.manifest.model.file).unwrap_or_default()
+    }
+
+    /// Total size of the package's files.
+    pub fn size_bytes(&self) -> u64 {
+        self.files.values().map(|b| b.len() as u64).sum()
+    }
+
+    /// The golden self-test vectors, when the manifest declares them.
+    pub fn selftest(&self) -> Result<Option<SelfTest>, RuntimeError> {
+        let Some(st) = &self.manifest.selftest else { return Ok(None) };
+        let bytes = self
+            .file(&st.file)
+            .ok_or_else(|| package_err(&self.path, format!("self-test file `{}` missing", st.file)))?;
+        serde_json::from_slice(bytes).map(Some).map_err(|e| package_err(&self.path, format!("{}: {e}", st.file)))
+    }
+
+    /// Writes the package as a directory, atomically replacing nothing: fails if `dir` exists.
+    pub fn write_dir(&self, dir: &Path) -> Result<(), RuntimeError> {
+        if dir.exists() {
+            return Err(package_err(dir, "already exists; refusing to overwrite"));
+        }
+        let tmp = sibling_tmp(dir);
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| RuntimeError::io(&tmp, e))?;
+        for (name, bytes) in self.entries() {
+            write_synced(&tmp.join(name), &bytes)?;
+        }
+        fs::rename(&tmp, dir).map_err(|e| RuntimeError::io(dir, e))?;
+        sync_parent(dir);
+        Ok(())
+    }
+
+    /// Writes the package as a `.opkg` tar, atomically.
+    pub fn write_opkg(&self, path: &Path) -> Result<(), RuntimeError> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, bytes) in self.entries() {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_cksum();
+            builder.append_data(&mut header, &name, bytes.as_slice()).map_err(|e| RuntimeError::io(path, e))?;
+        }
+        let data = builder.into_inner().map_err(|e| RuntimeError::io(path, e))?;
+        let tmp = sibling_tmp(path);
+        write_synced(&tmp, &data)?;
+        fs::rename(&tmp, path).map_err(|e| RuntimeError::io(path, e))?;
+        sync_parent(path);
+        Ok(())
+    }
+
+    fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = vec![(MANIFEST_FILE.to_string(), self.manifest.to_toml().into_bytes())];
+        out.extend(self.files.iter().map(|(n, b)| (n.clone(), b.clone())));
+        out
+    }
+}
+
+fn sibling_tmp(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    let mut f = fs::File::create(path).map_err(|e| RuntimeError::io(path, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| RuntimeError::io(path, e))
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, RuntimeError> {
+    let f = fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| RuntimeError::io(path, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(package_err(path, format!("larger than {} bytes", MAX_FILE_BYTES)));
+    }
+    Ok(bytes)
+}
+
+type Contents = (Option<String>, BTreeMap<String, Vec<u8>>);
+
+fn read_dir(dir: &Path) -> Result<Contents, RuntimeError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let text = match fs::read(&manifest_path) {
+        Ok(b) => Some(String::from_utf8(b).map_err(|_| package_err(&manifest_path, "not UTF-8"))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(RuntimeError::io(&manifest_path, e)),
+    };
+    // Other files are read lazily in `open`, only those the manifest lists.
+    Ok((text, BTreeMap::new()))
+}
+
+fn read_tar(path: &Path) -> Result<Contents, RuntimeError> {
+    let f = fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
+    let mut archive = tar::Archive::new(f);
+    let mut manifest = None;
+    let mut files = BTreeMap::new();
+    let entries = archive.entries().map_err(|e| package_err(path, format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| package_err(path, format!("corrupt tar: {e}")))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry.path().map_err(|e| package_err(path, format!("bad entry name: {e}")))?;
+        let name = name.to_string_lossy().trim_start_matches("./").to_string();
+        if name.contains("..") || name.starts_with('/') {
+            return Err(package_err(path, format!("entry `{name}` escapes the package")));
+        }
+        if entry.size() > MAX_FILE_BYTES {
+            return Err(package_err(path, format!("entry `{name}` is larger than {MAX_FILE_BYTES} bytes")));
+        }
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut bytes).map_err(|e| package_err(path, format!("`{name}` truncated: {e}")))?;
+        if name == MANIFEST_FILE {
+            manifest = Some(String::from_utf8(bytes).map_err(|_| package_err(path, "manifest.toml is not UTF-8"))?);
+        } else {
+            files.insert(name, bytes);
+        }
+    }
+    Ok((manifest, files))
+}
