@@ -79,7 +79,9 @@ pub fn run(
             for (i, (a, e)) in actual.iter().zip(&expected.data).enumerate() {
                 let e = e.as_f64().or_else(|| e.as_bool().map(|b| b as u8 as f64)).unwrap_or(f64::NAN);
                 let diff = (a - e).abs();
-                if !(diff <= atol + rtol * e.abs()) {
+                // NaN on either side must fail, so test for "within tolerance" and negate.
+                let within = diff <= atol + rtol * e.abs();
+                if !within {
                     return Err(fail(format!(
                         "case {ci}: output `{}`[{i}] is {a}, expected {e} (|diff| {diff:.3e} > atol {atol:e} + rtol {rtol:e})",
                         expected.name

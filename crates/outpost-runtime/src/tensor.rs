@@ -259,7 +259,7 @@ mod tests {
         let a = tensor_from_json("x", DType::F32, &[2, 2], &json!([[1, 2], [3, 4.5]])).unwrap();
         let b = tensor_from_json("x", DType::F32, &[2, 2], &json!([1, 2, 3, 4.5])).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.as_slice::<f32>().unwrap(), &[1.0, 2.0, 3.0, 4.5]);
+        assert_eq!(values::<f32>(&a).unwrap(), &[1.0, 2.0, 3.0, 4.5]);
     }
 
     #[test]

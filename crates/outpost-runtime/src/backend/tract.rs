@@ -32,10 +32,19 @@ fn model_err(opts: &EngineOptions, stage: &str, e: impl std::fmt::Display) -> Ru
 
 /// Parses the ONNX bytes into tract's inference model, with symbols pinned on the inputs.
 fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Result<InferenceModel, RuntimeError> {
-    let framework = tract_onnx::onnx().with_ignore_output_shapes(ignore_output_shapes);
-    let proto = framework
+    // Pinned symbols make every declared shape that still names them (outputs, intermediate
+    // `value_info` hints written by exporters) contradict the pinned inputs, so those
+    // declarations are dropped and tract infers them from the pinned inputs instead.
+    let pinning = !opts.symbols.is_empty();
+    let framework = tract_onnx::onnx().with_ignore_output_shapes(ignore_output_shapes || pinning);
+    let mut proto = framework
         .proto_model_for_read(&mut &onnx[..])
         .map_err(|e| model_err(opts, "not a valid ONNX protobuf", format!("{e:#}")))?;
+    if pinning {
+        if let Some(graph) = proto.graph.as_mut() {
+            graph.value_info.clear();
+        }
+    }
     let mut model = framework
         .model_for_proto_model(&proto)
         .map_err(|e| model_err(opts, "cannot build the graph", format!("{e:#}")))?;

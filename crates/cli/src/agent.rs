@@ -1,0 +1,118 @@
+//! `outpost agent`: configuration from file, `OUTPOST_*` environment and flags (in rising
+//! precedence), then serve until Ctrl-C or SIGTERM.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use outpost_agent::{Agent, AgentConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags of `outpost agent`; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "OUTPOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the local inference API [default: 127.0.0.1:8000].
+    #[arg(long, env = "OUTPOST_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Model directory [default: models].
+    #[arg(long, env = "OUTPOST_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// Memory budget for all models, in MB [default: 512].
+    #[arg(long, env = "OUTPOST_MEMORY_BUDGET_MB")]
+    memory_budget_mb: Option<u64>,
+    /// Sessions per model [default: 1].
+    #[arg(long, env = "OUTPOST_SESSIONS")]
+    sessions: Option<usize>,
+    /// Waiting requests per model before 429 [default: 64].
+    #[arg(long, env = "OUTPOST_QUEUE_CAPACITY")]
+    queue_capacity: Option<usize>,
+    /// Intra-op threads per inference [default: 1].
+    #[arg(long, env = "OUTPOST_THREADS")]
+    threads: Option<usize>,
+    /// Largest request body in bytes [default: 67108864].
+    #[arg(long, env = "OUTPOST_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Force a backend for every model: tract or onnxruntime.
+    #[arg(long, env = "OUTPOST_BACKEND")]
+    backend: Option<String>,
+    /// Path of libonnxruntime.so.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_library: Option<PathBuf>,
+    /// Model directory rescan interval in milliseconds [default: 1000].
+    #[arg(long, env = "OUTPOST_POLL_INTERVAL_MS")]
+    poll_interval_ms: Option<u64>,
+    /// Skip the golden self-test at load.
+    #[arg(long)]
+    no_selftest: bool,
+    /// Tokio worker threads for HTTP (inference runs on its own threads) [default: 1].
+    #[arg(long, env = "OUTPOST_HTTP_THREADS", default_value_t = 1)]
+    http_threads: usize,
+}
+
+impl AgentArgs {
+    /// Merges file, environment and flags into one configuration.
+    pub fn config(&self) -> Result<AgentConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                AgentConfig::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => AgentConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => {$( if let Some(v) = &self.$f { c.$f = v.clone(); } )*};
+        }
+        set!(listen, model_dir, memory_budget_mb, sessions, queue_capacity, threads, max_body_bytes, poll_interval_ms);
+        if self.backend.is_some() {
+            c.backend = self.backend.clone();
+        }
+        if self.ort_library.is_some() {
+            c.ort_library = self.ort_library.clone();
+        }
+        if self.no_selftest {
+            c.selftest = false;
+        }
+        Ok(c)
+    }
+}
+
+/// Runs the agent until interrupted.
+pub fn run(args: AgentArgs) -> Result<()> {
+    let config = args.config()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.http_threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let agent = Agent::start(config).await?;
+        println!("outpost agent listening on http://{}", agent.addr);
+        let stop = agent.shutdown_handle();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down; finishing in-flight requests");
+            let _ = stop.send(true);
+        });
+        agent.wait().await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return drop(ctrl_c.await),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

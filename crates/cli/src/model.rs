@@ -1,0 +1,219 @@
+//! `outpost model …`: inspect, benchmark and package ONNX models.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use outpost_runtime::backend::BackendKind;
+use outpost_runtime::bench::{self, BenchConfig, BenchResult};
+use outpost_runtime::{inspect, Package};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::pack;
+
+/// Model subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Inputs/outputs, op histogram, parameters, estimated FLOPs, opset, unsupported ops.
+    Inspect(InspectArgs),
+    /// Latency percentiles, throughput and memory on each backend and thread count.
+    Bench(BenchArgs),
+    /// Build a model package (`.opkg` or directory) from an ONNX file.
+    Pack(pack::PackArgs),
+    /// Train the demo vibration anomaly model and write its package.
+    TrainDemo(TrainDemoArgs),
+}
+
+/// `KEY=VALUE` pairs pinning symbolic dimensions.
+pub fn parse_symbol(s: &str) -> Result<(String, i64), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    let v = v.trim().parse::<i64>().map_err(|e| format!("`{s}`: {e}"))?;
+    if v < 1 {
+        return Err(format!("`{s}`: a dimension must be at least 1"));
+    }
+    Ok((k.trim().to_string(), v))
+}
+
+/// Flags of `outpost model inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// ONNX file or model package.
+    file: PathBuf,
+    /// Pin a symbolic dimension for FLOP estimates, e.g. `--symbol batch=1`.
+    #[arg(long = "symbol", value_parser = parse_symbol)]
+    symbols: Vec<(String, i64)>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `outpost model bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// ONNX file or model package.
+    file: PathBuf,
+    /// Backends to measure: tract, onnxruntime, or both.
+    #[arg(long, default_value = "both")]
+    backend: String,
+    /// Intra-op thread counts to measure, e.g. `1,2,4`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Timed runs per configuration.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Stop a configuration after this many seconds even if iterations remain.
+    #[arg(long, default_value_t = 20.0)]
+    max_seconds: f64,
+    /// Pin a symbolic dimension, e.g. `--symbol batch=1`.
+    #[arg(long = "symbol", value_parser = parse_symbol)]
+    symbols: Vec<(String, i64)>,
+    /// Directory of raw inputs (from bench/ort_bench.py --dump-inputs) instead of generated ones.
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// Path of libonnxruntime.so.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_library: Option<PathBuf>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `outpost model train-demo`.
+#[derive(Debug, Args)]
+pub struct TrainDemoArgs {
+    /// Directory to write `vibration-anomaly-1.opkg` into.
+    #[arg(long, short, default_value = "models")]
+    out: PathBuf,
+}
+
+/// Runs a model subcommand.
+pub fn run(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Inspect(a) => inspect_cmd(a),
+        ModelCommand::Bench(a) => bench_cmd(a),
+        ModelCommand::Pack(a) => pack::run(a),
+        ModelCommand::TrainDemo(a) => train_demo(a),
+    }
+}
+
+/// ONNX bytes and manifest symbols from an `.onnx` file or a package.
+fn load_model(path: &Path) -> Result<(Vec<u8>, BTreeMap<String, i64>)> {
+    let is_package = path.is_dir() || path.extension().is_some_and(|e| e == "opkg");
+    if is_package {
+        let pkg = Package::open(path)?;
+        Ok((pkg.model_bytes().to_vec(), pkg.manifest.symbols.clone()))
+    } else {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok((bytes, BTreeMap::new()))
+    }
+}
+
+fn inspect_cmd(a: InspectArgs) -> Result<()> {
+    let (onnx, mut symbols) = load_model(&a.file)?;
+    symbols.extend(a.symbols);
+    let report = inspect::inspect(&onnx, &symbols).with_context(|| format!("inspecting {}", a.file.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    let (onnx, mut symbols) = load_model(&a.file)?;
+    symbols.extend(a.symbols);
+    let backends = match a.backend.as_str() {
+        "both" | "all" => vec![BackendKind::Tract, BackendKind::Onnxruntime],
+        one => vec![one.parse::<BackendKind>().map_err(anyhow::Error::msg)?],
+    };
+    if a.threads.is_empty() || a.threads.contains(&0) {
+        bail!("--threads needs counts of at least 1");
+    }
+    let inputs = match &a.inputs {
+        Some(dir) => Some(bench::load_raw_inputs(dir)?),
+        None => None,
+    };
+    let cfg = BenchConfig {
+        backends,
+        threads: a.threads,
+        warmup: a.warmup,
+        iterations: a.iterations.max(1),
+        duration_limit: Some(std::time::Duration::from_secs_f64(a.max_seconds.max(0.1))),
+        symbols,
+        ort_library: a.ort_library,
+        inputs,
+    };
+    let results = bench::bench(&onnx, &cfg);
+    if a.json {
+        for r in &results {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        print_table(&a.file, &results);
+    }
+    if let Some(best) = bench::recommend(&results) {
+        eprintln!("recommended backend: {best} (lowest single-thread p50 among backends that load the model)");
+    }
+    if results.iter().all(|r| r.error.is_some()) {
+        bail!("no backend could run {}", a.file.display());
+    }
+    Ok(())
+}
+
+fn print_table(file: &Path, results: &[BenchResult]) {
+    println!("{}", file.display());
+    println!(
+        "{:<12} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10}",
+        "backend", "threads", "load ms", "p50 ms", "p90 ms", "p99 ms", "runs/s", "RSS MB", "peak MB"
+    );
+    for r in results {
+        match (&r.latency, &r.error) {
+            (Some(l), _) => println!(
+                "{:<12} {:>7} {:>9.1} {:>9.3} {:>9.3} {:>9.3} {:>10.1} {:>9} {:>10}",
+                r.backend.name(),
+                r.threads,
+                r.load_ms.unwrap_or_default(),
+                l.p50_ms,
+                l.p90_ms,
+                l.p99_ms,
+                l.throughput_per_s,
+                r.memory.rss_after_load_mb.map_or("-".into(), |m| format!("{m:.1}")),
+                r.memory.peak_rss_mb.map_or("-".into(), |m| format!("{m:.1}")),
+            ),
+            (None, Some(e)) => println!("{:<12} {:>7} unavailable: {e}", r.backend.name(), r.threads),
+            (None, None) => println!("{:<12} {:>7} no result", r.backend.name(), r.threads),
+        }
+    }
+}
+
+fn train_demo(a: TrainDemoArgs) -> Result<()> {
+    let trained = outpost_train::train_vibration_anomaly(&outpost_train::TrainConfig::default())?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let pkg = demo_package(&trained)?;
+    let path = a.out.join(format!("{}-{}.opkg", pkg.manifest.model.name, pkg.manifest.model.version));
+    pkg.write_opkg(&path)?;
+    let ev = &trained.evaluation;
+    println!(
+        "{}: ROC-AUC {:.4} on {} held-out windows, threshold {:.4}, TPR {:.3}, FPR {:.3}",
+        path.display(),
+        ev.roc_auc,
+        ev.test_windows,
+        ev.threshold,
+        ev.tpr,
+        ev.fpr
+    );
+    Ok(())
+}
+
+/// The demo model as a package with its self-test file.
+pub fn demo_package(trained: &outpost_train::TrainedModel) -> Result<Package> {
+    let selftest = serde_json::to_vec_pretty(&trained.selftest)?;
+    let files = vec![
+        (trained.manifest.model.file.clone(), trained.onnx.clone()),
+        (outpost_train::SELFTEST_FILE.to_string(), selftest),
+    ];
+    Ok(Package::from_parts(trained.manifest.clone(), files)?)
+}
