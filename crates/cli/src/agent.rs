@@ -43,6 +43,9 @@ pub struct AgentArgs {
     /// Model directory rescan interval in milliseconds [default: 1000].
     #[arg(long, env = "OUTPOST_POLL_INTERVAL_MS")]
     poll_interval_ms: Option<u64>,
+    /// For `backend = "auto"` manifests, time both backends at load and keep the faster.
+    #[arg(long, env = "OUTPOST_MEASURE_BACKENDS")]
+    measure_backends: bool,
     /// Skip the golden self-test at load.
     #[arg(long)]
     no_selftest: bool,
@@ -70,6 +73,9 @@ impl AgentArgs {
         }
         if self.ort_library.is_some() {
             c.ort_library = self.ort_library.clone();
+        }
+        if self.measure_backends {
+            c.measure_backends = true;
         }
         if self.no_selftest {
             c.selftest = false;

@@ -5,6 +5,7 @@
 
 mod agent;
 mod demo;
+mod http_bench;
 mod model;
 mod pack;
 

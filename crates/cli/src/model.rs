@@ -33,6 +33,16 @@ pub fn parse_symbol(s: &str) -> Result<(String, i64), String> {
     Ok((k.trim().to_string(), v))
 }
 
+/// `NAME=1x3x48x192` pairs pinning whole input shapes.
+pub fn parse_input_shape(s: &str) -> Result<(String, Vec<usize>), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=DxDxD"))?;
+    let dims = v
+        .split('x')
+        .map(|d| d.trim().parse::<usize>().map_err(|e| format!("`{s}`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((k.trim().to_string(), dims))
+}
+
 /// Flags of `outpost model inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -69,6 +79,9 @@ pub struct BenchArgs {
     /// Pin a symbolic dimension, e.g. `--symbol batch=1`.
     #[arg(long = "symbol", value_parser = parse_symbol)]
     symbols: Vec<(String, i64)>,
+    /// Pin an input's whole shape, e.g. `--input x=1x3x48x192` (for unnamed `?` dimensions).
+    #[arg(long = "input", value_parser = parse_input_shape)]
+    input_shapes: Vec<(String, Vec<usize>)>,
     /// Directory of raw inputs (from bench/ort_bench.py --dump-inputs) instead of generated ones.
     #[arg(long)]
     inputs: Option<PathBuf>,
@@ -78,6 +91,10 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure the local API's overhead instead: serve the package in an in-process agent and
+    /// compare HTTP round trips with raw runs (FILE must be a package).
+    #[arg(long)]
+    http: bool,
 }
 
 /// Flags of `outpost model train-demo`.
@@ -123,6 +140,9 @@ fn inspect_cmd(a: InspectArgs) -> Result<()> {
 }
 
 fn bench_cmd(a: BenchArgs) -> Result<()> {
+    if a.http {
+        return crate::http_bench::run(&a.file, a.iterations, a.json);
+    }
     let (onnx, mut symbols) = load_model(&a.file)?;
     symbols.extend(a.symbols);
     let backends = match a.backend.as_str() {
@@ -132,8 +152,21 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     if a.threads.is_empty() || a.threads.contains(&0) {
         bail!("--threads needs counts of at least 1");
     }
+    let mut input_shapes: BTreeMap<String, Vec<usize>> = a.input_shapes.into_iter().collect();
     let inputs = match &a.inputs {
-        Some(dir) => Some(bench::load_raw_inputs(dir)?),
+        Some(dir) => {
+            // The dump's index names each input, so tract can pin every dimension to it.
+            let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("inputs.json"))?)?;
+            for entry in index.as_array().into_iter().flatten() {
+                let shape: Option<Vec<usize>> = entry["shape"]
+                    .as_array()
+                    .map(|d| d.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect());
+                if let (Some(name), Some(shape)) = (entry["name"].as_str(), shape) {
+                    input_shapes.entry(name.to_string()).or_insert(shape);
+                }
+            }
+            Some(bench::load_raw_inputs(dir)?)
+        }
         None => None,
     };
     let cfg = BenchConfig {
@@ -145,6 +178,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         symbols,
         ort_library: a.ort_library,
         inputs,
+        input_shapes,
     };
     let results = bench::bench(&onnx, &cfg);
     if a.json {

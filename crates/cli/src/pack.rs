@@ -44,6 +44,9 @@ pub struct PackArgs {
     /// Pin a symbolic dimension, e.g. `--symbol batch=1`.
     #[arg(long = "symbol", value_parser = crate::model::parse_symbol)]
     symbols: Vec<(String, i64)>,
+    /// Pin an input's whole shape in the manifest, e.g. `--input x=1x3x48x192`.
+    #[arg(long = "input", value_parser = crate::model::parse_input_shape)]
+    input_shapes: Vec<(String, Vec<usize>)>,
     /// auto (tract, falling back to onnxruntime), tract, onnxruntime, or fastest (measure both).
     #[arg(long, default_value = "auto")]
     backend: String,
@@ -106,12 +109,20 @@ pub fn run(a: PackArgs) -> Result<()> {
         reference: None,
         files: BTreeMap::from([(MODEL_FILE.to_string(), "0".repeat(64))]),
     };
+    for (name, dims) in &a.input_shapes {
+        let t = manifest
+            .inputs
+            .iter_mut()
+            .find(|t| &t.name == name)
+            .with_context(|| format!("--input {name}: no such input"))?;
+        t.shape = dims.iter().map(|d| Dim::Fixed(*d as i64)).collect();
+    }
     if let Some(base) = &a.manifest {
         manifest =
             merge(&manifest, &std::fs::read_to_string(base).with_context(|| format!("reading {}", base.display()))?)
                 .with_context(|| format!("merging {}", base.display()))?;
     }
-    manifest.model.backend = choose_backend(&a, &onnx, &manifest.symbols)?;
+    manifest.model.backend = choose_backend(&a, &onnx, &manifest)?;
 
     let mut files = vec![(MODEL_FILE.to_string(), onnx.clone())];
     if a.selftest_cases > 0 {
@@ -119,7 +130,8 @@ pub fn run(a: PackArgs) -> Result<()> {
             BackendChoice::Onnxruntime => BackendKind::Onnxruntime,
             _ => BackendKind::Tract,
         };
-        let golden = make_selftest(&onnx, &manifest.symbols, kind, a.selftest_cases, a.ort_library.clone())?;
+        let shapes = outpost_runtime::model::pinned_input_shapes(&manifest);
+        let golden = make_selftest(&onnx, &manifest.symbols, &shapes, kind, a.selftest_cases, a.ort_library.clone())?;
         files.push((SELFTEST_FILE.to_string(), serde_json::to_vec(&golden)?));
         manifest.selftest = Some(SelfTestRef { file: SELFTEST_FILE.into(), atol: 1e-4, rtol: 1e-3 });
     }
@@ -175,7 +187,7 @@ fn merge(generated: &Manifest, partial: &str) -> Result<Manifest> {
     Ok(base.try_into()?)
 }
 
-fn choose_backend(a: &PackArgs, onnx: &[u8], symbols: &BTreeMap<String, i64>) -> Result<BackendChoice> {
+fn choose_backend(a: &PackArgs, onnx: &[u8], manifest: &Manifest) -> Result<BackendChoice> {
     Ok(match a.backend.as_str() {
         "auto" => BackendChoice::Auto,
         "tract" => BackendChoice::Tract,
@@ -186,7 +198,8 @@ fn choose_backend(a: &PackArgs, onnx: &[u8], symbols: &BTreeMap<String, i64>) ->
                 warmup: 5,
                 iterations: 50,
                 duration_limit: Some(std::time::Duration::from_secs(10)),
-                symbols: symbols.clone(),
+                symbols: manifest.symbols.clone(),
+                input_shapes: outpost_runtime::model::pinned_input_shapes(manifest),
                 ort_library: a.ort_library.clone(),
                 ..BenchConfig::default()
             };
@@ -211,11 +224,18 @@ fn choose_backend(a: &PackArgs, onnx: &[u8], symbols: &BTreeMap<String, i64>) ->
 fn make_selftest(
     onnx: &[u8],
     symbols: &BTreeMap<String, i64>,
+    input_shapes: &BTreeMap<String, Vec<usize>>,
     kind: BackendKind,
     cases: usize,
     ort_library: Option<PathBuf>,
 ) -> Result<SelfTest> {
-    let opts = EngineOptions { model_name: "pack".into(), symbols: symbols.clone(), threads: 1, ort_library };
+    let opts = EngineOptions {
+        model_name: "pack".into(),
+        symbols: symbols.clone(),
+        threads: 1,
+        ort_library,
+        input_shapes: input_shapes.clone(),
+    };
     let engine = backend::load_engine(kind, onnx, &opts).context("loading the model to record self-test vectors")?;
     let mut session = engine.session()?;
     let mut out = Vec::new();

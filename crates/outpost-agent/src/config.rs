@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub ort_library: Option<PathBuf>,
     /// Run each package's golden self-test before serving it.
     pub selftest: bool,
+    /// For manifests with `backend = "auto"`: time both backends at load and keep the faster.
+    pub measure_backends: bool,
 }
 
 impl Default for AgentConfig {
@@ -48,6 +50,7 @@ impl Default for AgentConfig {
             backend: None,
             ort_library: None,
             selftest: true,
+            measure_backends: false,
         }
     }
 }

@@ -68,8 +68,9 @@ impl Agent {
         let budget = MemoryBudget::new(config.memory_budget_mb.saturating_mul(1 << 20));
         let store = Arc::new(ModelStore::new(options, budget, metrics.clone()));
         let state = Arc::new(ApiState { store: store.clone(), metrics, scanned: AtomicBool::new(false) });
-        let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| AgentError::Bind { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(AgentError::Serve)?;
         let (shutdown, mut stop) = watch::channel(false);
 
@@ -148,5 +149,6 @@ fn load_options(config: &AgentConfig) -> Result<LoadOptions, AgentError> {
         threads: config.threads.max(1),
         ort_library: config.ort_library.clone(),
         run_selftest: config.selftest,
+        measure_backends: config.measure_backends,
     })
 }

@@ -78,13 +78,7 @@ pub struct ModelStore {
 impl ModelStore {
     /// An empty store loading models with `options` inside `budget`.
     pub fn new(options: LoadOptions, budget: MemoryBudget, metrics: Arc<Metrics>) -> ModelStore {
-        ModelStore {
-            slots: RwLock::new(BTreeMap::new()),
-            tried: RwLock::new(HashMap::new()),
-            budget,
-            options,
-            metrics,
-        }
+        ModelStore { slots: RwLock::new(BTreeMap::new()), tried: RwLock::new(HashMap::new()), budget, options, metrics }
     }
 
     /// The active version of `name`, if any.
@@ -284,7 +278,9 @@ fn scan(dir: &Path) -> std::io::Result<Vec<Candidate>> {
         }
         let fingerprint = fingerprint(&path);
         let cand = match Package::peek_manifest(&path) {
-            Ok(m) => Candidate { name: m.model.name, version: Some(m.model.version), path, fingerprint, peek_error: None },
+            Ok(m) => {
+                Candidate { name: m.model.name, version: Some(m.model.version), path, fingerprint, peek_error: None }
+            }
             Err(e) => {
                 // Unreadable manifest: report it under the file's own name.
                 let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();

@@ -43,13 +43,17 @@ async fn health_metadata_and_json_inference_follow_the_protocol() {
     let ready = call("GET", format!("{base}/v2/models/affine/ready"), vec![], None).await;
     assert_eq!((ready.status, ready.json()), (200, json!({"name": "affine", "ready": true})));
 
-    let answer = call("POST", format!("{base}/v2/models/affine/infer"), vec![], Some(infer_body(&[1., 2., 3., 4.]))).await;
+    let answer =
+        call("POST", format!("{base}/v2/models/affine/infer"), vec![], Some(infer_body(&[1., 2., 3., 4.]))).await;
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
     let out = answer.json();
     assert_eq!(out["model_name"], "affine");
     assert_eq!(out["model_version"], "1");
     assert_eq!(out["id"], "req-1");
-    assert_eq!(out["outputs"][0], json!({"name": "y", "shape": [1, 4], "datatype": "FP32", "data": [3.0, 5.0, 7.0, 9.0]}));
+    assert_eq!(
+        out["outputs"][0],
+        json!({"name": "y", "shape": [1, 4], "datatype": "FP32", "data": [3.0, 5.0, 7.0, 9.0]})
+    );
     assert_eq!(out["outputs"][1]["data"], json!([24.0]));
 
     let versioned =
@@ -75,7 +79,8 @@ async fn binary_tensors_and_compressed_bodies_round_trip() {
         body.extend_from_slice(&v.to_le_bytes());
     }
     let len = header.len().to_string();
-    let answer = call("POST", url.clone(), vec![("Inference-Header-Content-Length", len.clone())], Some(body.clone())).await;
+    let answer =
+        call("POST", url.clone(), vec![("Inference-Header-Content-Length", len.clone())], Some(body.clone())).await;
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
     let n: usize = answer.header("inference-header-content-length").expect("binary response header").parse().unwrap();
     let head: serde_json::Value = serde_json::from_slice(&answer.body[..n]).unwrap();
@@ -98,7 +103,8 @@ async fn binary_tensors_and_compressed_bodies_round_trip() {
                 e.finish().unwrap()
             }
         };
-        let headers = vec![("Inference-Header-Content-Length", len.clone()), ("Content-Encoding", encoding.to_string())];
+        let headers =
+            vec![("Inference-Header-Content-Length", len.clone()), ("Content-Encoding", encoding.to_string())];
         let answer = call("POST", url.clone(), headers, Some(compressed)).await;
         assert_eq!(answer.status, 200, "{encoding}: {}", String::from_utf8_lossy(&answer.body));
     }
@@ -119,10 +125,22 @@ async fn bad_requests_get_clear_json_errors_with_the_right_status() {
 
     let cases: Vec<(serde_json::Value, &str)> = vec![
         (json!({"inputs": [{"name": "q", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}), "input `q`"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]}), "input `x`: expected datatype FP32"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}), "input `x`: expected shape"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3]}]}), "input `x`: shape [1, 4] needs 4 elements"),
-        (json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, "a"]}]}), "input `x`: element 3"),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]}),
+            "input `x`: expected datatype FP32",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}),
+            "input `x`: expected shape",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3]}]}),
+            "input `x`: shape [1, 4] needs 4 elements",
+        ),
+        (
+            json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, "a"]}]}),
+            "input `x`: element 3",
+        ),
         (json!({"inputs": []}), "input `x`: missing"),
     ];
     for (body, needle) in cases {

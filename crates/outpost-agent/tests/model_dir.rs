@@ -122,7 +122,8 @@ async fn in_flight_requests_finish_on_the_old_version_during_a_swap() {
         "outputs": [{"name": "y", "parameters": {"binary_data": true}}]
     }))
     .unwrap();
-    let in_flight: Vec<_> = (0..3).map(|_| tokio::spawn(call("POST", url.clone(), vec![], Some(payload.clone())))).collect();
+    let in_flight: Vec<_> =
+        (0..3).map(|_| tokio::spawn(call("POST", url.clone(), vec![], Some(payload.clone())))).collect();
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     write_package(dir.path(), "slow", "2", &slow_onnx());
     agent.rescan(dir.path().to_path_buf()).await;

@@ -604,10 +604,7 @@ impl Manifest {
 
     /// Checks cross-field rules that serde cannot express.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        let invalid = |field: &str, reason: String| ManifestError::Invalid {
-            field: field.to_string(),
-            reason,
-        };
+        let invalid = |field: &str, reason: String| ManifestError::Invalid { field: field.to_string(), reason };
         if self.format > FORMAT_VERSION {
             return Err(ManifestError::Format { found: self.format });
         }
@@ -627,10 +624,7 @@ impl Manifest {
             return Err(invalid("inputs", "a model needs at least one input and one output".into()));
         }
         if !self.files.contains_key(&self.model.file) {
-            return Err(invalid(
-                "files",
-                format!("no sha256 listed for the model file `{}`", self.model.file),
-            ));
+            return Err(invalid("files", format!("no sha256 listed for the model file `{}`", self.model.file)));
         }
         for (file, hash) in &self.files {
             if file == MANIFEST_FILE || file.contains("..") || file.starts_with('/') {
@@ -679,7 +673,10 @@ pub fn valid_name(s: &str, allow_upper: bool) -> bool {
         && s.len() <= 64
         && !s.starts_with('.')
         && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-') || (allow_upper && b.is_ascii_uppercase())
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'.' | b'_' | b'-')
+                || (allow_upper && b.is_ascii_uppercase())
         })
 }
 

@@ -186,13 +186,8 @@ mod tests {
 
     #[test]
     fn absent_optional_fields_are_not_serialized() {
-        let resp = InferResponse {
-            model_name: "m".into(),
-            model_version: None,
-            id: None,
-            parameters: None,
-            outputs: vec![],
-        };
+        let resp =
+            InferResponse { model_name: "m".into(), model_version: None, id: None, parameters: None, outputs: vec![] };
         assert_eq!(serde_json::to_string(&resp).unwrap(), r#"{"model_name":"m","outputs":[]}"#);
     }
 }

@@ -1,7 +1,7 @@
 //! A model in service: verified package + compiled engine + session pool + pipelines, inside a
 //! memory budget.
 
-use crate::backend::{self, BackendKind, Engine, EngineOptions};
+use crate::backend::{self, BackendKind, Engine, EngineOptions, IoSpec};
 use crate::pipeline::{self, PipelineError};
 use crate::pool::{Completed, Reply, SessionPool};
 use crate::selftest::{self, SelfTestReport};
@@ -28,6 +28,9 @@ pub struct LoadOptions {
     pub ort_library: Option<PathBuf>,
     /// Run the golden self-test before serving.
     pub run_selftest: bool,
+    /// Under the manifest's `auto`, load both backends, time a few runs of each, and keep the
+    /// faster. Off by default: it costs load time and maps the ONNX Runtime library.
+    pub measure_backends: bool,
 }
 
 impl Default for LoadOptions {
@@ -39,6 +42,7 @@ impl Default for LoadOptions {
             threads: 1,
             ort_library: None,
             run_selftest: true,
+            measure_backends: false,
         }
     }
 }
@@ -113,7 +117,8 @@ pub struct LoadedModel {
     pub load_time: Duration,
     /// sha256 of the ONNX file.
     pub model_sha256: String,
-    /// Why the preferred backend was not used, when it failed.
+    /// Why this backend serves, when it was not simply the configured one (a fallback or a
+    /// measurement).
     pub fallback_reason: Option<String>,
     pool: SessionPool,
     post: Option<PostProcess>,
@@ -131,6 +136,7 @@ impl LoadedModel {
             symbols: manifest.symbols.clone(),
             threads: opts.threads,
             ort_library: opts.ort_library.clone(),
+            input_shapes: pinned_input_shapes(&manifest),
         };
         let (engine, fallback_reason) = compile(pkg.model_bytes(), &manifest, opts, &engine_opts)?;
         let needed = engine.memory().total(opts.sessions.max(1));
@@ -243,6 +249,26 @@ impl LoadedModel {
     }
 }
 
+/// Input shapes the manifest fixes completely (every dimension a number or a pinned symbol).
+pub fn pinned_input_shapes(manifest: &Manifest) -> std::collections::BTreeMap<String, Vec<usize>> {
+    use outpost_proto::manifest::Dim;
+    manifest
+        .inputs
+        .iter()
+        .filter_map(|t| {
+            let dims: Option<Vec<usize>> = t
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => usize::try_from(*n).ok(),
+                    Dim::Symbol(s) => manifest.symbols.get(s).and_then(|v| usize::try_from(*v).ok()),
+                })
+                .collect();
+            dims.map(|d| (t.name.clone(), d))
+        })
+        .collect()
+}
+
 /// Compiles on the chosen backend; under `auto`, falls back to the other backend when the first
 /// cannot load the model, and says why.
 fn compile(
@@ -260,6 +286,10 @@ fn compile(
         return backend::load_engine(kind, onnx, engine_opts).map(|e| (e, None));
     }
     match backend::load_engine(BackendKind::Tract, onnx, engine_opts) {
+        Ok(tract) if opts.measure_backends => match backend::load_engine(BackendKind::Onnxruntime, onnx, engine_opts) {
+            Ok(ort) => Ok(faster(tract, ort, &engine_opts.model_name)),
+            Err(e) => Ok((tract, Some(format!("measured: onnxruntime unavailable ({e})")))),
+        },
         Ok(e) => Ok((e, None)),
         Err(tract_err @ RuntimeError::Model { .. }) => {
             match backend::load_engine(BackendKind::Onnxruntime, onnx, engine_opts) {
@@ -271,5 +301,34 @@ fn compile(
             }
         }
         Err(other) => Err(other),
+    }
+}
+
+/// Median single-run time of `engine` on generated inputs, or `None` when it cannot run them.
+fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec]) -> Option<Duration> {
+    let inputs = crate::bench::generate_inputs(input_shapes, 11).ok()?;
+    let mut session = engine.session().ok()?;
+    let mut times = Vec::with_capacity(25);
+    for i in 0..28 {
+        let started = Instant::now();
+        session.run(inputs.clone()).ok()?;
+        if i >= 3 {
+            times.push(started.elapsed());
+        }
+    }
+    times.sort();
+    times.get(times.len() / 2).copied()
+}
+
+/// Keeps the engine with the lower median latency on this device.
+fn faster(tract: Arc<dyn Engine>, ort: Arc<dyn Engine>, model: &str) -> (Arc<dyn Engine>, Option<String>) {
+    let specs = tract.inputs().to_vec();
+    let (t, o) = (median_run(tract.as_ref(), &specs), median_run(ort.as_ref(), &specs));
+    let reason = format!("measured p50: tract {t:?}, onnxruntime {o:?}");
+    tracing::info!(%model, %reason, "picked the faster backend");
+    match (t, o) {
+        (Some(t), Some(o)) if o < t => (ort, Some(reason)),
+        (None, Some(_)) => (ort, Some(reason)),
+        _ => (tract, Some(reason)),
     }
 }

@@ -36,8 +36,8 @@ pub fn parse_request(body: &[u8], header_len: Option<usize>) -> Result<ParsedReq
         })?,
         None => (body, &[][..]),
     };
-    let request: InferRequest =
-        serde_json::from_slice(json).map_err(|e| ApiError::bad_request(format!("invalid inference request JSON: {e}")))?;
+    let request: InferRequest = serde_json::from_slice(json)
+        .map_err(|e| ApiError::bad_request(format!("invalid inference request JSON: {e}")))?;
     Ok(ParsedRequest { request, binary })
 }
 
@@ -63,7 +63,8 @@ pub fn decode_inputs(parsed: &ParsedRequest<'_>, specs: &[IoSpec]) -> Result<Vec
         if slots[index].is_some() {
             return Err(bad("given more than once".into()));
         }
-        let dtype: DType = input.datatype.parse().map_err(|e: outpost_proto::dtype::UnknownDType| bad(e.to_string()))?;
+        let dtype: DType =
+            input.datatype.parse().map_err(|e: outpost_proto::dtype::UnknownDType| bad(e.to_string()))?;
         let spec = &specs[index];
         if dtype != spec.dtype {
             return Err(bad(format!("expected datatype {}, got {}", spec.dtype, dtype)));
@@ -74,7 +75,8 @@ pub fn decode_inputs(parsed: &ParsedRequest<'_>, specs: &[IoSpec]) -> Result<Vec
         }
         let t = match param(input.parameters.as_ref(), BINARY_DATA_SIZE) {
             Some(size) => {
-                let size = size.as_u64().ok_or_else(|| bad(format!("{BINARY_DATA_SIZE} must be a byte count")))? as usize;
+                let size =
+                    size.as_u64().ok_or_else(|| bad(format!("{BINARY_DATA_SIZE} must be a byte count")))? as usize;
                 let end = offset.checked_add(size).filter(|e| *e <= parsed.binary.len()).ok_or_else(|| {
                     bad(format!(
                         "{BINARY_DATA_SIZE} {size} at offset {offset} runs past the {} bytes of binary data",
@@ -86,7 +88,8 @@ pub fn decode_inputs(parsed: &ParsedRequest<'_>, specs: &[IoSpec]) -> Result<Vec
                 t
             }
             None => {
-                let data = input.data.as_ref().ok_or_else(|| bad(format!("has neither `data` nor {BINARY_DATA_SIZE}")))?;
+                let data =
+                    input.data.as_ref().ok_or_else(|| bad(format!("has neither `data` nor {BINARY_DATA_SIZE}")))?;
                 tensor::tensor_from_json(&input.name, dtype, &shape, data)?
             }
         };
@@ -103,7 +106,10 @@ pub fn decode_inputs(parsed: &ParsedRequest<'_>, specs: &[IoSpec]) -> Result<Vec
         .zip(specs)
         .map(|(t, spec)| {
             t.ok_or_else(|| {
-                ApiError::from(RuntimeError::BadInput { tensor: spec.name.clone(), reason: "missing from the request".into() })
+                ApiError::from(RuntimeError::BadInput {
+                    tensor: spec.name.clone(),
+                    reason: "missing from the request".into(),
+                })
             })
         })
         .collect()
@@ -133,7 +139,11 @@ pub fn encode_response(
             .map(|o| {
                 let i = specs.iter().position(|s| s.name == o.name).ok_or_else(|| {
                     let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-                    ApiError::bad_request(format!("output `{}`: the model has no such output (outputs: {})", o.name, names.join(", ")))
+                    ApiError::bad_request(format!(
+                        "output `{}`: the model has no such output (outputs: {})",
+                        o.name,
+                        names.join(", ")
+                    ))
                 })?;
                 let binary = match param(o.parameters.as_ref(), BINARY_DATA) {
                     Some(v) => v.as_bool().unwrap_or(false),
@@ -242,7 +252,8 @@ mod tests {
             (r#"{"name":"b","shape":[-1],"datatype":"INT64","data":[1]}"#, "negative"),
         ];
         for (input, needle) in cases {
-            let body = format!(r#"{{"inputs":[{input}, {{"name":"a","shape":[1,2],"datatype":"FP32","data":[1,2]}}]}}"#);
+            let body =
+                format!(r#"{{"inputs":[{input}, {{"name":"a","shape":[1,2],"datatype":"FP32","data":[1,2]}}]}}"#);
             let err = decode_inputs(&parse_request(body.as_bytes(), None).unwrap(), &specs()).unwrap_err();
             assert_eq!(err.status, 400);
             assert!(err.message.contains(needle), "{needle}: {}", err.message);
@@ -265,10 +276,12 @@ mod tests {
             IoSpec { name: "y".into(), dtype: DType::F32, shape: vec![Some(2)] },
             IoSpec { name: "z".into(), dtype: DType::I64, shape: vec![Some(1)] },
         ];
-        let outputs = || vec![Tensor::from_shape(&[2], &[1f32, 2.0]).unwrap(), Tensor::from_shape(&[1], &[3i64]).unwrap()];
-        let req: InferRequest =
-            serde_json::from_str(r#"{"inputs":[],"outputs":[{"name":"z","parameters":{"binary_data":true}},{"name":"y"}]}"#)
-                .unwrap();
+        let outputs =
+            || vec![Tensor::from_shape(&[2], &[1f32, 2.0]).unwrap(), Tensor::from_shape(&[1], &[3i64]).unwrap()];
+        let req: InferRequest = serde_json::from_str(
+            r#"{"inputs":[],"outputs":[{"name":"z","parameters":{"binary_data":true}},{"name":"y"}]}"#,
+        )
+        .unwrap();
         let enc = encode_response(&req, "m", "1", &out_specs, outputs()).unwrap();
         let n = enc.header_len.unwrap();
         let head: InferResponse = serde_json::from_slice(&enc.body[..n]).unwrap();

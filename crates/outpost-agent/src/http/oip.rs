@@ -72,7 +72,10 @@ fn metadata(state: &ApiState, model: &LoadedModel) -> ModelMetadata {
     }
 }
 
-pub async fn model_metadata(State(state): AppState, Path(model): Path<String>) -> Result<Json<ModelMetadata>, ApiError> {
+pub async fn model_metadata(
+    State(state): AppState,
+    Path(model): Path<String>,
+) -> Result<Json<ModelMetadata>, ApiError> {
     let m = resolve(&state, &model, None)?;
     Ok(Json(metadata(&state, &m)))
 }
@@ -89,7 +92,8 @@ fn readiness(state: &ApiState, model: &str, version: Option<&str>) -> Response {
     match resolve(state, model, version) {
         Ok(_) => Json(ModelReadyResponse { name: model.to_string(), ready: true }).into_response(),
         Err(e) if e.status == StatusCode::NOT_FOUND => e.into_response(),
-        Err(_) => (StatusCode::BAD_REQUEST, Json(ModelReadyResponse { name: model.to_string(), ready: false })).into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, Json(ModelReadyResponse { name: model.to_string(), ready: false }))
+            .into_response(),
     }
 }
 
@@ -102,12 +106,16 @@ pub async fn model_version_ready(State(state): AppState, Path((model, version)):
 }
 
 /// Every model in the directory with its state, and the reason when it cannot serve.
-pub async fn repository_index(State(state): AppState, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn repository_index(
+    State(state): AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let body = body.map_err(body_error)?;
     let only_ready = if body.is_empty() {
         false
     } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
         v.get("ready").and_then(Value::as_bool).unwrap_or(false)
     };
     let mut out = Vec::new();
@@ -191,9 +199,12 @@ async fn infer_inner(
     let body = body.map_err(body_error)?;
     let header_len = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
-            ApiError::bad_request("Inference-Header-Content-Length must be a byte count")
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| ApiError::bad_request("Inference-Header-Content-Length must be a byte count"))?,
+        ),
     };
     let parsed = codec::parse_request(&body, header_len)?;
     let inputs = codec::decode_inputs(&parsed, model.engine.inputs())?;

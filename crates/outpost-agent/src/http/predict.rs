@@ -11,13 +11,19 @@ use axum::Json;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub async fn predict(State(state): State<Arc<ApiState>>, Path(name): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn predict(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let model = resolve(&state, &name, None)?;
         let body = body.map_err(body_error)?;
         let run = tokio::task::spawn_blocking(move || model.predict_blocking(&body));
-        let response = run.await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("pipeline task failed: {e}")))??;
+        let response = run
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("pipeline task failed: {e}")))??;
         Ok::<_, ApiError>(response)
     }
     .await;

@@ -41,14 +41,12 @@ pub fn slow_onnx() -> Vec<u8> {
 
 /// A manifest for a regression model with the given graph inputs/outputs.
 pub fn manifest(name: &str, version: &str, onnx: &[u8]) -> Manifest {
-    let report = outpost_runtime::backend::load_engine(
-        outpost_runtime::backend::BackendKind::Tract,
-        onnx,
-        &Default::default(),
-    )
-    .expect("fixture model loads");
+    let report =
+        outpost_runtime::backend::load_engine(outpost_runtime::backend::BackendKind::Tract, onnx, &Default::default())
+            .expect("fixture model loads");
     let spec = |s: &outpost_runtime::backend::IoSpec| {
-        let shape = s.shape.iter().map(|d| d.map_or(Dim::Symbol("batch".into()), |d| Dim::Fixed(d as i64))).collect::<Vec<_>>();
+        let shape =
+            s.shape.iter().map(|d| d.map_or(Dim::Symbol("batch".into()), |d| Dim::Fixed(d as i64))).collect::<Vec<_>>();
         format!("[[x]]\nname = \"{}\"\ndtype = \"{}\"\nshape = {}\n", s.name, s.dtype, toml_shape(&shape))
     };
     let mut text = format!("format = 1\n[model]\nname = \"{name}\"\nversion = \"{version}\"\ntask = \"regression\"\n");
@@ -103,7 +101,8 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -130,7 +129,12 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8
 }
 
 /// Runs a blocking HTTP call off the async runtime.
-pub async fn call(method: &'static str, url: String, headers: Vec<(&'static str, String)>, body: Option<Vec<u8>>) -> Answer {
+pub async fn call(
+    method: &'static str,
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+) -> Answer {
     tokio::task::spawn_blocking(move || {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         http(method, &url, &h, body.as_deref())

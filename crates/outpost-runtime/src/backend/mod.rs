@@ -96,11 +96,20 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Path of `libonnxruntime.so`; searched in the usual places when absent.
     pub ort_library: Option<PathBuf>,
+    /// Concrete shapes for inputs, by name: pins dimensions an exporter left unnamed (`?`),
+    /// which symbols cannot reach.
+    pub input_shapes: BTreeMap<String, Vec<usize>>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { model_name: "model".into(), symbols: BTreeMap::new(), threads: 1, ort_library: None }
+        EngineOptions {
+            model_name: "model".into(),
+            symbols: BTreeMap::new(),
+            threads: 1,
+            ort_library: None,
+            input_shapes: BTreeMap::new(),
+        }
     }
 }
 
@@ -142,16 +151,31 @@ pub trait Session: Send {
 
 /// Compiles `onnx` on the requested backend.
 pub fn load_engine(kind: BackendKind, onnx: &[u8], opts: &EngineOptions) -> Result<Arc<dyn Engine>, RuntimeError> {
-    match kind {
-        BackendKind::Tract => Ok(Arc::new(tract::TractEngine::load(onnx, opts)?)),
-        #[cfg(feature = "onnxruntime")]
-        BackendKind::Onnxruntime => Ok(Arc::new(onnxruntime::OrtEngine::load(onnx, opts)?)),
-        #[cfg(not(feature = "onnxruntime"))]
-        BackendKind::Onnxruntime => Err(RuntimeError::BackendUnavailable {
-            backend: "onnxruntime".into(),
-            reason: "this build was compiled without the `onnxruntime` feature".into(),
-        }),
-    }
+    // Parsers index into untrusted graphs; a panic there must become an error naming the model,
+    // not take the agent down.
+    let load = || -> Result<Arc<dyn Engine>, RuntimeError> {
+        match kind {
+            BackendKind::Tract => Ok(Arc::new(tract::TractEngine::load(onnx, opts)?)),
+            #[cfg(feature = "onnxruntime")]
+            BackendKind::Onnxruntime => Ok(Arc::new(onnxruntime::OrtEngine::load(onnx, opts)?)),
+            #[cfg(not(feature = "onnxruntime"))]
+            BackendKind::Onnxruntime => Err(RuntimeError::BackendUnavailable {
+                backend: "onnxruntime".into(),
+                reason: "this build was compiled without the `onnxruntime` feature".into(),
+            }),
+        }
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(RuntimeError::Model {
+            model: opts.model_name.clone(),
+            reason: format!("{kind} failed on this graph: {what}"),
+        })
+    })
 }
 
 /// Checks request inputs against the engine's specs: count, dtype and shape, naming the tensor.

@@ -35,7 +35,7 @@ fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Resul
     // Pinned symbols make every declared shape that still names them (outputs, intermediate
     // `value_info` hints written by exporters) contradict the pinned inputs, so those
     // declarations are dropped and tract infers them from the pinned inputs instead.
-    let pinning = !opts.symbols.is_empty();
+    let pinning = !opts.symbols.is_empty() || !opts.input_shapes.is_empty();
     let framework = tract_onnx::onnx().with_ignore_output_shapes(ignore_output_shapes || pinning);
     let mut proto = framework
         .proto_model_for_read(&mut &onnx[..])
@@ -70,6 +70,23 @@ fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Resul
                 new_fact.shape = pinned.into();
                 model.set_input_fact(ix, new_fact).map_err(|e| model_err(opts, "pinning symbols", e))?;
             }
+        }
+    }
+    for (ix, outlet) in model.inputs.clone().iter().enumerate() {
+        let name = model.node(outlet.node).name.clone();
+        if let Some(shape) = opts.input_shapes.get(&name) {
+            let fact = model.input_fact(ix).map_err(|e| model_err(opts, "input", e))?.clone();
+            let rank_ok = fact.shape.rank().concretize().is_none_or(|r| r as usize == shape.len());
+            if !rank_ok {
+                return Err(model_err(
+                    opts,
+                    "pinning input shapes",
+                    format!("input `{name}` does not have rank {}", shape.len()),
+                ));
+            }
+            let fact =
+                InferenceFact::dt_shape(fact.datum_type.concretize().unwrap_or(DatumType::F32), shape.as_slice());
+            model.set_input_fact(ix, fact).map_err(|e| model_err(opts, "pinning input shapes", e))?;
         }
     }
     Ok(model)
