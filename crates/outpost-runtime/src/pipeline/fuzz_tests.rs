@@ -42,10 +42,11 @@ impl Rng {
         let mut b = valid.to_vec();
         for _ in 0..1 + self.below(4) {
             let i = self.below(b.len());
-            match self.below(4) {
-                0 if i < b.len() => b[i] = self.next() as u8,
-                1 if i < b.len() => b[i] ^= 1 << self.below(8),
-                2 => b.insert(i, self.next() as u8),
+            // Truncation is rarer than the other edits: it ends most bodies' usefulness.
+            match self.below(8) {
+                0..=2 if i < b.len() => b[i] = self.next() as u8,
+                3..=5 if i < b.len() => b[i] ^= 1 << self.below(8),
+                6 => b.insert(i, self.next() as u8),
                 _ => b.truncate(i),
             }
         }
