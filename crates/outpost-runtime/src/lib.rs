@@ -22,6 +22,9 @@ pub mod pool;
 pub mod selftest;
 pub mod tensor;
 
+#[cfg(test)]
+mod loading_tests;
+
 pub use error::RuntimeError;
 pub use model::{LoadOptions, LoadedModel};
 pub use package::Package;

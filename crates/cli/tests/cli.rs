@@ -1,0 +1,72 @@
+//! The `outpost` binary as a user runs it.
+
+use std::process::Command;
+
+fn outpost(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).output().expect("binary runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn demo_trains_serves_and_detects_faults_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = outpost(&["demo", "--dir", dir.path().to_str().unwrap()]);
+    assert!(ok, "{text}");
+    assert!(text.contains("ROC-AUC"), "{text}");
+    let line = text.lines().find(|l| l.contains("faulty windows detected")).unwrap_or_else(|| panic!("{text}"));
+    // "69 windows, D/19 faulty windows detected, F false alarms on 50 normal windows"
+    let detected: usize = line.split(", ").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+    assert!(detected >= 10, "{line}");
+    assert!(dir.path().join("models/vibration-anomaly-1.opkg").exists());
+}
+
+#[test]
+fn pack_then_inspect_round_trips_and_bad_files_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, text) = outpost(&["model", "train-demo", "--out", dir.path().to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let opkg = dir.path().join("vibration-anomaly-1.opkg");
+    let (ok, text) = outpost(&["model", "inspect", opkg.to_str().unwrap(), "--json"]);
+    assert!(ok, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    assert_eq!(report["tract_loads"]["ok"], true);
+    assert_eq!(report["inputs"][0]["name"], "window");
+
+    // Unpack the ONNX and pack it again with a partial manifest over the generated one.
+    let onnx = dir.path().join("m.onnx");
+    let pkg = outpost_runtime::Package::open(&opkg).unwrap();
+    std::fs::write(&onnx, pkg.model_bytes()).unwrap();
+    let part = dir.path().join("part.toml");
+    std::fs::write(&part, "[post]\nkind = \"anomaly\"\nthreshold = 0.9\n").unwrap();
+    let out = dir.path().join("again.opkg");
+    let (ok, text) = outpost(&[
+        "model",
+        "pack",
+        onnx.to_str().unwrap(),
+        "--name",
+        "again",
+        "--version",
+        "2",
+        "--task",
+        "anomaly",
+        "--manifest",
+        part.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    let again = outpost_runtime::Package::open(&out).unwrap();
+    assert_eq!(again.manifest.model.name, "again");
+    assert_eq!(again.manifest.symbols.get("batch"), Some(&1));
+    assert!(again.selftest().unwrap().is_some());
+    assert!(again.manifest.post.is_some());
+
+    let garbage = dir.path().join("garbage.onnx");
+    std::fs::write(&garbage, b"\x08\x07garbage").unwrap();
+    let (ok, text) = outpost(&["model", "inspect", garbage.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(text.contains("garbage.onnx") || text.contains("not a valid ONNX"), "{text}");
+    let (ok, text) = outpost(&["model", "bench", "/nonexistent.onnx"]);
+    assert!(!ok && text.contains("/nonexistent.onnx"), "{text}");
+}

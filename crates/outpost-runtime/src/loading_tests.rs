@@ -1,0 +1,172 @@
+//! Loading models from packages, end to end: every way a package or model can be bad gives an
+//! error naming the file, model, tensor or figure involved, and never a panic.
+
+use crate::inspect::fixtures::mlp;
+use crate::model::MemoryBudget;
+use crate::{LoadOptions, LoadedModel, Package, RuntimeError};
+use outpost_proto::manifest::{Dim, GoldenCase, Manifest, NamedTensor, SelfTest};
+use outpost_proto::DType;
+
+fn manifest(name: &str) -> Manifest {
+    let text = format!(
+        r#"format = 1
+[model]
+name = "{name}"
+version = "1"
+task = "regression"
+[[inputs]]
+name = "x"
+dtype = "FP32"
+shape = ["batch", 64]
+[[outputs]]
+name = "y"
+dtype = "FP32"
+shape = ["batch", 32]
+[symbols]
+batch = 1
+[files]
+"model.onnx" = "{}"
+"#,
+        "0".repeat(64)
+    );
+    Manifest::from_toml(&text).unwrap()
+}
+
+fn package(onnx: Vec<u8>) -> Package {
+    Package::from_parts(manifest("mlp"), vec![("model.onnx".into(), onnx)]).unwrap()
+}
+
+fn budget() -> MemoryBudget {
+    MemoryBudget::new(256 << 20)
+}
+
+#[test]
+fn a_good_package_loads_serves_and_pins_the_batch_symbol() {
+    let model = LoadedModel::load(&package(mlp()), &LoadOptions::default(), &budget()).unwrap();
+    assert_eq!(model.engine.inputs()[0].shape, vec![Some(1), Some(64)]);
+    let x = crate::Tensor::from_shape(&[1, 64], &[0.5f32; 64]).unwrap();
+    let out = model.infer_blocking(vec![x]).unwrap().result.unwrap();
+    assert_eq!(out[0].shape(), &[1, 32]);
+}
+
+#[test]
+fn a_tampered_file_in_a_package_directory_is_named_with_both_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mlp");
+    package(mlp()).write_dir(&path).unwrap();
+    let mut bytes = std::fs::read(path.join("model.onnx")).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(path.join("model.onnx"), bytes).unwrap();
+    let err = Package::open(&path).unwrap_err();
+    assert!(matches!(err, RuntimeError::HashMismatch { ref file, .. } if file == "model.onnx"), "{err}");
+    assert!(err.to_string().contains("corrupt or was tampered with"));
+}
+
+#[test]
+fn truncated_garbage_and_escaping_archives_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("mlp.opkg");
+    package(mlp()).write_opkg(&good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    for cut in [bytes.len() / 3, bytes.len() - 700, 10] {
+        let p = dir.path().join(format!("cut{cut}.opkg"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let err = Package::open(&p).unwrap_err().to_string();
+        assert!(err.contains(&format!("cut{cut}.opkg")), "{err}");
+    }
+    let garbage = dir.path().join("garbage.opkg");
+    std::fs::write(&garbage, vec![0xAB; 4096]).unwrap();
+    assert!(Package::open(&garbage).is_err());
+
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(3);
+    header.set_mode(0o644);
+    header.set_cksum();
+    // `append_data` refuses `..`, so write the name into the header by hand as an attacker would.
+    header.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../evil\0\0");
+    header.set_cksum();
+    builder.append(&header, &b"abc"[..]).unwrap();
+    let evil = dir.path().join("evil.opkg");
+    std::fs::write(&evil, builder.into_inner().unwrap()).unwrap();
+    let err = Package::open(&evil).unwrap_err().to_string();
+    assert!(err.contains("escapes the package"), "{err}");
+}
+
+#[test]
+fn a_malformed_onnx_file_with_matching_hashes_is_a_model_error() {
+    for onnx in [b"definitely not protobuf".to_vec(), mlp()[..mlp().len() / 2].to_vec(), Vec::new()] {
+        let err = LoadedModel::load(&package(onnx), &LoadOptions::default(), &budget()).unwrap_err();
+        assert!(matches!(err, RuntimeError::Model { ref model, .. } if model == "mlp@1"), "{err}");
+    }
+}
+
+#[test]
+fn a_model_over_the_memory_budget_is_refused_with_the_figures() {
+    let small = MemoryBudget::new(4 << 10);
+    let err = LoadedModel::load(&package(mlp()), &LoadOptions::default(), &small).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RuntimeError::MemoryBudget { .. }), "{msg}");
+    assert!(msg.contains("needs an estimated") && msg.contains("of the 0.0 MB budget"), "{msg}");
+    assert_eq!(small.used(), 0, "a refused model must not hold budget");
+
+    let fits = budget();
+    let model = LoadedModel::load(&package(mlp()), &LoadOptions::default(), &fits).unwrap();
+    assert!(fits.used() > 0);
+    drop(model);
+    assert_eq!(fits.used(), 0, "unloading returns the budget");
+}
+
+#[test]
+fn golden_vectors_that_do_not_reproduce_fail_the_load_naming_case_and_output() {
+    let x = NamedTensor { name: "x".into(), dtype: DType::F32, shape: vec![1, 64], data: vec![0.5.into(); 64] };
+    let y = NamedTensor { name: "y".into(), dtype: DType::F32, shape: vec![1, 32], data: vec![123.0.into(); 32] };
+    let golden = SelfTest { cases: vec![GoldenCase { inputs: vec![x], outputs: vec![y] }] };
+    let mut m = manifest("mlp");
+    m.selftest = Some(outpost_proto::manifest::SelfTestRef { file: "selftest.json".into(), atol: 1e-4, rtol: 1e-3 });
+    let files = vec![("model.onnx".into(), mlp()), ("selftest.json".into(), serde_json::to_vec(&golden).unwrap())];
+    let pkg = Package::from_parts(m, files).unwrap();
+    let err = LoadedModel::load(&pkg, &LoadOptions::default(), &budget()).unwrap_err().to_string();
+    assert!(err.contains("self-test failed") && err.contains("case 0") && err.contains("`y`"), "{err}");
+    let skip = LoadOptions { run_selftest: false, ..LoadOptions::default() };
+    assert!(LoadedModel::load(&pkg, &skip, &budget()).is_ok());
+}
+
+#[test]
+fn wrong_tensors_are_bad_input_naming_the_tensor() {
+    let model = LoadedModel::load(&package(mlp()), &LoadOptions::default(), &budget()).unwrap();
+    let cases = [
+        (crate::Tensor::from_shape(&[1, 63], &[0f32; 63]).unwrap(), "expected shape"),
+        (crate::Tensor::from_shape(&[1, 64], &[0i64; 64]).unwrap(), "expected datatype FP32"),
+    ];
+    for (t, needle) in cases {
+        let err = model.infer_blocking(vec![t]).unwrap_err();
+        assert!(err.is_client_error());
+        assert!(err.to_string().contains("input `x`") && err.to_string().contains(needle), "{err}");
+    }
+    let err = model.infer_blocking(vec![]).unwrap_err().to_string();
+    assert!(err.contains("takes 1 inputs, got 0"), "{err}");
+}
+
+#[test]
+fn a_declared_output_shape_that_disagrees_with_the_graph_is_ignored() {
+    // Exporters sometimes leave stale output shapes; tract would refuse to unify them.
+    let mut m = manifest("mlp");
+    m.symbols.clear();
+    let onnx = crate::inspect::fixtures::encode(&{
+        use crate::inspect::fixtures::*;
+        use tract_onnx::pb::tensor_proto::DataType;
+        model(tract_onnx::pb::GraphProto {
+            name: "stale".into(),
+            node: vec![node("MatMul", &["x", "W"], &["y"])],
+            initializer: vec![weights("W", &[64, 32], 0.0)],
+            input: vec![value("x", DataType::Float, &[1, 64])],
+            output: vec![value("y", DataType::Float, &[1, 7])],
+            ..Default::default()
+        })
+    });
+    m.inputs[0].shape = vec![Dim::Fixed(1), Dim::Fixed(64)];
+    let pkg = Package::from_parts(m, vec![("model.onnx".into(), onnx)]).unwrap();
+    let model = LoadedModel::load(&pkg, &LoadOptions::default(), &budget()).unwrap();
+    assert_eq!(model.engine.outputs()[0].shape, vec![Some(1), Some(32)]);
+}
