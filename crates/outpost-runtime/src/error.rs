@@ -121,3 +121,12 @@ impl RuntimeError {
         RuntimeError::Io { path: path.into(), source }
     }
 }
+
+/// The message a caught panic carried, for turning it into an error.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -128,11 +128,7 @@ fn worker(
         let result = match catch_unwind(AssertUnwindSafe(|| session.run(job.inputs))) {
             Ok(r) => r,
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = crate::error::panic_message(panic.as_ref());
                 tracing::error!(model = %name, %what, "inference panicked; replacing the session");
                 if let Ok(fresh) = engine.session() {
                     session = fresh;

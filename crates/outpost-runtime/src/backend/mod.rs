@@ -166,11 +166,7 @@ pub fn load_engine(kind: BackendKind, onnx: &[u8], opts: &EngineOptions) -> Resu
         }
     };
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let what = crate::error::panic_message(panic.as_ref());
         Err(RuntimeError::Model {
             model: opts.model_name.clone(),
             reason: format!("{kind} failed on this graph: {what}"),

@@ -201,11 +201,7 @@ fn load_error_text(e: &ort::LoadDynamicError) -> String {
 /// Runs `f`, turning a panic inside `ort` into an error message.
 fn without_panics<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
+        let what = crate::error::panic_message(panic.as_ref());
         Err(format!("ort panicked: {what}"))
     })
 }

@@ -281,11 +281,7 @@ fn reason_of(e: &RuntimeError) -> String {
 /// Runs tract code, turning a panic into an error message.
 pub(crate) fn fenced<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
+        let msg = crate::error::panic_message(panic.as_ref());
         Err(format!("tract panicked on this model: {msg}"))
     })
 }
