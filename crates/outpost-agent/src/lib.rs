@@ -9,6 +9,7 @@
 //! background task rescans the directory.
 
 pub mod config;
+pub mod footprint;
 pub mod http;
 pub mod metrics;
 pub mod store;
@@ -80,6 +81,7 @@ impl Agent {
             tokio::task::spawn_blocking(move || store.sync(&dir))
         };
         let _ = first.await;
+        footprint::release_code_pages();
         state.scanned.store(true, Ordering::Release);
         tracing::info!(%addr, models = store.slots().len(), dir = %dir.display(), "agent serving");
 
@@ -92,7 +94,9 @@ impl Agent {
                         _ = stop.changed() => return,
                     }
                     let (store, dir) = (store.clone(), dir.clone());
-                    let _ = tokio::task::spawn_blocking(move || store.sync(&dir)).await;
+                    if let Ok(true) = tokio::task::spawn_blocking(move || store.sync(&dir)).await {
+                        footprint::release_code_pages();
+                    }
                 }
             })
         };
