@@ -170,3 +170,13 @@ fn a_declared_output_shape_that_disagrees_with_the_graph_is_ignored() {
     let model = LoadedModel::load(&pkg, &LoadOptions::default(), &budget()).unwrap();
     assert_eq!(model.engine.outputs()[0].shape, vec![Some(1), Some(32)]);
 }
+
+#[test]
+fn measuring_backends_keeps_one_and_says_why() {
+    let opts = LoadOptions { measure_backends: true, ..LoadOptions::default() };
+    let model = LoadedModel::load(&package(mlp()), &opts, &budget()).unwrap();
+    let reason = model.fallback_reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("measured"), "{reason}");
+    let x = crate::Tensor::from_shape(&[1, 64], &[0.5f32; 64]).unwrap();
+    assert_eq!(model.infer_blocking(vec![x]).unwrap().result.unwrap()[0].shape(), &[1, 32]);
+}
