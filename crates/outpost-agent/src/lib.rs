@@ -80,7 +80,9 @@ impl Agent {
             let (store, dir) = (store.clone(), dir.clone());
             tokio::task::spawn_blocking(move || store.sync(&dir))
         };
-        let _ = first.await;
+        if let Err(e) = first.await {
+            tracing::error!(error = %e, "the first model directory scan failed");
+        }
         footprint::release_code_pages();
         state.scanned.store(true, Ordering::Release);
         tracing::info!(%addr, models = store.slots().len(), dir = %dir.display(), "agent serving");
@@ -94,8 +96,10 @@ impl Agent {
                         _ = stop.changed() => return,
                     }
                     let (store, dir) = (store.clone(), dir.clone());
-                    if let Ok(true) = tokio::task::spawn_blocking(move || store.sync(&dir)).await {
-                        footprint::release_code_pages();
+                    match tokio::task::spawn_blocking(move || store.sync(&dir)).await {
+                        Ok(true) => footprint::release_code_pages(),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!(error = %e, "model directory scan failed"),
                     }
                 }
             })

@@ -70,6 +70,8 @@ pub struct ModelStore {
     slots: RwLock<BTreeMap<String, ModelSlot>>,
     /// Packages already tried, by path, with the fingerprint they had: not retried until changed.
     tried: RwLock<HashMap<PathBuf, Fingerprint>>,
+    /// What each package's manifest said, by path: a poll re-reads only packages that changed.
+    peeked: RwLock<HashMap<PathBuf, Candidate>>,
     budget: MemoryBudget,
     options: LoadOptions,
     metrics: Arc<Metrics>,
@@ -78,7 +80,14 @@ pub struct ModelStore {
 impl ModelStore {
     /// An empty store loading models with `options` inside `budget`.
     pub fn new(options: LoadOptions, budget: MemoryBudget, metrics: Arc<Metrics>) -> ModelStore {
-        ModelStore { slots: RwLock::new(BTreeMap::new()), tried: RwLock::new(HashMap::new()), budget, options, metrics }
+        ModelStore {
+            slots: RwLock::new(BTreeMap::new()),
+            tried: RwLock::new(HashMap::new()),
+            peeked: RwLock::new(HashMap::new()),
+            budget,
+            options,
+            metrics,
+        }
     }
 
     /// The active version of `name`, if any.
@@ -113,7 +122,7 @@ impl ModelStore {
     /// versions, drops models whose packages are gone. Blocking (models compile here); returns
     /// whether anything changed.
     pub fn sync(&self, dir: &Path) -> bool {
-        let candidates = match scan(dir) {
+        let candidates = match self.scan(dir) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot read the model directory");
@@ -205,6 +214,48 @@ impl ModelStore {
         changed
     }
 
+    /// The packages in `dir`, with the model each belongs to. Manifests are read again only for
+    /// packages whose size or modification time changed since the last poll.
+    fn scan(&self, dir: &Path) -> std::io::Result<Vec<Candidate>> {
+        let mut out = Vec::new();
+        let mut peeked = self.peeked.write().unwrap_or_else(|p| p.into_inner());
+        for entry in fs::read_dir(dir)? {
+            let path = entry?.path();
+            if !is_package(&path) {
+                continue;
+            }
+            let fingerprint = fingerprint(&path);
+            if let Some(known) = peeked.get(&path).filter(|c| c.fingerprint == fingerprint) {
+                out.push(known.clone());
+                continue;
+            }
+            let cand = match Package::peek_manifest(&path) {
+                Ok(m) => Candidate {
+                    name: m.model.name,
+                    version: Some(m.model.version),
+                    path: path.clone(),
+                    fingerprint,
+                    peek_error: None,
+                },
+                Err(e) => {
+                    // Unreadable manifest: report it under the file's own name.
+                    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    Candidate {
+                        name: stem,
+                        version: None,
+                        path: path.clone(),
+                        fingerprint,
+                        peek_error: Some(e.to_string()),
+                    }
+                }
+            };
+            peeked.insert(path, cand.clone());
+            out.push(cand);
+        }
+        peeked.retain(|p, _| out.iter().any(|c| &c.path == p));
+        Ok(out)
+    }
+
     fn load(&self, cand: &Candidate) -> Result<LoadedModel, String> {
         if let Some(e) = &cand.peek_error {
             return Err(e.clone());
@@ -267,29 +318,6 @@ fn fingerprint(path: &Path) -> Fingerprint {
         let (bytes, modified) = one(path);
         Fingerprint { bytes, modified }
     }
-}
-
-fn scan(dir: &Path) -> std::io::Result<Vec<Candidate>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        if !is_package(&path) {
-            continue;
-        }
-        let fingerprint = fingerprint(&path);
-        let cand = match Package::peek_manifest(&path) {
-            Ok(m) => {
-                Candidate { name: m.model.name, version: Some(m.model.version), path, fingerprint, peek_error: None }
-            }
-            Err(e) => {
-                // Unreadable manifest: report it under the file's own name.
-                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                Candidate { name: stem, version: None, path, fingerprint, peek_error: Some(e.to_string()) }
-            }
-        };
-        out.push(cand);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

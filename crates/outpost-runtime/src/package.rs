@@ -75,7 +75,7 @@ impl Package {
     pub fn peek_manifest(path: impl AsRef<Path>) -> Result<Manifest, RuntimeError> {
         let path = path.as_ref();
         let meta = fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?;
-        let (text, _) = if meta.is_dir() { read_dir(path)? } else { read_tar(path)? };
+        let text = if meta.is_dir() { read_dir(path)?.0 } else { read_tar_manifest(path)? };
         let text = text.ok_or_else(|| package_err(path, format!("no {MANIFEST_FILE}")))?;
         Manifest::from_toml(&text).map_err(|e| package_err(path, e.to_string()))
     }
@@ -192,6 +192,27 @@ fn read_dir(dir: &Path) -> Result<Contents, RuntimeError> {
     };
     // Other files are read lazily in `open`, only those the manifest lists.
     Ok((text, BTreeMap::new()))
+}
+
+/// Only the manifest of a tar: other entries are skipped, not buffered, so watching a directory
+/// of large packages costs no memory.
+fn read_tar_manifest(path: &Path) -> Result<Option<String>, RuntimeError> {
+    let f = fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
+    let mut archive = tar::Archive::new(f);
+    let entries = archive.entries().map_err(|e| package_err(path, format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| package_err(path, format!("corrupt tar: {e}")))?;
+        let is_manifest = entry.path().is_ok_and(|p| p.to_string_lossy().trim_start_matches("./") == MANIFEST_FILE);
+        if is_manifest && entry.header().entry_type().is_file() {
+            let mut text = String::new();
+            (&mut entry)
+                .take(1 << 20)
+                .read_to_string(&mut text)
+                .map_err(|e| package_err(path, format!("{MANIFEST_FILE}: {e}")))?;
+            return Ok(Some(text));
+        }
+    }
+    Ok(None)
 }
 
 fn read_tar(path: &Path) -> Result<Contents, RuntimeError> {
