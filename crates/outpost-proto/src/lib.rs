@@ -1,10 +1,12 @@
 //! Wire types shared by the outpost agent and server: tensor data types, the Open Inference
-//! Protocol v2 messages, the model package manifest and typed predictions.
+//! Protocol v2 messages, the model package manifest, typed predictions, and the fleet-management
+//! messages (device channel, request signing, label selectors, operator API).
 //!
 //! This crate does no I/O: everything here is plain data with serde, so the agent, the server,
 //! the simulator and the tests agree on one definition of every message.
 
 pub mod dtype;
+pub mod fleet;
 pub mod manifest;
 pub mod oip;
 pub mod prediction;
