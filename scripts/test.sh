@@ -9,6 +9,14 @@ echo "== fetch pinned real models and libonnxruntime (cached under target/)"
 scripts/fetch-models.sh --ort
 export ORT_DYLIB_PATH="$PWD/target/onnxruntime/lib/libonnxruntime.so"
 
+echo "== drop test schemas earlier runs left in PostgreSQL (each test makes its own)"
+if command -v psql >/dev/null; then
+  psql "${OUTPOST_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}" -qc "DO \$\$ DECLARE s text; BEGIN
+    FOR s IN SELECT nspname FROM pg_namespace WHERE nspname ~ '^(t|outage|schemathesis|fleetbench)_[0-9a-f]+\$' LOOP
+      EXECUTE format('DROP SCHEMA %I CASCADE', s);
+    END LOOP; END \$\$;" || echo "(PostgreSQL not reachable: the PostgreSQL tests will say so)"
+fi
+
 echo "== cargo test"
 cargo test --workspace --locked
 

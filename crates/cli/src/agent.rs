@@ -49,6 +49,18 @@ pub struct AgentArgs {
     /// Skip the golden self-test at load.
     #[arg(long)]
     no_selftest: bool,
+    /// Control-plane server URL; absent: run standalone.
+    #[arg(long, env = "OUTPOST_SERVER")]
+    server: Option<String>,
+    /// One-time enrollment token (needed until the device is enrolled).
+    #[arg(long, env = "OUTPOST_ENROLL_TOKEN", hide_env_values = true)]
+    enroll_token: Option<String>,
+    /// Directory for the device key, enrollment record and report outbox [default: outpost-agent-data].
+    #[arg(long, env = "OUTPOST_AGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Name in the fleet inventory [default: host name].
+    #[arg(long, env = "OUTPOST_DEVICE_NAME")]
+    device_name: Option<String>,
     /// Tokio worker threads for HTTP (inference runs on its own threads) [default: 1].
     #[arg(long, env = "OUTPOST_HTTP_THREADS", default_value_t = 1)]
     http_threads: usize,
@@ -67,7 +79,26 @@ impl AgentArgs {
         macro_rules! set {
             ($($f:ident),*) => {$( if let Some(v) = &self.$f { c.$f = v.clone(); } )*};
         }
-        set!(listen, model_dir, memory_budget_mb, sessions, queue_capacity, threads, max_body_bytes, poll_interval_ms);
+        set!(
+            listen,
+            model_dir,
+            memory_budget_mb,
+            sessions,
+            queue_capacity,
+            threads,
+            max_body_bytes,
+            poll_interval_ms,
+            data_dir
+        );
+        for (flag, field) in [
+            (&self.server, &mut c.server),
+            (&self.enroll_token, &mut c.enroll_token),
+            (&self.device_name, &mut c.device_name),
+        ] {
+            if flag.is_some() {
+                *field = flag.clone();
+            }
+        }
         if self.backend.is_some() {
             c.backend = self.backend.clone();
         }
@@ -106,7 +137,7 @@ pub fn run(args: AgentArgs) -> Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -1,16 +1,19 @@
-//! `outpost demo`: the whole device-side story in one command, offline, with a model the project
-//! trains itself.
+//! `outpost demo`: the whole story in one command, on one machine, offline, with a model the
+//! project trains itself.
 //!
 //! 1. train the vibration anomaly detector on synthetic data and report its held-out quality;
 //! 2. package it (`.opkg`, hashed manifest, golden self-test) into a fresh model directory;
-//! 3. start an agent on a free local port, which verifies, self-tests and serves the model;
-//! 4. stream normal and faulty sensor windows to `POST /v1/models/{m}/predict`, as a machine's
+//! 3. start the control plane on its embedded defaults (SQLite), two real agents that make their
+//!    keys, enroll with a token and serve the model, and a simulated fleet beside them;
+//! 4. publish the model in the registry and assign it to the agents by label selector;
+//! 5. stream normal and faulty sensor windows to `POST /v1/models/{m}/predict`, as a machine's
 //!    data logger would, and print what the agent detected against what was injected;
-//! 5. call the Open Inference Protocol endpoint once, show a few metrics, and shut down.
+//! 6. call the Open Inference Protocol endpoint once, show a few metrics;
+//! 7. send a remote command and show its acknowledgement, print the fleet summary, then shut
+//!    down (or keep everything running with `--keep-running`).
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use outpost_agent::{Agent, AgentConfig};
 use outpost_proto::prediction::{PredictResponse, Prediction};
 use outpost_train::{Condition, TrainConfig, CHANNELS, WINDOW};
 use std::path::PathBuf;
@@ -28,6 +31,12 @@ pub struct DemoArgs {
     /// Print every window, not only detections.
     #[arg(long, short)]
     verbose: bool,
+    /// Simulated devices beside the real agents.
+    #[arg(long, default_value_t = 200)]
+    simulated: usize,
+    /// Keep the server, agents and simulator running until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 /// Runs the demo.
@@ -72,24 +81,31 @@ pub fn run(args: DemoArgs) -> Result<()> {
     pkg.write_opkg(&opkg)?;
     println!("   {} ({} bytes, onnx {} bytes)", opkg.display(), std::fs::metadata(&opkg)?.len(), trained.onnx.len());
 
-    println!("== 3. start the agent");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let config = AgentConfig { listen: "127.0.0.1:0".parse()?, model_dir: model_dir.clone(), ..AgentConfig::default() };
-    let agent = rt.block_on(Agent::start(config))?;
-    let base = format!("http://{}", agent.addr);
-    let model = agent.state.store.get(&name).context("the agent did not load the demo model")?;
+    println!("== 3. start the control plane, enroll two real agents, start a simulated fleet");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let fleet = crate::demo_fleet::start(&rt, &root, &model_dir, 2, args.simulated)?;
+    let base = fleet.agent_url();
+    let model = fleet.agents[0].state.store.get(&name).context("the agent did not load the demo model")?;
     println!(
-        "   {base}: model `{name}` v{} on {} (loaded, verified and self-tested in {} ms)",
+        "   model `{name}` v{} on {} (loaded, verified and self-tested in {} ms)",
         model.version(),
         model.backend(),
         model.load_time.as_millis()
     );
     drop(model);
 
-    println!("== 4. stream sensor windows to POST /v1/models/{name}/predict");
+    println!("== 4. model registry and assignment by label selector");
+    let metadata = serde_json::json!({
+        "task": "anomaly",
+        "model_sha256": pkg.manifest.files.get(&pkg.manifest.model.file),
+        "roc_auc": ev.roc_auc,
+    });
+    fleet.assign(&name, &pkg.manifest.model.version, metadata)?;
+
+    println!("== 5. stream sensor windows to POST /v1/models/{name}/predict");
     let outcome = stream(&base, &name, args.seed, args.verbose);
 
-    println!("== 5. Open Inference Protocol and metrics");
+    println!("== 6. Open Inference Protocol and metrics");
     let oip = oip_check(&base, &name);
     let metrics =
         ureq::get(&format!("{base}/metrics")).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok());
@@ -100,10 +116,18 @@ pub fn run(args: DemoArgs) -> Result<()> {
             println!("   {line}");
         }
     }
-    rt.block_on(agent.shutdown())?;
+    println!("== 7. remote command and fleet view");
+    let fleet_result = fleet.command_round_trip().and_then(|_| fleet.print_summary(args.simulated));
+    if args.keep_running && fleet_result.is_ok() {
+        fleet.print_where_to_look();
+        println!("   running until Ctrl-C");
+        rt.block_on(crate::agent::shutdown_signal());
+    }
+    fleet.shutdown(&rt)?;
     let outcome = outcome?;
     oip?;
-    println!("== done: the agent ran fully offline; {}", outcome);
+    fleet_result?;
+    println!("== done: the agents ran the model on-device and only results and health reached the server; {}", outcome);
     Ok(())
 }
 

@@ -1,13 +1,17 @@
 //! `outpost`: one binary for the device agent and the tools around it.
 //!
 //! Subcommands only parse arguments and wire crates together; the logic lives in the library
-//! crates (`outpost-agent`, `outpost-runtime`, `outpost-train`).
+//! crates (`outpost-agent`, `outpost-server`, `outpost-sim`, `outpost-runtime`, `outpost-train`).
 
 mod agent;
 mod demo;
+mod demo_fleet;
+mod fleet;
 mod http_bench;
 mod model;
 mod pack;
+mod server;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -29,21 +33,54 @@ enum Command {
     /// Inspect, benchmark and package ONNX models.
     #[command(subcommand)]
     Model(model::ModelCommand),
-    /// Train the demo anomaly model, start an agent, stream sensor windows, show detections.
+    /// Run the control-plane server (embedded SQLite by default).
+    Server(server::ServerArgs),
+    /// Create, list and revoke enrollment and API tokens.
+    #[command(subcommand)]
+    Token(fleet::token::TokenCommand),
+    /// List, inspect, label, revoke and command devices.
+    #[command(subcommand)]
+    Device(fleet::device::DeviceCommand),
+    /// Fleet-wide views.
+    #[command(subcommand)]
+    Fleet(fleet::device::FleetCommand),
+    /// Simulate a fleet of devices speaking the real protocol to a server.
+    Sim(sim::SimArgs),
+    /// Train the demo model, start a server, agents and a simulated fleet, show it working.
     Demo(demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or(cli.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    // Logs go to stderr and into the in-memory ring the `collect_logs` remote command reads.
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "info".into()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(outpost_agent::control::logs::LogRing::global().clone())
         .init();
+    if matches!(cli.command, Command::Token(_) | Command::Device(_) | Command::Fleet(_)) {
+        // Rust ignores SIGPIPE so that long-running servers see EPIPE; short listing commands
+        // should instead end quietly when their reader (`head`, `less`) goes away.
+        // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Agent(args) => agent::run(args),
         Command::Model(cmd) => model::run(cmd),
+        Command::Server(args) => server::run(args),
+        Command::Token(cmd) => fleet::token::run(cmd),
+        Command::Device(cmd) => fleet::device::run(cmd),
+        Command::Fleet(cmd) => fleet::device::run_fleet(cmd),
+        Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
     };
     match result {

@@ -19,6 +19,11 @@ fn demo_trains_serves_and_detects_faults_offline() {
     let detected: usize = line.split(", ").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
     assert!(detected >= 10, "{line}");
     assert!(dir.path().join("models/vibration-anomaly-1.opkg").exists());
+    // The control-plane half: real agents enrolled, a command acknowledged, a fleet summarised.
+    assert!(text.contains("enrolled as device d-"), "{text}");
+    assert!(text.contains("reverify_models → succeeded"), "{text}");
+    assert!(text.contains("models [vibration-anomaly@1 (assignment:1)]"), "{text}");
+    assert!(dir.path().join("server/outpost.db").exists());
 }
 
 #[test]

@@ -34,6 +34,14 @@ pub struct AgentConfig {
     pub selftest: bool,
     /// For manifests with `backend = "auto"`: time both backends at load and keep the faster.
     pub measure_backends: bool,
+    /// Where the device key, enrollment record and control outbox live.
+    pub data_dir: PathBuf,
+    /// Control-plane server URL (`http://host:8700`); absent: run standalone.
+    pub server: Option<String>,
+    /// One-time enrollment token, needed until the device is enrolled.
+    pub enroll_token: Option<String>,
+    /// Name shown in the fleet inventory (default: the host name).
+    pub device_name: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -51,6 +59,10 @@ impl Default for AgentConfig {
             ort_library: None,
             selftest: true,
             measure_backends: false,
+            data_dir: PathBuf::from("outpost-agent-data"),
+            server: None,
+            enroll_token: None,
+            device_name: None,
         }
     }
 }

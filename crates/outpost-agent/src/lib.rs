@@ -3,12 +3,14 @@
 //! It serves the models found in a model directory through a local inference API (Open
 //! Inference Protocol v2 REST plus a raw-data pipeline endpoint), keeps the served set in step
 //! with the directory (new versions swap in atomically), and exports Prometheus metrics. It
-//! works fully offline; later issues add the control-plane channel.
+//! works fully offline; with a `server` configured it also joins the fleet through the
+//! [`control`] channel (enrollment, heartbeats, desired state, remote commands).
 //!
 //! [`Agent::start`] binds the listener, scans the model directory once, then serves while a
 //! background task rescans the directory.
 
 pub mod config;
+pub mod control;
 pub mod footprint;
 pub mod http;
 pub mod metrics;
@@ -45,6 +47,12 @@ pub enum AgentError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// The control-plane channel cannot start (device key, outbox).
+    #[error("control channel: {0}")]
+    Control(#[from] control::ControlError),
+    /// A `restart_agent` command could not re-execute the agent.
+    #[error("cannot restart the agent: {0}")]
+    Restart(std::io::Error),
 }
 
 /// A running agent.
@@ -57,11 +65,20 @@ pub struct Agent {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), AgentError>>,
     watcher: JoinHandle<()>,
+    control: Option<control::ControlChannel>,
+    restart: control::RestartHook,
 }
 
 impl Agent {
-    /// Binds, scans the model directory once, and starts serving and watching.
+    /// Binds, scans the model directory once, and starts serving and watching (and the control
+    /// channel when `config.server` is set).
     pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        Agent::start_with_restart(config, control::RestartHook::reexec()).await
+    }
+
+    /// [`Agent::start`] with the step a `restart_agent` command runs after the agent stopped
+    /// (tests pass one that records the restart instead of re-executing the process).
+    pub async fn start_with_restart(config: AgentConfig, restart: control::RestartHook) -> Result<Agent, AgentError> {
         let options = load_options(&config)?;
         std::fs::create_dir_all(&config.model_dir)
             .map_err(|e| AgentError::Config(format!("model_dir {}: {e}", config.model_dir.display())))?;
@@ -87,12 +104,13 @@ impl Agent {
         state.scanned.store(true, Ordering::Release);
         tracing::info!(%addr, models = store.slots().len(), dir = %dir.display(), "agent serving");
 
+        let settings = Arc::new(control::settings::Settings::new(config.poll_interval_ms));
         let watcher = {
-            let (store, mut stop, every) = (store.clone(), stop.clone(), config.poll_interval());
+            let (store, mut stop, settings) = (store.clone(), stop.clone(), settings.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = tokio::time::sleep(every) => {}
+                        _ = tokio::time::sleep(settings.poll_interval()) => {}
                         _ = stop.changed() => return,
                     }
                     let (store, dir) = (store.clone(), dir.clone());
@@ -104,6 +122,17 @@ impl Agent {
                 }
             })
         };
+        let control = match &config.server {
+            Some(server) => {
+                let mut options =
+                    control::ControlOptions::new(server, config.data_dir.clone(), config.model_dir.clone());
+                options.enroll_token = config.enroll_token.clone();
+                options.device_name = config.device_name.clone();
+                let metrics = state.metrics.clone();
+                Some(control::ControlChannel::start(options, store.clone(), metrics, settings, shutdown.clone())?)
+            }
+            None => None,
+        };
         let app = http::router(state.clone(), config.max_body_bytes);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -113,7 +142,7 @@ impl Agent {
                 .await
                 .map_err(AgentError::Serve)
         });
-        Ok(Agent { addr, state, shutdown, server, watcher })
+        Ok(Agent { addr, state, shutdown, server, watcher, control, restart })
     }
 
     /// Rescans the model directory now instead of waiting for the next poll.
@@ -122,18 +151,35 @@ impl Agent {
         let _ = tokio::task::spawn_blocking(move || store.sync(&dir)).await;
     }
 
+    /// The control channel's progress, when a server is configured.
+    pub fn control(&self) -> Option<&Arc<control::ControlStatus>> {
+        self.control.as_ref().map(|c| c.status())
+    }
+
     /// Stops accepting requests, lets in-flight ones finish, and returns.
     pub async fn shutdown(self) -> Result<(), AgentError> {
         let _ = self.shutdown.send(true);
+        if let Some(control) = self.control {
+            control.stop().await;
+        }
         let _ = self.watcher.await;
         self.server.await.map_err(|e| AgentError::Serve(std::io::Error::other(e)))?
     }
 
-    /// Serves until the server stops (or fails).
+    /// Serves until the server stops (or fails). When a `restart_agent` command stopped it, runs
+    /// the restart step (which re-executes the agent and does not return on success).
     pub async fn wait(self) -> Result<(), AgentError> {
         let result = self.server.await.map_err(|e| AgentError::Serve(std::io::Error::other(e)))?;
         self.watcher.abort();
-        result
+        let restart = self.control.as_ref().is_some_and(|c| c.status().restart_requested());
+        if let Some(control) = self.control {
+            control.stop().await;
+        }
+        result?;
+        if restart {
+            self.restart.run().map_err(AgentError::Restart)?;
+        }
+        Ok(())
     }
 
     /// A handle that stops the agent when sent `true`.

@@ -62,6 +62,26 @@ pub struct Metrics {
     models_loaded: Gauge,
     /// Version each `model_info` series carries, so the old one can be removed on a swap.
     versions: Mutex<HashMap<String, String>>,
+    /// Per-model counters and recent latencies for the control-plane state report.
+    windows: Mutex<HashMap<String, ModelWindow>>,
+}
+
+/// Latency samples kept per model between two state reports; beyond this the newest overwrite
+/// the oldest, so a busy model costs fixed memory and the percentiles stay recent.
+pub const WINDOW_SAMPLES: usize = 4096;
+
+/// A model's request totals since start and its request latencies since the last report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelWindow {
+    /// Requests since the agent started.
+    pub requests: u64,
+    /// Failed requests since the agent started.
+    pub errors: u64,
+    /// Request latencies since the last [`Metrics::take_windows`], milliseconds (at most
+    /// [`WINDOW_SAMPLES`], unordered).
+    pub latencies_ms: Vec<f64>,
+    /// Samples recorded in this window, including overwritten ones.
+    pub seen: u64,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,6 +112,7 @@ impl Metrics {
             load_failures: Family::default(),
             models_loaded: Gauge::default(),
             versions: Mutex::new(HashMap::new()),
+            windows: Mutex::new(HashMap::new()),
         };
         registry.register("requests", "Inference requests received", m.requests.clone());
         registry.register("request_errors", "Inference requests answered with an error", m.errors.clone());
@@ -115,6 +136,36 @@ impl Metrics {
         if !(200..300).contains(&status) {
             self.errors.get_or_create(&ErrorLabels { model: model.to_string(), endpoint, status }).inc();
         }
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let window = windows.entry(model.to_string()).or_default();
+        window.requests += 1;
+        window.errors += u64::from(!(200..300).contains(&status));
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if window.latencies_ms.len() < WINDOW_SAMPLES {
+            window.latencies_ms.push(ms);
+        } else {
+            window.latencies_ms[(window.seen % WINDOW_SAMPLES as u64) as usize] = ms;
+        }
+        window.seen += 1;
+    }
+
+    /// Every model's totals and the latencies recorded since the previous call, which starts a
+    /// new latency window.
+    pub fn take_windows(&self) -> HashMap<String, ModelWindow> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        windows
+            .iter_mut()
+            .map(|(name, w)| {
+                let taken = ModelWindow {
+                    requests: w.requests,
+                    errors: w.errors,
+                    latencies_ms: std::mem::take(&mut w.latencies_ms),
+                    seen: w.seen,
+                };
+                w.seen = 0;
+                (name.clone(), taken)
+            })
+            .collect()
     }
 
     /// Records one model run and the time it queued.

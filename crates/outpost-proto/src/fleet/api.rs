@@ -255,7 +255,7 @@ pub struct PublishModel {
     pub version: String,
     /// Free-form metadata (task, input shapes, sha256, size, metrics...).
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub metadata: serde_json::Value,
 }
 
@@ -267,7 +267,7 @@ pub struct ModelVersion {
     /// Version.
     pub version: String,
     /// Metadata.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub metadata: serde_json::Value,
     /// Who published it.
     pub published_by: String,
@@ -333,7 +333,7 @@ pub struct Command {
     /// Lifecycle state.
     pub status: CommandStatus,
     /// Result from the device's acknowledgement.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub result: serde_json::Value,
     /// Who created it.
     pub created_by: String,
@@ -358,6 +358,6 @@ pub struct AuditEntry {
     /// Which object.
     pub target: String,
     /// Details.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub details: serde_json::Value,
 }

@@ -295,6 +295,6 @@ pub struct CommandAck {
     pub status: CommandStatus,
     /// What the command produced (log lines, mismatches, ...) or why it failed.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub result: serde_json::Value,
 }

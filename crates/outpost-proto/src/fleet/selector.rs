@@ -74,10 +74,9 @@ pub fn validate_value(value: &str) -> Result<(), SelectorError> {
 
 /// Parses `key=value` (as used by `--label` flags and enrollment tokens).
 pub fn parse_label(text: &str) -> Result<(String, String), SelectorError> {
-    let (k, v) = text.split_once('=').ok_or_else(|| SelectorError {
-        term: text.to_string(),
-        reason: "expected key=value".into(),
-    })?;
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| SelectorError { term: text.to_string(), reason: "expected key=value".into() })?;
     let (k, v) = (k.trim(), v.trim());
     validate_key(k)?;
     validate_value(v)?;

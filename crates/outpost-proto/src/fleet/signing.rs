@@ -51,8 +51,11 @@ pub fn canonical_request(
     body: &[u8],
 ) -> Vec<u8> {
     let body_hash = hex::encode(Sha256::digest(body));
-    format!("OUTPOST-SIG-V1\n{}\n{path_and_query}\n{device}\n{timestamp_ms}\n{nonce}\n{body_hash}", method.to_uppercase())
-        .into_bytes()
+    format!(
+        "OUTPOST-SIG-V1\n{}\n{path_and_query}\n{device}\n{timestamp_ms}\n{nonce}\n{body_hash}",
+        method.to_uppercase()
+    )
+    .into_bytes()
 }
 
 /// The device id belonging to a public key: `d-` and the first 20 hex characters of its
@@ -177,15 +180,57 @@ mod tests {
     fn signed_request_verifies_and_any_change_breaks_it() {
         let k = key(7);
         let id = k.device_id();
-        let headers = k.sign_request(&id, "post", "/v1/device/heartbeat", b"{}", 1_700_000_000_000, "00112233445566778899aabbccddeeff");
+        let headers = k.sign_request(
+            &id,
+            "post",
+            "/v1/device/heartbeat",
+            b"{}",
+            1_700_000_000_000,
+            "00112233445566778899aabbccddeeff",
+        );
         let sig = &headers[3].1;
-        let msg = canonical_request("POST", "/v1/device/heartbeat", &id, 1_700_000_000_000, "00112233445566778899aabbccddeeff", b"{}");
+        let msg = canonical_request(
+            "POST",
+            "/v1/device/heartbeat",
+            &id,
+            1_700_000_000_000,
+            "00112233445566778899aabbccddeeff",
+            b"{}",
+        );
         assert!(verify(&k.public_key(), &msg, sig).is_ok());
         let changed = [
-            canonical_request("POST", "/v1/device/heartbeat", &id, 1_700_000_000_000, "00112233445566778899aabbccddeeff", b"{ }"),
-            canonical_request("GET", "/v1/device/heartbeat", &id, 1_700_000_000_000, "00112233445566778899aabbccddeeff", b"{}"),
-            canonical_request("POST", "/v1/device/heartbeat", &id, 1_700_000_000_001, "00112233445566778899aabbccddeeff", b"{}"),
-            canonical_request("POST", "/v1/device/heartbeat", &id, 1_700_000_000_000, "00112233445566778899aabbccddeef0", b"{}"),
+            canonical_request(
+                "POST",
+                "/v1/device/heartbeat",
+                &id,
+                1_700_000_000_000,
+                "00112233445566778899aabbccddeeff",
+                b"{ }",
+            ),
+            canonical_request(
+                "GET",
+                "/v1/device/heartbeat",
+                &id,
+                1_700_000_000_000,
+                "00112233445566778899aabbccddeeff",
+                b"{}",
+            ),
+            canonical_request(
+                "POST",
+                "/v1/device/heartbeat",
+                &id,
+                1_700_000_000_001,
+                "00112233445566778899aabbccddeeff",
+                b"{}",
+            ),
+            canonical_request(
+                "POST",
+                "/v1/device/heartbeat",
+                &id,
+                1_700_000_000_000,
+                "00112233445566778899aabbccddeef0",
+                b"{}",
+            ),
         ];
         for m in changed {
             assert_eq!(verify(&k.public_key(), &m, sig), Err(SigningError::BadSignature));

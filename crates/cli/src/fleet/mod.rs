@@ -1,0 +1,5 @@
+//! Operator commands that talk to the control-plane server's REST API.
+
+pub mod client;
+pub mod device;
+pub mod token;

@@ -1,0 +1,195 @@
+//! The fleet commands as an operator runs them: a real `outpost server` process, a real
+//! `outpost agent` process that enrolls with a token, and the CLI talking to both.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_outpost")
+}
+
+/// Runs the CLI against `server` with `token`; returns (success, stdout, stderr).
+fn cli(server: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("OUTPOST_SERVER", server)
+        .env("OUTPOST_TOKEN", token)
+        .env("HOME", "/nonexistent-home")
+        .output()
+        .expect("binary runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn json(server: &str, token: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, out, err) = cli(server, token, &all);
+    assert!(ok, "{args:?}: {out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+}
+
+/// Starts `outpost server` on a free port; returns the process, its URL and the admin token.
+fn start_server(dir: &Path) -> (Proc, String, String) {
+    let mut child = Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--heartbeat-interval-s", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+    let line = lines.find(|l| l.contains("listening on")).expect("listen line");
+    // Keep draining: the server prints more, and a closed pipe would end it.
+    std::thread::spawn(move || lines.for_each(drop));
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let token = std::fs::read_to_string(dir.join("data/admin.token")).unwrap().trim().to_string();
+    (Proc(child), url, token)
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn operator_enrolls_an_agent_labels_commands_and_revokes_it_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url, admin) = start_server(dir.path());
+
+    // Roles: a viewer may list but not create tokens.
+    let viewer = json(&url, &admin, &["token", "create", "--api-role", "viewer", "--name", "ci-viewer"]);
+    let viewer = viewer["secret"].as_str().unwrap().to_string();
+    let (ok, _, err) = cli(&url, &viewer, &["token", "create", "--uses", "1"]);
+    assert!(!ok && err.contains("403") && err.contains("operator"), "{err}");
+    let (ok, _, err) = cli(&url, "opt_forged", &["device", "list"]);
+    assert!(!ok && err.contains("401"), "{err}");
+
+    let token = json(&url, &admin, &["token", "create", "--uses", "1", "-l", "site=berlin", "-l", "line=2"]);
+    let secret = token["secret"].as_str().unwrap().to_string();
+    let models = dir.path().join("models");
+    let (ok, out, err) = cli(&url, &admin, &["model", "train-demo", "--out", models.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let agent_data = dir.path().join("agent");
+    let _agent = Proc(
+        Command::new(bin())
+            .args(["agent", "--listen", "127.0.0.1:0", "--server", &url, "--enroll-token", &secret, "--model-dir"])
+            .arg(&models)
+            .arg("--data-dir")
+            .arg(&agent_data)
+            .args(["--device-name", "press-7"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut device = serde_json::Value::Null;
+    wait_for("the agent to enroll and report its model", || {
+        device = json(&url, &admin, &["device", "list", "-s", "site=berlin"]);
+        device["items"][0]["models"][0]["name"] == "vibration-anomaly"
+    });
+    let id = device["items"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(device["items"][0]["name"], "press-7");
+    assert_eq!(device["items"][0]["status"], "online");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(agent_data.join("device.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the device key must be private");
+    }
+
+    // The used-up token enrolls nobody else.
+    let (ok, _, err) = cli(&url, &admin, &["token", "list"]);
+    assert!(ok, "{err}");
+
+    // Labels and selectors.
+    let (ok, out, err) = cli(&url, &admin, &["device", "label", &id, "line=3", "site-"]);
+    assert!(ok && out.contains("line=3") && !out.contains("site="), "{out}{err}");
+    let none = json(&url, &admin, &["device", "list", "-s", "line!=3"]);
+    assert_eq!(none["items"].as_array().unwrap().len(), 0);
+    let (ok, _, err) = cli(&url, &admin, &["device", "list", "-s", "line in berlin"]);
+    assert!(!ok && err.contains("invalid selector"), "{err}");
+
+    // A command round trip through the long-poll.
+    let cmd =
+        json(&url, &admin, &["device", "command", &id, "collect_logs", "--args", r#"{"lines": 5}"#, "--wait", "30"]);
+    assert_eq!(cmd["status"], "succeeded", "{cmd}");
+    assert!(cmd["result"]["lines"].as_array().is_some_and(|l| !l.is_empty()), "{cmd}");
+
+    let summary = json(&url, &admin, &["fleet", "summary"]);
+    assert_eq!(summary["devices"], 1);
+    assert_eq!(summary["by_model_version"]["vibration-anomaly@1"], 1);
+
+    // Revocation: an operator may not, an admin may; the device is then refused.
+    let operator = json(&url, &admin, &["token", "create", "--api-role", "operator", "--name", "ci-operator"]);
+    let operator = operator["secret"].as_str().unwrap().to_string();
+    let (ok, _, err) = cli(&url, &operator, &["device", "revoke", &id]);
+    assert!(!ok && err.contains("403"), "{err}");
+    let (ok, _, err) = cli(&url, &admin, &["device", "revoke", &id]);
+    assert!(ok, "{err}");
+    let shown = json(&url, &admin, &["device", "show", &id]);
+    assert_eq!(shown["status"], "revoked");
+    let audit: serde_json::Value = ureq::get(&format!("{url}/v1/audit?limit=100"))
+        .header("authorization", format!("Bearer {admin}"))
+        .call()
+        .expect("audit log readable by an admin")
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["device.enroll", "device.label", "device.revoke", "command.create", "command.ack", "api_token.create"] {
+        assert!(actions.contains(&a), "audit lacks {a}: {actions:?}");
+    }
+}
+
+#[test]
+fn simulated_fleet_enrolls_heartbeats_and_every_injected_fault_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url, admin) = start_server(dir.path());
+    let report = json(
+        &url,
+        &admin,
+        &[
+            "sim",
+            "--devices",
+            "40",
+            "--heartbeat-interval",
+            "1s",
+            "--duration",
+            "4s",
+            "--offline-fraction",
+            "0.2",
+            "--fault-bad-signature",
+            "0.1",
+            "--fault-replay",
+            "0.1",
+            "--fault-garbage-json",
+            "0.1",
+        ],
+    );
+    assert_eq!(report["enrolled"], 40, "{report}");
+    assert!(report["heartbeats_ok"].as_u64().unwrap() >= 40, "{report}");
+    assert_eq!(report["heartbeats_failed"], 0, "{report}");
+    let faults = report["faults"].as_array().unwrap();
+    let injected: u64 = faults.iter().map(|f| f["injected"].as_u64().unwrap()).sum();
+    let rejected: u64 = faults.iter().map(|f| f["rejected"].as_u64().unwrap()).sum();
+    assert!(injected > 0, "{report}");
+    assert_eq!(injected, rejected, "every broken request must be refused: {report}");
+    let summary = json(&url, &admin, &["fleet", "summary", "-s", "simulated=true"]);
+    assert_eq!(summary["devices"], 40);
+}

@@ -1,0 +1,215 @@
+//! Building the state report (heartbeat) the agent sends to the control plane.
+//!
+//! The report is what the server's inventory, health views and rollout gates see of a device,
+//! so it states plainly what is served, what failed and why, and which desired models are not
+//! on the device at all. Turning the store's slots and the metrics windows into model reports is
+//! pure ([`model_reports`]) and unit-tested; [`ReportBuilder`] adds the clock, sequence number
+//! and system sampling around it.
+
+use super::system::SystemSampler;
+use crate::metrics::{Metrics, ModelWindow};
+use crate::store::ModelStore;
+use outpost_proto::fleet::device::{DesiredModel, HardwareProfile, Health, ModelReport, StateReport};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Agent version sent in reports and at enrollment.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One model as the store sees it, reduced to what a report needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServedModel {
+    /// Model name.
+    pub name: String,
+    /// Version serving, when one is.
+    pub active_version: Option<String>,
+    /// Version and reason of the last package that failed, when one did.
+    pub failure: Option<(Option<String>, String)>,
+}
+
+/// The store's models as [`ServedModel`]s.
+pub fn served_models(store: &ModelStore) -> Vec<ServedModel> {
+    store
+        .slots()
+        .into_iter()
+        .map(|(name, slot)| ServedModel {
+            name,
+            active_version: slot.active.as_ref().map(|m| m.version().to_string()),
+            failure: slot.failure.map(|f| (f.version, f.reason)),
+        })
+        .collect()
+}
+
+/// Nearest-rank percentile (`q` in 0..=1) of `samples`; 0 when empty. Sorts in place.
+pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let rank = (q.clamp(0.0, 1.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.saturating_sub(1).min(samples.len() - 1)]
+}
+
+/// Desired models that are not served at the desired version.
+pub fn missing_models(served: &[ServedModel], desired: &[DesiredModel]) -> Vec<DesiredModel> {
+    desired
+        .iter()
+        .filter(|d| !served.iter().any(|s| s.name == d.name && s.active_version.as_deref() == Some(d.version.as_str())))
+        .cloned()
+        .collect()
+}
+
+/// Model reports and overall health: degraded when any package failed or a desired model is not
+/// served. A desired model absent from the device is reported as failed with the reason.
+pub fn model_reports(
+    served: &[ServedModel],
+    windows: &HashMap<String, ModelWindow>,
+    desired: &[DesiredModel],
+) -> (Vec<ModelReport>, Health) {
+    let mut reports = Vec::new();
+    let mut health = Health::Ok;
+    for model in served {
+        let mut window = windows.get(&model.name).cloned().unwrap_or_default();
+        let (state, version, reason) = match (&model.active_version, &model.failure) {
+            (Some(v), _) => ("ready", v.clone(), None),
+            (None, Some((v, reason))) => ("failed", v.clone().unwrap_or_default(), Some(reason.clone())),
+            (None, None) => ("loading", String::new(), None),
+        };
+        if model.failure.is_some() {
+            health = Health::Degraded;
+        }
+        reports.push(ModelReport {
+            name: model.name.clone(),
+            version,
+            state: state.to_string(),
+            reason,
+            requests: window.requests,
+            errors: window.errors,
+            latency_p50_ms: percentile(&mut window.latencies_ms, 0.50),
+            latency_p99_ms: percentile(&mut window.latencies_ms, 0.99),
+        });
+    }
+    for missing in missing_models(served, desired) {
+        health = Health::Degraded;
+        if served.iter().any(|s| s.name == missing.name) {
+            continue; // served at another version: its own entry shows which
+        }
+        reports.push(ModelReport {
+            name: missing.name.clone(),
+            version: missing.version.clone(),
+            state: "failed".into(),
+            reason: Some("desired but not on this device (model download is not available yet)".into()),
+            ..ModelReport::default()
+        });
+    }
+    (reports, health)
+}
+
+/// Makes successive state reports for one agent.
+#[derive(Debug)]
+pub struct ReportBuilder {
+    started: Instant,
+    next_seq: u64,
+    sampler: SystemSampler,
+    data_dir: PathBuf,
+    store: Arc<ModelStore>,
+    metrics: Arc<Metrics>,
+    /// The hardware profile last put in a report; a report carries it again only when it changed
+    /// (and always first after a start, since RAM, disks and accelerators change across reboots).
+    hardware_sent: Option<HardwareProfile>,
+}
+
+impl ReportBuilder {
+    /// A builder whose first report gets sequence number `first_seq`.
+    pub fn new(store: Arc<ModelStore>, metrics: Arc<Metrics>, data_dir: PathBuf, first_seq: u64) -> ReportBuilder {
+        ReportBuilder {
+            started: Instant::now(),
+            next_seq: first_seq,
+            sampler: SystemSampler::new(),
+            data_dir,
+            store,
+            metrics,
+            hardware_sent: None,
+        }
+    }
+
+    /// The next report. Latency percentiles cover the time since the previous one.
+    pub fn build(&mut self, desired: &[DesiredModel], applied_etag: &str) -> StateReport {
+        let served = served_models(&self.store);
+        let (models, health) = model_reports(&served, &self.metrics.take_windows(), desired);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let profile = super::system::hardware_profile(&self.data_dir);
+        let hardware = (self.hardware_sent.as_ref() != Some(&profile)).then(|| {
+            self.hardware_sent = Some(profile.clone());
+            profile
+        });
+        StateReport {
+            seq,
+            at_ms: super::client::now_ms(),
+            agent_version: AGENT_VERSION.to_string(),
+            uptime_s: self.started.elapsed().as_secs(),
+            health,
+            models,
+            system: self.sampler.sample(&self.data_dir),
+            applied_etag: applied_etag.to_string(),
+            hardware,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(name: &str, version: Option<&str>, failure: Option<&str>) -> ServedModel {
+        ServedModel {
+            name: name.into(),
+            active_version: version.map(String::from),
+            failure: failure.map(|r| (Some("9".to_string()), r.to_string())),
+        }
+    }
+
+    fn desired(name: &str, version: &str) -> DesiredModel {
+        DesiredModel { name: name.into(), version: version.into(), source: "override".into() }
+    }
+
+    #[test]
+    fn percentile_uses_nearest_rank() {
+        let mut xs: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut xs, 0.5), 50.0);
+        assert_eq!(percentile(&mut xs, 0.99), 99.0);
+        assert_eq!(percentile(&mut xs, 1.0), 100.0);
+        assert_eq!(percentile(&mut [], 0.5), 0.0);
+    }
+
+    #[test]
+    fn all_desired_models_served_is_healthy_and_counts_come_from_the_window() {
+        let mut windows = HashMap::new();
+        windows.insert(
+            "a".to_string(),
+            ModelWindow { requests: 10, errors: 1, latencies_ms: vec![1.0, 2.0, 3.0], ..ModelWindow::default() },
+        );
+        let (reports, health) = model_reports(&[served("a", Some("2"), None)], &windows, &[desired("a", "2")]);
+        assert_eq!(health, Health::Ok);
+        assert_eq!(reports.len(), 1);
+        assert_eq!((reports[0].state.as_str(), reports[0].requests, reports[0].errors), ("ready", 10, 1));
+        assert_eq!((reports[0].latency_p50_ms, reports[0].latency_p99_ms), (2.0, 3.0));
+    }
+
+    #[test]
+    fn failed_package_or_missing_desired_model_degrades_health() {
+        let (reports, health) = model_reports(&[served("a", None, Some("hash mismatch"))], &HashMap::new(), &[]);
+        assert_eq!(health, Health::Degraded);
+        assert_eq!(reports[0].state, "failed");
+        assert_eq!(reports[0].reason.as_deref(), Some("hash mismatch"));
+
+        let (reports, health) =
+            model_reports(&[served("a", Some("1"), None)], &HashMap::new(), &[desired("a", "2"), desired("b", "1")]);
+        assert_eq!(health, Health::Degraded);
+        let names: Vec<_> = reports.iter().map(|r| (r.name.as_str(), r.state.as_str())).collect();
+        assert_eq!(names, [("a", "ready"), ("b", "failed")]);
+    }
+}

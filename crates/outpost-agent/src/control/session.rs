@@ -1,0 +1,432 @@
+//! One connection life of the control channel: enroll, then heartbeat and long-poll until
+//! stopped or revoked.
+//!
+//! Ordering rules that matter: queued reports are delivered before a new heartbeat (the server
+//! sees reports in sequence order), a command is run at most once per agent life even if the
+//! server hands it out again before its acknowledgement arrives, and `restart_agent` is
+//! acknowledged (or queued durably) before the agent stops.
+
+use super::client::{ClientError, DeviceClient};
+use super::commands::{self, CommandContext};
+use super::identity::{self, Enrollment};
+use super::outbox::Outbox;
+use super::report::{self, ReportBuilder};
+use super::settings::Settings;
+use super::{ControlOptions, ControlStatus};
+use crate::metrics::Metrics;
+use crate::store::ModelStore;
+use outpost_proto::fleet::device::{
+    CommandAck, CommandKind, DesiredState, EnrollRequest, ReportAck, ReportBatch, StateReport,
+};
+use outpost_proto::fleet::signing::{DeviceKey, ALGORITHM_ED25519};
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Reports per `/v1/device/reports` request (the server accepts up to 500).
+const BATCH: usize = 500;
+/// Clock difference from the server worth a warning.
+const SKEW_WARN_MS: i64 = 60_000;
+
+/// Everything a session needs, handed over by `ControlChannel::start`.
+pub(super) struct Parts {
+    pub options: ControlOptions,
+    pub key: Arc<DeviceKey>,
+    pub http: reqwest::Client,
+    pub outbox: Outbox,
+    pub store: Arc<ModelStore>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+    pub status: Arc<ControlStatus>,
+    pub agent_shutdown: watch::Sender<bool>,
+    pub stop: watch::Sender<bool>,
+}
+
+/// Exponential backoff with full jitter: a random delay up to `min(cap, 1 s · 2^attempt)`, at
+/// least 100 ms, so a fleet coming back after an outage does not hit the server in lockstep.
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let ceiling = Duration::from_secs(1).saturating_mul(1 << attempt.min(16)).min(cap);
+    ceiling.mul_f64(rand::random::<f64>()).max(Duration::from_millis(100))
+}
+
+/// `interval` shifted randomly by up to ±`fraction`.
+pub fn jittered(interval: Duration, fraction: f64) -> Duration {
+    let factor = 1.0 + fraction * (rand::random::<f64>() * 2.0 - 1.0);
+    interval.mul_f64(factor.max(0.0))
+}
+
+/// Waits until `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleeps `d`; returns false when stopped first.
+async fn sleep_unless_stopped(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = stopped(stop) => false,
+    }
+}
+
+struct Session {
+    client: DeviceClient,
+    options: ControlOptions,
+    outbox: Mutex<Outbox>,
+    builder: Mutex<ReportBuilder>,
+    ctx: CommandContext,
+    settings: Arc<Settings>,
+    status: Arc<ControlStatus>,
+    executed: Mutex<HashSet<i64>>,
+    agent_shutdown: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    /// Wakes the poll loop early when a heartbeat shows the desired state changed.
+    poll_now: Notify,
+}
+
+/// Runs the channel until stopped or revoked.
+pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
+    let mut client = DeviceClient::with_http(parts.http, &parts.options.server, parts.key.clone());
+    let enrolled = tokio::select! {
+        e = enroll(&parts.options, &parts.key, &client, &parts.settings, &parts.status) => e,
+        _ = stopped(&mut stop) => return,
+    };
+    let Some(device_id) = enrolled else { return };
+    client.set_device_id(&device_id);
+    *parts.status.device_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(device_id);
+
+    let first_seq = parts.outbox.max_seq().map_or(1, |s| s + 1);
+    let executed: HashSet<i64> = parts.outbox.acked_ids().into_iter().collect();
+    let session = Arc::new(Session {
+        client,
+        builder: Mutex::new(ReportBuilder::new(
+            parts.store.clone(),
+            parts.metrics,
+            parts.options.data_dir.clone(),
+            first_seq,
+        )),
+        ctx: CommandContext {
+            store: parts.store,
+            model_dir: parts.options.model_dir.clone(),
+            settings: parts.settings.clone(),
+            logs: parts.options.logs.clone(),
+        },
+        options: parts.options,
+        outbox: Mutex::new(parts.outbox),
+        settings: parts.settings,
+        status: parts.status,
+        executed: Mutex::new(executed),
+        agent_shutdown: parts.agent_shutdown,
+        stop: parts.stop,
+        poll_now: Notify::new(),
+    });
+    tokio::join!(session.clone().heartbeat_loop(stop.clone()), session.poll_loop(stop));
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Enrolls unless already enrolled with this server; retries until it works. `None` when the
+/// device is revoked or cannot ever enroll (no token).
+async fn enroll(
+    options: &ControlOptions,
+    key: &DeviceKey,
+    client: &DeviceClient,
+    settings: &Settings,
+    status: &ControlStatus,
+) -> Option<String> {
+    if let Some(saved) = identity::load_enrollment(&options.data_dir, &options.server) {
+        tracing::info!(device_id = %saved.device_id, server = %saved.server, "enrolled before; resuming");
+        return Some(saved.device_id);
+    }
+    let Some(token) = options.enroll_token.clone().filter(|t| !t.is_empty()) else {
+        tracing::error!(
+            server = %options.server,
+            "this device is not enrolled with the server and has no enrollment token; set `enroll_token` \
+             (or --enroll-token) to join the fleet. Models keep serving locally."
+        );
+        return None;
+    };
+    let request = EnrollRequest {
+        token,
+        algorithm: ALGORITHM_ED25519.to_string(),
+        public_key: key.public_key_base64(),
+        name: options.device_name.clone().unwrap_or_else(host_name),
+        agent_version: report::AGENT_VERSION.to_string(),
+        hardware: super::system::hardware_profile(&options.data_dir),
+    };
+    let mut attempt = 0;
+    loop {
+        match client.enroll(&request).await {
+            Ok(response) => {
+                settings.set_server_heartbeat(response.heartbeat_interval_s);
+                status.last_contact_ms.store(super::client::now_ms(), Ordering::Relaxed);
+                let record = Enrollment {
+                    device_id: response.device_id.clone(),
+                    server: options.server.clone(),
+                    labels: response.labels.clone(),
+                    enrolled_ms: super::client::now_ms(),
+                };
+                if let Err(e) = identity::save_enrollment(&options.data_dir, &record) {
+                    tracing::error!(error = %e, "enrolled, but cannot save the enrollment record; the next start enrolls again");
+                }
+                tracing::info!(
+                    device_id = %response.device_id, labels = ?response.labels,
+                    already_enrolled = response.already_enrolled, "enrolled with the control plane"
+                );
+                return Some(response.device_id);
+            }
+            Err(ClientError::Revoked { message }) => {
+                report_revoked(status, &message);
+                return None;
+            }
+            Err(e) => {
+                // A refused token may be fixed by an operator (new uses, clock): keep trying, slowly.
+                let cap = if e.is_transient() { Duration::from_secs(60) } else { Duration::from_secs(300) };
+                let delay = backoff(attempt, cap);
+                if e.is_transient() {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "enrollment failed; retrying");
+                } else {
+                    tracing::error!(error = %e, retry_in_ms = delay.as_millis() as u64, "enrollment refused; retrying");
+                }
+                tokio::time::sleep(delay).await;
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
+fn report_revoked(status: &ControlStatus, message: &str) {
+    status.revoked.store(true, Ordering::Relaxed);
+    tracing::error!(
+        %message,
+        "THIS DEVICE WAS REVOKED by the control plane: the control channel stops; models keep serving \
+         locally. Re-enroll with a new key and token to rejoin."
+    );
+}
+
+impl Session {
+    /// Logs an error in the way it deserves and stops the channel on revocation.
+    fn on_error(&self, what: &str, e: &ClientError) {
+        match e {
+            ClientError::Revoked { message } => {
+                report_revoked(&self.status, message);
+                let _ = self.stop.send(true);
+            }
+            ClientError::Rejected { code, .. } if code == "stale_request" => tracing::warn!(
+                error = %e,
+                "{what}: the server finds our clock skewed; fix the device clock (NTP). Retrying."
+            ),
+            ClientError::Rejected { code, .. } if code == "unknown_device" => tracing::error!(
+                error = %e,
+                "{what}: the server does not know this device; delete {} and restart with a new \
+                 enrollment token to enroll again",
+                self.options.data_dir.join(identity::ENROLLMENT_FILE).display()
+            ),
+            e if e.is_transient() => tracing::warn!(error = %e, "{what} failed; will retry"),
+            e => tracing::error!(error = %e, "{what} failed"),
+        }
+    }
+
+    fn on_contact(&self, ack: Option<&ReportAck>) {
+        let now = super::client::now_ms();
+        self.status.last_contact_ms.store(now, Ordering::Relaxed);
+        let Some(ack) = ack else { return };
+        if ack.server_time_ms != 0 && (ack.server_time_ms - now).abs() > SKEW_WARN_MS {
+            tracing::warn!(skew_ms = ack.server_time_ms - now, "device clock differs from the server's; check NTP");
+        }
+        if !ack.desired_etag.is_empty() && ack.desired_etag != self.status.applied_etag() {
+            self.poll_now.notify_one();
+        }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refresh_counts(&self, outbox: &Outbox) {
+        self.status.queued_reports.store(outbox.report_count(), Ordering::Relaxed);
+        self.status.dropped_reports.store(outbox.dropped(), Ordering::Relaxed);
+    }
+
+    fn queue_report(&self, report: StateReport) {
+        let mut outbox = self.outbox();
+        if let Err(e) = outbox.push_report(report) {
+            tracing::error!(error = %e, "cannot queue a state report; it is lost");
+        }
+        self.refresh_counts(&outbox);
+    }
+
+    /// Sends queued reports (oldest first, in batches) and then queued acks. Returns whether the
+    /// outbox is now empty.
+    async fn flush_outbox(&self) -> bool {
+        loop {
+            let batch = self.outbox().peek_reports(BATCH);
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len();
+            let result = self.client.send_reports(&ReportBatch { reports: batch }).await;
+            match result {
+                Ok(ack) => self.on_contact(Some(&ack)),
+                Err(e) if e.is_transient() || matches!(e, ClientError::Revoked { .. }) => {
+                    self.on_error("sending queued reports", &e);
+                    return false;
+                }
+                // The server will never take this batch; keeping it would block the queue forever.
+                Err(e) => self.on_error(&format!("sending queued reports (dropping {n})"), &e),
+            }
+            let mut outbox = self.outbox();
+            if let Err(e) = outbox.remove_reports(n) {
+                tracing::error!(error = %e, "cannot update the outbox after delivery; reports may be sent twice");
+            }
+            self.refresh_counts(&outbox);
+        }
+        loop {
+            let Some(pending) = self.outbox().peek_ack() else { break };
+            match self.client.ack(pending.id, &pending.ack).await {
+                Ok(()) => self.on_contact(None),
+                Err(e) if e.is_transient() || matches!(e, ClientError::Revoked { .. }) => {
+                    self.on_error("sending a queued command acknowledgement", &e);
+                    return false;
+                }
+                Err(e) => self.on_error(&format!("acknowledging command {} (dropping it)", pending.id), &e),
+            }
+            if let Err(e) = self.outbox().remove_ack() {
+                tracing::error!(error = %e, "cannot update the outbox after delivery; an ack may be sent twice");
+            }
+        }
+        true
+    }
+
+    /// Delivers one report: directly when nothing is queued before it, else through the outbox.
+    async fn deliver(&self, report: StateReport) {
+        if !self.outbox().is_empty() && !self.flush_outbox().await {
+            self.queue_report(report);
+            return;
+        }
+        match self.client.heartbeat(&report).await {
+            Ok(ack) => {
+                self.status.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                self.on_contact(Some(&ack));
+            }
+            Err(e) => {
+                self.on_error("heartbeat", &e);
+                if e.is_transient() {
+                    self.queue_report(report);
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let report = {
+                let desired = self.status.desired_models();
+                let etag = self.status.applied_etag();
+                self.builder.lock().unwrap_or_else(|p| p.into_inner()).build(&desired, &etag)
+            };
+            tokio::select! {
+                _ = self.deliver(report) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            if !sleep_unless_stopped(jittered(self.settings.heartbeat_interval(), 0.1), &mut stop).await {
+                return;
+            }
+        }
+    }
+
+    async fn poll_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut etag: Option<String> = None;
+        let mut attempt = 0;
+        loop {
+            let result = tokio::select! {
+                r = self.client.desired_state(etag.as_deref(), self.options.poll_wait) => r,
+                _ = stopped(&mut stop) => return,
+            };
+            match result {
+                Ok(Some(desired)) => {
+                    attempt = 0;
+                    self.on_contact(None);
+                    let new_etag = desired.etag.clone();
+                    if !self.apply(desired).await {
+                        return; // restarting
+                    }
+                    etag = Some(new_etag);
+                }
+                Ok(None) => {
+                    attempt = 0;
+                    self.on_contact(None);
+                }
+                Err(e) => {
+                    self.on_error("desired-state poll", &e);
+                    if matches!(e, ClientError::Revoked { .. }) {
+                        return;
+                    }
+                    let delay = backoff(attempt, Duration::from_secs(60));
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.poll_now.notified() => {}
+                        _ = stopped(&mut stop) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a desired state: settings, desired models, then new commands in order. Returns
+    /// false when a restart was requested (the channel is stopping).
+    async fn apply(&self, desired: DesiredState) -> bool {
+        self.settings.set_server_heartbeat(desired.heartbeat_interval_s);
+        let outcome = self.settings.apply(&desired.config);
+        if !outcome.ignored.is_empty() || !outcome.invalid.is_empty() {
+            tracing::warn!(ignored = ?outcome.ignored, invalid = ?outcome.invalid, "desired config has settings this agent does not apply");
+        }
+        let missing = report::missing_models(&report::served_models(&self.ctx.store), &desired.models);
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|m| format!("{}@{}", m.name, m.version)).collect();
+            tracing::warn!(models = ?names, "desired models are not on this device (model download is not available yet)");
+        }
+        *self.status.desired.lock().unwrap_or_else(|p| p.into_inner()) = desired.models.clone();
+        for command in &desired.commands {
+            if !self.executed.lock().unwrap_or_else(|p| p.into_inner()).insert(command.id) {
+                continue; // already run; its ack is on the way
+            }
+            let ack = commands::execute(&self.ctx, command).await;
+            self.status.commands_executed.fetch_add(1, Ordering::Relaxed);
+            self.send_ack(command.id, ack).await;
+            if command.kind == CommandKind::RestartAgent {
+                self.status.restart_requested.store(true, Ordering::Relaxed);
+                let _ = self.stop.send(true);
+                let _ = self.agent_shutdown.send(true);
+                return false;
+            }
+        }
+        *self.status.applied_etag.lock().unwrap_or_else(|p| p.into_inner()) = desired.etag;
+        true
+    }
+
+    /// Sends an acknowledgement now, or queues it durably when the server cannot take it.
+    async fn send_ack(&self, id: i64, ack: CommandAck) {
+        let queued_before = self.outbox().ack_count() > 0;
+        if !queued_before {
+            match self.client.ack(id, &ack).await {
+                Ok(()) => return self.on_contact(None),
+                Err(e) if !e.is_transient() => return self.on_error(&format!("acknowledging command {id}"), &e),
+                Err(e) => self.on_error(&format!("acknowledging command {id}"), &e),
+            }
+        }
+        if let Err(e) = self.outbox().push_ack(id, ack) {
+            tracing::error!(error = %e, command = id, "cannot queue a command acknowledgement; it is lost");
+        }
+    }
+}

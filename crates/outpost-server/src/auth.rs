@@ -1,0 +1,429 @@
+//! Authentication: operator bearer tokens with roles, and signed device requests.
+//!
+//! Device requests are checked in a fixed order, each step named by its error code:
+//! headers present (`bad_signature`), timestamp inside the clock-skew window (`stale_request`),
+//! nonce not used before by this device (`replayed_request`), device known (`unknown_device`),
+//! Ed25519 signature over the canonical request (`bad_signature`), device not revoked
+//! (`device_revoked`). The nonce is recorded only after the signature verifies, so forged
+//! requests cannot burn a device's nonces.
+//!
+//! The replay cache is in process memory: with several server replicas behind a load balancer a
+//! captured request could be replayed once against each replica inside the skew window, so a
+//! multi-replica deployment needs a shared nonce store (e.g. a PostgreSQL table or Redis
+//! `SET NX PX`). It is bounded: when full of live nonces, new requests get 503 rather than
+//! weakening replay protection.
+
+use crate::db::{Db, DeviceKeyRow};
+use crate::error::ApiError;
+use crate::state::{now_ms, SharedState};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use outpost_proto::fleet::api::{ApiToken, Role};
+use outpost_proto::fleet::signing::{
+    self, canonical_request, device_id_for_key, HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
+};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// How long a positive API-token lookup is trusted without asking the database.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a device key (and its revoked flag) is trusted without asking the database.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Most live nonces remembered (about 2 M requests inside one skew window).
+pub const REPLAY_CACHE_CAPACITY: usize = 2_000_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Positive API-token lookups, keyed by the SHA-256 of the secret (the secret is not kept).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], (ApiToken, Instant)>>,
+}
+
+impl TokenCache {
+    fn get(&self, key: &[u8; 32]) -> Option<ApiToken> {
+        let entries = lock(&self.entries);
+        entries.get(key).filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL).map(|(t, _)| t.clone())
+    }
+
+    fn insert(&self, key: [u8; 32], token: ApiToken) {
+        let mut entries = lock(&self.entries);
+        if entries.len() >= 10_000 {
+            entries.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+        }
+        entries.insert(key, (token, Instant::now()));
+    }
+
+    /// Forgets a token (called when it is revoked through the API).
+    pub fn evict(&self, token_id: &str) {
+        lock(&self.entries).retain(|_, (t, _)| t.id != token_id);
+    }
+}
+
+/// The authenticated operator behind a request; `MIN` is the least role the route needs
+/// (0 viewer, 1 operator, 2 admin).
+#[derive(Debug, Clone)]
+pub struct Caller<const MIN: u8> {
+    /// The token used.
+    pub token: ApiToken,
+}
+
+/// Any valid operator token.
+pub type Viewer = Caller<0>;
+/// Operator or admin.
+pub type OperatorRole = Caller<1>;
+/// Admin only.
+pub type Admin = Caller<2>;
+
+impl<const MIN: u8> Caller<MIN> {
+    /// The audit actor: `token:<name>`.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.token.name)
+    }
+}
+
+fn required_role(min: u8) -> Role {
+    match min {
+        0 => Role::Viewer,
+        1 => Role::Operator,
+        _ => Role::Admin,
+    }
+}
+
+/// Authenticates the bearer token in `headers`.
+pub async fn authenticate_operator(state: &SharedState, headers: &HeaderMap) -> Result<ApiToken, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("send an operator token: Authorization: Bearer opt_...".into()))?;
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be `Bearer <token>`".into()))?;
+    let key: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    let token = match state.tokens.get(&key) {
+        Some(t) => t,
+        None => {
+            let t = state.db.api_token_by_secret(secret).await?.ok_or_else(|| {
+                ApiError::Unauthorized("unknown API token; ask an admin for a token (outpost token create)".into())
+            })?;
+            state.tokens.insert(key, t.clone());
+            t
+        }
+    };
+    if token.revoked {
+        return Err(ApiError::Unauthorized(format!(
+            "API token {:?} was revoked; ask an admin for a new one",
+            token.name
+        )));
+    }
+    if token.expires_ms.is_some_and(|e| e <= now_ms()) {
+        return Err(ApiError::Unauthorized(format!("API token {:?} expired; ask an admin for a new one", token.name)));
+    }
+    Ok(token)
+}
+
+impl<const MIN: u8> FromRequestParts<SharedState> for Caller<MIN> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, ApiError> {
+        let token = authenticate_operator(state, &parts.headers).await?;
+        let needed = required_role(MIN);
+        if token.role < needed {
+            return Err(ApiError::Forbidden(format!(
+                "this needs the {} role; token {:?} has {}",
+                needed.as_str(),
+                token.name,
+                token.role.as_str()
+            )));
+        }
+        Ok(Caller { token })
+    }
+}
+
+/// The four signature headers of a device request.
+#[derive(Debug, Clone)]
+pub struct SignatureHeaders {
+    /// Claimed device id.
+    pub device: String,
+    /// Signing time, Unix milliseconds.
+    pub timestamp_ms: i64,
+    /// Nonce.
+    pub nonce: String,
+    /// Base64 signature.
+    pub signature: String,
+}
+
+impl SignatureHeaders {
+    /// Reads the headers, naming the first missing or malformed one.
+    pub fn parse(headers: &HeaderMap) -> Result<SignatureHeaders, ApiError> {
+        let get = |name: &str| -> Result<String, ApiError> {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    ApiError::BadSignature(format!("missing or unreadable {name} header; sign every device request"))
+                })
+        };
+        let device = get(HEADER_DEVICE)?;
+        let timestamp_ms = get(HEADER_TIMESTAMP)?
+            .parse::<i64>()
+            .map_err(|_| ApiError::BadSignature(format!("{HEADER_TIMESTAMP} must be Unix milliseconds")))?;
+        let nonce = get(HEADER_NONCE)?;
+        signing::validate_nonce(&nonce).map_err(|e| ApiError::BadSignature(e.to_string()))?;
+        let signature = get(HEADER_SIGNATURE)?;
+        Ok(SignatureHeaders { device, timestamp_ms, nonce, signature })
+    }
+}
+
+/// Nonces seen inside the skew window, keyed by a hash of (device, nonce).
+struct ReplayCache {
+    seen: Mutex<HashMap<[u8; 16], i64>>,
+    capacity: usize,
+}
+
+fn replay_key(device: &str, nonce: &str) -> [u8; 16] {
+    let digest =
+        Sha256::new().chain_update(device).chain_update([0u8]).chain_update(nonce.to_ascii_lowercase()).finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+impl ReplayCache {
+    fn seen(&self, key: &[u8; 16], now: i64) -> bool {
+        lock(&self.seen).get(key).is_some_and(|&exp| exp > now)
+    }
+
+    /// Records a nonce until `expires_ms`; fails when it was recorded meanwhile or the cache is full.
+    fn record(&self, key: [u8; 16], expires_ms: i64, now: i64) -> Result<(), ApiError> {
+        let mut seen = lock(&self.seen);
+        if seen.get(&key).is_some_and(|&exp| exp > now) {
+            return Err(replayed());
+        }
+        if seen.len() >= self.capacity {
+            seen.retain(|_, exp| *exp > now);
+            if seen.len() >= self.capacity {
+                return Err(ApiError::Overloaded("too many requests inside the replay window; retry later".into()));
+            }
+        }
+        seen.insert(key, expires_ms);
+        Ok(())
+    }
+}
+
+fn replayed() -> ApiError {
+    ApiError::ReplayedRequest("this nonce was already used; sign every request with a fresh random nonce".into())
+}
+
+/// Device keys, trusted for [`KEY_CACHE_TTL`].
+#[derive(Default)]
+struct KeyCache {
+    entries: Mutex<HashMap<String, (DeviceKeyRow, Instant)>>,
+}
+
+/// Verifies signed device requests.
+pub struct DeviceAuth {
+    replay: ReplayCache,
+    keys: KeyCache,
+    skew_ms: i64,
+}
+
+impl DeviceAuth {
+    /// A verifier accepting timestamps within `skew_ms` of the server clock.
+    pub fn new(skew_ms: i64) -> DeviceAuth {
+        DeviceAuth {
+            replay: ReplayCache { seen: Mutex::new(HashMap::new()), capacity: REPLAY_CACHE_CAPACITY },
+            keys: KeyCache::default(),
+            skew_ms,
+        }
+    }
+
+    fn precheck(&self, h: &SignatureHeaders, now: i64) -> Result<[u8; 16], ApiError> {
+        if (h.timestamp_ms - now).abs() > self.skew_ms {
+            return Err(ApiError::StaleRequest(format!(
+                "request signed at {} but the server time is {now}; fix the device clock (allowed skew {} s)",
+                h.timestamp_ms,
+                self.skew_ms / 1000
+            )));
+        }
+        let key = replay_key(&h.device, &h.nonce);
+        if self.replay.seen(&key, now) {
+            return Err(replayed());
+        }
+        Ok(key)
+    }
+
+    fn check_signature(
+        &self,
+        public_key: &[u8; 32],
+        h: &SignatureHeaders,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Result<(), ApiError> {
+        let message = canonical_request(method, path_and_query, &h.device, h.timestamp_ms, &h.nonce, body);
+        signing::verify(public_key, &message, &h.signature)
+            .map_err(|_| ApiError::BadSignature("the request signature does not verify with this device's key".into()))
+    }
+
+    async fn device_key(&self, db: &Db, device: &str) -> Result<Option<DeviceKeyRow>, ApiError> {
+        if let Some((row, at)) = lock(&self.keys.entries).get(device) {
+            if at.elapsed() < KEY_CACHE_TTL {
+                return Ok(Some(row.clone()));
+            }
+        }
+        let row = db.device_key(device).await?;
+        if let Some(row) = &row {
+            lock(&self.keys.entries).insert(device.to_string(), (row.clone(), Instant::now()));
+        }
+        Ok(row)
+    }
+
+    /// Verifies an enrolled device's request; returns its device id.
+    pub async fn verify_device(
+        &self,
+        db: &Db,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<String, ApiError> {
+        let h = SignatureHeaders::parse(headers)?;
+        let now = now_ms();
+        let replay_key = self.precheck(&h, now)?;
+        let row = self.device_key(db, &h.device).await?.ok_or_else(|| {
+            ApiError::UnknownDevice(format!("device {:?} is not enrolled; enroll with an enrollment token", h.device))
+        })?;
+        self.check_signature(&row.public_key, &h, method, path_and_query, body)?;
+        self.replay.record(replay_key, h.timestamp_ms + self.skew_ms, now)?;
+        if row.revoked {
+            return Err(ApiError::DeviceRevoked(format!(
+                "device {:?} was revoked; re-enroll it with a new key and token if it should come back",
+                h.device
+            )));
+        }
+        Ok(h.device)
+    }
+
+    /// Verifies an enrollment request signed with the key being enrolled.
+    pub fn verify_enrollment(
+        &self,
+        public_key: &[u8; 32],
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<String, ApiError> {
+        let h = SignatureHeaders::parse(headers)?;
+        let expected = device_id_for_key(public_key);
+        if h.device != expected {
+            return Err(ApiError::BadSignature(format!(
+                "{HEADER_DEVICE} must be the public key's device id {expected:?} when enrolling"
+            )));
+        }
+        let now = now_ms();
+        let replay_key = self.precheck(&h, now)?;
+        self.check_signature(public_key, &h, method, path_and_query, body)?;
+        self.replay.record(replay_key, h.timestamp_ms + self.skew_ms, now)?;
+        Ok(h.device)
+    }
+
+    /// Fails with `device_revoked` (or `unknown_device`) when the device may no longer talk to us.
+    pub async fn ensure_active(&self, db: &Db, device: &str) -> Result<(), ApiError> {
+        match self.device_key(db, device).await? {
+            None => Err(ApiError::UnknownDevice(format!("device {device:?} is not enrolled"))),
+            Some(row) if row.revoked => Err(ApiError::DeviceRevoked(format!("device {device:?} was revoked"))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Forgets a device's cached key so its revocation applies to its next request.
+    pub fn evict_device(&self, device: &str) {
+        lock(&self.keys.entries).remove(device);
+    }
+
+    /// Drops expired nonces and stale keys; run periodically.
+    pub fn prune(&self) {
+        let now = now_ms();
+        lock(&self.replay.seen).retain(|_, exp| *exp > now);
+        lock(&self.keys.entries).retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
+    }
+}
+
+/// A verified device request: the device id and the raw body it signed.
+pub struct SignedDevice {
+    /// Verified device id.
+    pub device_id: String,
+    /// Body bytes (parse them with [`crate::extract::parse_json`]).
+    pub body: Bytes,
+}
+
+impl SignedDevice {
+    /// The audit actor: `device:<id>`.
+    pub fn actor(&self) -> String {
+        format!("device:{}", self.device_id)
+    }
+}
+
+/// The method and path-with-query a device signed.
+pub fn signed_target(parts: &Parts) -> (String, String) {
+    let pq =
+        parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_else(|| parts.uri.path().to_string());
+    (parts.method.as_str().to_string(), pq)
+}
+
+impl FromRequest<SharedState> for SignedDevice {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let (method, pq) = signed_target(&parts);
+        let headers = parts.headers.clone();
+        let body = crate::extract::read_body(Request::from_parts(parts, body), state).await?;
+        let device_id = state.devices.verify_device(&state.db, &method, &pq, &headers, &body).await?;
+        Ok(SignedDevice { device_id, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nonce_is_accepted_once_per_device() {
+        let cache = ReplayCache { seen: Mutex::new(HashMap::new()), capacity: 10 };
+        let k = replay_key("d-1", "00112233445566778899");
+        assert!(cache.record(k, 2_000, 1_000).is_ok());
+        assert!(cache.seen(&k, 1_500));
+        assert_eq!(cache.record(k, 2_000, 1_500).unwrap_err().code(), "replayed_request");
+        assert!(cache.record(replay_key("d-2", "00112233445566778899"), 2_000, 1_500).is_ok());
+        // After its window the entry no longer counts.
+        assert!(!cache.seen(&k, 2_001));
+    }
+
+    #[test]
+    fn a_full_replay_cache_refuses_instead_of_forgetting() {
+        let cache = ReplayCache { seen: Mutex::new(HashMap::new()), capacity: 1 };
+        assert!(cache.record(replay_key("d", "a"), 5_000, 0).is_ok());
+        assert_eq!(cache.record(replay_key("d", "b"), 5_000, 0).unwrap_err().code(), "overloaded");
+        assert!(cache.record(replay_key("d", "b"), 9_000, 6_000).is_ok());
+    }
+
+    #[test]
+    fn missing_headers_are_named() {
+        let e = SignatureHeaders::parse(&HeaderMap::new()).unwrap_err();
+        assert_eq!(e.code(), "bad_signature");
+        assert!(e.to_string().contains(HEADER_DEVICE));
+    }
+}

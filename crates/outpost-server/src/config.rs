@@ -1,0 +1,120 @@
+//! Server configuration: one struct whose `Default` is the documented default of every option,
+//! so a missing TOML key, environment variable or flag always means the same thing.
+
+use crate::db::Thresholds;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the control plane can be told at start-up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on (port 0 picks a free port). Default `127.0.0.1:8700`.
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database and the bootstrap admin token. Default `outpost-data`.
+    pub data_dir: PathBuf,
+    /// Database URL (`sqlite:...` or `postgres://...`); default `sqlite:<data_dir>/outpost.db`.
+    pub database: Option<String>,
+    /// Database connection pool size. Default 16.
+    pub max_connections: u32,
+    /// A device not heard from for this long is `stale`. Default 90 s.
+    pub stale_after_s: u64,
+    /// A device not heard from for this long is `offline`. Default 300 s.
+    pub offline_after_s: u64,
+    /// Heartbeat interval the server asks devices for. Default 30 s.
+    pub heartbeat_interval_s: u32,
+    /// Longest a desired-state long-poll is held open. Default 30 s.
+    pub long_poll_max_s: u64,
+    /// Largest accepted difference between a device's signing time and the server clock. Default 300 s.
+    pub clock_skew_s: u64,
+    /// Keep one report per device per this interval in the history. Default 300 s.
+    pub history_interval_s: u64,
+    /// Delete history older than this. Default 7 days.
+    pub history_retention_days: u64,
+    /// Commands not acknowledged within this time expire. Default 7 days.
+    pub command_ttl_s: u64,
+    /// Largest accepted request body. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Most reports written in one database transaction (and accepted in one batch). Default 2000.
+    pub report_batch_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
+            data_dir: PathBuf::from("outpost-data"),
+            database: None,
+            max_connections: 16,
+            stale_after_s: 90,
+            offline_after_s: 300,
+            heartbeat_interval_s: 30,
+            long_poll_max_s: 30,
+            clock_skew_s: 300,
+            history_interval_s: 300,
+            history_retention_days: 7,
+            command_ttl_s: 7 * 24 * 3600,
+            max_body_bytes: 1024 * 1024,
+            report_batch_max: 2000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The database URL actually used: `database`, or the SQLite file in `data_dir`.
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(url) => url.clone(),
+            None => format!("sqlite:{}", self.data_dir.join("outpost.db").display()),
+        }
+    }
+
+    /// Heartbeat-age thresholds for device status.
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            stale_after_ms: secs_to_ms(self.stale_after_s),
+            offline_after_ms: secs_to_ms(self.offline_after_s),
+        }
+    }
+
+    /// Clock-skew window, milliseconds.
+    pub fn clock_skew_ms(&self) -> i64 {
+        secs_to_ms(self.clock_skew_s)
+    }
+
+    /// Longest long-poll.
+    pub fn long_poll_max(&self) -> Duration {
+        Duration::from_secs(self.long_poll_max_s)
+    }
+
+    /// Where the bootstrap admin token is written.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+}
+
+/// Seconds to milliseconds, saturating instead of overflowing on absurd settings.
+pub(crate) fn secs_to_ms(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_toml_gives_documented_defaults() {
+        let c: ServerConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, ServerConfig::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8700");
+        assert_eq!(c.database_url(), format!("sqlite:{}", PathBuf::from("outpost-data/outpost.db").display()));
+        assert_eq!(c.command_ttl_s, 604_800);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(serde_json::from_str::<ServerConfig>(r#"{"lisen":"x"}"#).is_err());
+    }
+}

@@ -1,0 +1,291 @@
+//! Storage for the control plane: one API over SQLite (the embedded default) and PostgreSQL
+//! (scale-out), through sqlx's `Any` driver so that every query is written once.
+//!
+//! Portability rules the SQL follows: `$N` placeholders (both engines bind them by number),
+//! BIGINT for ids, timestamps (Unix ms) and booleans (0/1), TEXT for strings and JSON. Only the
+//! DDL differs (id generation), hence two migration directories, applied on [`Db::connect`].
+//!
+//! URLs: `sqlite:<path>` / `sqlite://<path>` (created when missing; WAL, synchronous=NORMAL,
+//! busy_timeout 5 s, foreign keys on) and `postgres://user@host:port/db`. To put the tables in a
+//! PostgreSQL schema other than `public`, use sqlx's native option syntax
+//! `?options[search_path]=<schema>` (or the libpq form `?options=-c%20search_path%3D<schema>`);
+//! the schema must exist.
+//!
+//! Every mutation an operator or device makes writes its audit entry in the same transaction,
+//! so the audit log can never miss a change that happened.
+
+mod audit;
+mod commands;
+mod devices;
+mod enroll;
+mod error;
+mod models;
+mod reports;
+mod select;
+mod sql;
+mod summary;
+mod tokens;
+
+pub use error::DbError;
+
+use outpost_proto::fleet::api::{Command, DeviceStatus};
+use outpost_proto::fleet::device::{HardwareProfile, StateReport};
+use outpost_proto::fleet::selector::Labels;
+use sqlx::any::{Any, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Transaction};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Which database engine is behind a [`Db`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    /// A SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// Heartbeat age limits that decide a device's connectivity status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// Last heartbeat older than this: stale.
+    pub stale_after_ms: i64,
+    /// Last heartbeat older than this (or none): offline.
+    pub offline_after_ms: i64,
+}
+
+/// Default spacing of stored history reports per device: 5 minutes.
+pub const DEFAULT_HISTORY_INTERVAL_MS: i64 = 300_000;
+
+/// Handle to the database; cheap to clone (shares one pool).
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    kind: DbKind,
+    history_interval_ms: AtomicI64,
+    /// Per device: hash of the model set last written to `device_models`, to skip rewrites.
+    model_hashes: Mutex<HashMap<String, u64>>,
+    /// Per device: `at_ms` of the newest report stored in `device_reports`.
+    history_last: Mutex<HashMap<String, i64>>,
+}
+
+/// A device asking to enroll (already authenticated by its signature over the request).
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// The enrollment token secret it presented (`oet_...`).
+    pub token_secret: String,
+    /// Device id derived from the public key.
+    pub device_id: String,
+    /// Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// Human name.
+    pub name: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Hardware profile.
+    pub hardware: HardwareProfile,
+}
+
+/// Result of an enrollment attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnrollOutcome {
+    /// A new device was created with the token's labels.
+    Enrolled {
+        /// Device id.
+        device_id: String,
+        /// Its labels.
+        labels: Labels,
+    },
+    /// This key was already enrolled; nothing changed and no token use was consumed.
+    AlreadyEnrolled {
+        /// Device id.
+        device_id: String,
+        /// Its current labels.
+        labels: Labels,
+    },
+    /// No token has this secret.
+    TokenUnknown,
+    /// The token is past its expiry.
+    TokenExpired,
+    /// Every use of the token is taken.
+    TokenUsedUp,
+    /// The token was revoked.
+    TokenRevoked,
+    /// The device was revoked and may not come back.
+    DeviceRevoked,
+}
+
+/// A device's key and revocation flag, for verifying its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKeyRow {
+    /// Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// Revoked devices are refused.
+    pub revoked: bool,
+}
+
+/// A state report as the server received it.
+#[derive(Debug, Clone)]
+pub struct ReportRow {
+    /// Sender.
+    pub device_id: String,
+    /// Server clock at receipt, Unix ms (becomes the device's `last_seen_ms`).
+    pub received_ms: i64,
+    /// The report.
+    pub report: StateReport,
+}
+
+/// Result of a device acknowledging a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AckOutcome {
+    /// The result was recorded.
+    Acked(Command),
+    /// The device has no command with this id.
+    NotFound,
+    /// The command already had a result; it is left unchanged.
+    AlreadyAcked(Command),
+}
+
+/// Connectivity status from the last heartbeat: revoked wins, then the age of the heartbeat.
+pub fn status_of(last_seen_ms: Option<i64>, revoked: bool, now_ms: i64, th: Thresholds) -> DeviceStatus {
+    if revoked {
+        return DeviceStatus::Revoked;
+    }
+    match last_seen_ms {
+        Some(seen) if seen >= now_ms - th.stale_after_ms => DeviceStatus::Online,
+        Some(seen) if seen >= now_ms - th.offline_after_ms => DeviceStatus::Stale,
+        _ => DeviceStatus::Offline,
+    }
+}
+
+/// Adds `mode=rwc` (create when missing) unless the URL already says how to open the file.
+fn sqlite_url(url: &str) -> String {
+    if url.contains("mode=") || url.contains(":memory:") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
+impl Db {
+    /// Connects, applies the pragmas (SQLite) and runs the migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        sqlx::any::install_default_drivers();
+        let kind = if url.starts_with("sqlite:") {
+            DbKind::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            DbKind::Postgres
+        } else {
+            return Err(DbError::Invalid(format!(
+                "unsupported database URL {url:?}: use sqlite:<path> or postgres://user@host/db"
+            )));
+        };
+        // A short acquire timeout turns an unreachable database into a quick 503 instead of a
+        // hung request; the pool opens fresh connections once the database is back.
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(3))
+            .test_before_acquire(true);
+        let url = match kind {
+            DbKind::Sqlite => {
+                // foreign_keys=ON and busy_timeout=5s are sqlx's SQLite defaults; the journal
+                // settings are not, and cannot be given in the URL.
+                options = options.after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        Ok(())
+                    })
+                });
+                sqlite_url(url)
+            }
+            DbKind::Postgres => url.to_string(),
+        };
+        let pool = options.connect(&url).await?;
+        let migrated = match kind {
+            DbKind::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
+            DbKind::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
+        };
+        if let Err(e) = migrated {
+            pool.close().await;
+            return Err(e.into());
+        }
+        Ok(Db {
+            inner: Arc::new(Inner {
+                pool,
+                kind,
+                history_interval_ms: AtomicI64::new(DEFAULT_HISTORY_INTERVAL_MS),
+                model_hashes: Mutex::new(HashMap::new()),
+                history_last: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Which engine this is.
+    pub fn kind(&self) -> DbKind {
+        self.inner.kind
+    }
+
+    /// Sets the minimum spacing of stored history reports per device.
+    pub fn set_history_interval_ms(&self, ms: i64) {
+        self.inner.history_interval_ms.store(ms.max(0), Ordering::Relaxed);
+    }
+
+    /// One round trip to the database (readiness probe).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection; later calls fail with [`DbError::Unavailable`].
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    /// Begins a write transaction. SQLite gets `BEGIN IMMEDIATE` so that the write lock is
+    /// taken (waiting up to busy_timeout) before reading: a deferred transaction that reads
+    /// first fails with "database is locked" when another writer commits in between.
+    async fn begin(&self) -> Result<Transaction<'static, Any>, DbError> {
+        Ok(match self.inner.kind {
+            DbKind::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
+            DbKind::Postgres => self.inner.pool.begin().await?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TH: Thresholds = Thresholds { stale_after_ms: 60_000, offline_after_ms: 300_000 };
+
+    #[test]
+    fn status_follows_heartbeat_age_and_revocation() {
+        let now = 1_000_000;
+        assert_eq!(status_of(Some(now - 60_000), false, now, TH), DeviceStatus::Online);
+        assert_eq!(status_of(Some(now - 60_001), false, now, TH), DeviceStatus::Stale);
+        assert_eq!(status_of(Some(now - 300_000), false, now, TH), DeviceStatus::Stale);
+        assert_eq!(status_of(Some(now - 300_001), false, now, TH), DeviceStatus::Offline);
+        assert_eq!(status_of(None, false, now, TH), DeviceStatus::Offline);
+        assert_eq!(status_of(Some(now), true, now, TH), DeviceStatus::Revoked);
+    }
+
+    #[test]
+    fn sqlite_urls_create_missing_files_unless_told_otherwise() {
+        assert_eq!(sqlite_url("sqlite:/tmp/a.db"), "sqlite:/tmp/a.db?mode=rwc");
+        assert_eq!(sqlite_url("sqlite:///tmp/a.db?cache=shared"), "sqlite:///tmp/a.db?cache=shared&mode=rwc");
+        assert_eq!(sqlite_url("sqlite:/tmp/a.db?mode=ro"), "sqlite:/tmp/a.db?mode=ro");
+    }
+}

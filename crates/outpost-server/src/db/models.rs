@@ -1,0 +1,153 @@
+//! The model registry (published name@version entries) and assignments (selector → model
+//! version), from which the server computes each device's desired state.
+
+use super::audit::{paginate, record};
+use super::sql::{clamp_limit, Sql};
+use super::{Db, DbError};
+use outpost_proto::fleet::api::{Assignment, CreateAssignment, ModelVersion, Page, PublishModel};
+use outpost_proto::fleet::selector::Selector;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+fn model_version(row: &AnyRow) -> Result<ModelVersion, DbError> {
+    Ok(ModelVersion {
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        metadata: serde_json::from_str(&row.try_get::<String, _>("metadata")?)?,
+        published_by: row.try_get("published_by")?,
+        published_ms: row.try_get("published_ms")?,
+    })
+}
+
+fn assignment(row: &AnyRow) -> Result<Assignment, DbError> {
+    Ok(Assignment {
+        id: row.try_get("id")?,
+        selector: row.try_get("selector")?,
+        model: row.try_get("model")?,
+        version: row.try_get("version")?,
+        created_by: row.try_get("created_by")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+/// Model cursors are `name@version`; names are split at the first `@`.
+fn model_cursor(cursor: &str) -> Result<(&str, &str), DbError> {
+    cursor.split_once('@').ok_or_else(|| DbError::Invalid(format!("cursor {cursor:?} is not a valid page cursor")))
+}
+
+impl Db {
+    /// Adds a model version to the registry; Conflict when that name@version exists.
+    pub async fn publish_model(&self, m: &PublishModel, actor: &str, now_ms: i64) -> Result<ModelVersion, DbError> {
+        if m.name.trim().is_empty() || m.version.trim().is_empty() {
+            return Err(DbError::Invalid("a model needs a name and a version".into()));
+        }
+        let metadata = if m.metadata.is_null() { serde_json::json!({}) } else { m.metadata.clone() };
+        let mut tx = self.begin().await?;
+        let mut q = Sql::new("SELECT name FROM models WHERE name = ");
+        q.bind(&m.name).push(" AND version = ").bind(&m.version);
+        if q.query().fetch_optional(&mut *tx).await?.is_some() {
+            return Err(DbError::Conflict(format!("model {}@{} is already published", m.name, m.version)));
+        }
+        let mut q = Sql::new("INSERT INTO models (name, version, metadata, published_by, published_ms) VALUES (");
+        q.bind(&m.name).push(", ").bind(&m.version).push(", ").bind(metadata.to_string()).push(", ");
+        q.bind(actor).push(", ").bind(now_ms).push(")");
+        q.query().execute(&mut *tx).await.map_err(|e| match DbError::from(e) {
+            DbError::Conflict(_) => DbError::Conflict(format!("model {}@{} is already published", m.name, m.version)),
+            other => other,
+        })?;
+        let target = format!("{}@{}", m.name, m.version);
+        record(&mut tx, now_ms, actor, "model.publish", &target, serde_json::json!({"metadata": metadata})).await?;
+        tx.commit().await?;
+        Ok(ModelVersion {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            metadata,
+            published_by: actor.to_string(),
+            published_ms: now_ms,
+        })
+    }
+
+    /// Registry entries ordered by name then version; the cursor is the last `name@version`.
+    pub async fn list_models(&self, cursor: Option<&str>, limit: u32) -> Result<Page<ModelVersion>, DbError> {
+        let limit = clamp_limit(limit);
+        let mut q = Sql::new("SELECT name, version, metadata, published_by, published_ms FROM models");
+        if let Some(c) = cursor {
+            let (name, version) = model_cursor(c)?;
+            q.push(" WHERE name > ").bind(name).push(" OR (name = ").bind(name);
+            q.push(" AND version > ").bind(version).push(")");
+        }
+        q.push(" ORDER BY name, version LIMIT ").bind(limit + 1);
+        let rows = q.query().fetch_all(self.pool()).await?;
+        let items = rows.iter().map(model_version).collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(items, limit, |m| format!("{}@{}", m.name, m.version)))
+    }
+
+    /// Every version of one model, oldest published first.
+    pub async fn model_versions(&self, name: &str) -> Result<Vec<ModelVersion>, DbError> {
+        let mut q = Sql::new("SELECT name, version, metadata, published_by, published_ms FROM models WHERE name = ");
+        q.bind(name).push(" ORDER BY published_ms, version");
+        let rows = q.query().fetch_all(self.pool()).await?;
+        rows.iter().map(model_version).collect()
+    }
+
+    /// Assigns a registered model version to a selector.
+    pub async fn create_assignment(
+        &self,
+        a: &CreateAssignment,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Assignment, DbError> {
+        let selector: Selector = a.selector.parse().map_err(|e| DbError::Invalid(format!("{e}")))?;
+        // Stored in canonical form so equal selectors read the same.
+        let selector = selector.to_string();
+        let mut tx = self.begin().await?;
+        let mut q = Sql::new("SELECT name FROM models WHERE name = ");
+        q.bind(&a.model).push(" AND version = ").bind(&a.version);
+        if q.query().fetch_optional(&mut *tx).await?.is_none() {
+            return Err(DbError::NotFound(format!("model {}@{} is not in the registry", a.model, a.version)));
+        }
+        let mut q = Sql::new("INSERT INTO assignments (selector, model, version, created_by, created_ms) VALUES (");
+        q.bind(&selector).push(", ").bind(&a.model).push(", ").bind(&a.version).push(", ").bind(actor);
+        q.push(", ").bind(now_ms).push(") RETURNING id");
+        let id: i64 = q.query().fetch_one(&mut *tx).await?.try_get("id")?;
+        let details = serde_json::json!({"selector": selector, "model": a.model, "version": a.version});
+        record(&mut tx, now_ms, actor, "assignment.create", &id.to_string(), details).await?;
+        tx.commit().await?;
+        Ok(Assignment {
+            id,
+            selector,
+            model: a.model.clone(),
+            version: a.version.clone(),
+            created_by: actor.to_string(),
+            created_ms: now_ms,
+        })
+    }
+
+    /// Every assignment, oldest first.
+    pub async fn list_assignments(&self) -> Result<Vec<Assignment>, DbError> {
+        let rows =
+            sqlx::query("SELECT id, selector, model, version, created_by, created_ms FROM assignments ORDER BY id")
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter().map(assignment).collect()
+    }
+
+    /// Deletes an assignment; false when there is no such assignment.
+    pub async fn delete_assignment(&self, id: i64, actor: &str, now_ms: i64) -> Result<bool, DbError> {
+        let mut tx = self.begin().await?;
+        let mut q =
+            Sql::new("SELECT id, selector, model, version, created_by, created_ms FROM assignments WHERE id = ");
+        q.bind(id);
+        let Some(row) = q.query().fetch_optional(&mut *tx).await? else {
+            return Ok(false);
+        };
+        let old = assignment(&row)?;
+        let mut q = Sql::new("DELETE FROM assignments WHERE id = ");
+        q.bind(id);
+        q.query().execute(&mut *tx).await?;
+        let details = serde_json::json!({"selector": old.selector, "model": old.model, "version": old.version});
+        record(&mut tx, now_ms, actor, "assignment.delete", &id.to_string(), details).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,180 @@
+//! API errors: every failure a handler can produce, each with a stable machine code, an HTTP
+//! status and a message that says what to do next. Clients branch on `code`, never on text.
+
+use crate::db::DbError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use outpost_proto::fleet::api::ErrorBody;
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_S: u32 = 5;
+
+/// A failed API request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 401: no or bad operator credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 401: the device header names no enrolled device.
+    #[error("{0}")]
+    UnknownDevice(String),
+    /// 401: signature headers missing, malformed or not verifying.
+    #[error("{0}")]
+    BadSignature(String),
+    /// 401: the signing timestamp is outside the clock-skew window.
+    #[error("{0}")]
+    StaleRequest(String),
+    /// 401: no such enrollment token.
+    #[error("{0}")]
+    InvalidEnrollmentToken(String),
+    /// 401: the enrollment token expired.
+    #[error("{0}")]
+    EnrollmentTokenExpired(String),
+    /// 403: authenticated, but the role is too low.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 403: the device was revoked.
+    #[error("{0}")]
+    DeviceRevoked(String),
+    /// 403: the enrollment token was revoked.
+    #[error("{0}")]
+    EnrollmentTokenRevoked(String),
+    /// 404: no such object.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the object already exists or the change conflicts.
+    #[error("{0}")]
+    Conflict(String),
+    /// 409: this (device, nonce) was already used.
+    #[error("{0}")]
+    ReplayedRequest(String),
+    /// 409: the enrollment token has no uses left.
+    #[error("{0}")]
+    EnrollmentTokenUsedUp(String),
+    /// 409: the command was already acknowledged.
+    #[error("{0}")]
+    AlreadyAcked(String),
+    /// 413: the body is larger than `max_body_bytes`.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 503: the database cannot be reached.
+    #[error("{0}")]
+    DatabaseUnavailable(String),
+    /// 503: the server is saturated (report queue full, replay cache full).
+    #[error("{0}")]
+    Overloaded(String),
+    /// 500: a bug or an unexpected storage failure (logged).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Unauthorized(_)
+            | UnknownDevice(_)
+            | BadSignature(_)
+            | StaleRequest(_)
+            | InvalidEnrollmentToken(_)
+            | EnrollmentTokenExpired(_) => StatusCode::UNAUTHORIZED,
+            Forbidden(_) | DeviceRevoked(_) | EnrollmentTokenRevoked(_) => StatusCode::FORBIDDEN,
+            NotFound(_) => StatusCode::NOT_FOUND,
+            Conflict(_) | ReplayedRequest(_) | EnrollmentTokenUsedUp(_) | AlreadyAcked(_) => StatusCode::CONFLICT,
+            PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            DatabaseUnavailable(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine code.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            InvalidRequest(_) => "invalid_request",
+            Unauthorized(_) => "unauthorized",
+            UnknownDevice(_) => "unknown_device",
+            BadSignature(_) => "bad_signature",
+            StaleRequest(_) => "stale_request",
+            InvalidEnrollmentToken(_) => "invalid_enrollment_token",
+            EnrollmentTokenExpired(_) => "enrollment_token_expired",
+            Forbidden(_) => "forbidden",
+            DeviceRevoked(_) => "device_revoked",
+            EnrollmentTokenRevoked(_) => "enrollment_token_revoked",
+            NotFound(_) => "not_found",
+            Conflict(_) => "conflict",
+            ReplayedRequest(_) => "replayed_request",
+            EnrollmentTokenUsedUp(_) => "enrollment_token_used_up",
+            AlreadyAcked(_) => "already_acked",
+            PayloadTooLarge(_) => "payload_too_large",
+            DatabaseUnavailable(_) => "database_unavailable",
+            Overloaded(_) => "overloaded",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { code: self.code().to_string(), message: self.to_string() }
+    }
+
+    /// A 404 for an object kind and id.
+    pub fn not_found(kind: &str, id: &str) -> ApiError {
+        ApiError::NotFound(format!("no {kind} {id:?}; list them to find the right id"))
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> ApiError {
+        match e {
+            DbError::Unavailable(m) => ApiError::DatabaseUnavailable(format!(
+                "the database is unreachable ({m}); retry after {RETRY_AFTER_S} s"
+            )),
+            DbError::Conflict(m) => ApiError::Conflict(m),
+            DbError::NotFound(m) => ApiError::NotFound(m),
+            DbError::Invalid(m) => ApiError::InvalidRequest(m),
+            DbError::Other(m) => ApiError::Internal(format!("storage error: {m}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "internal error");
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self, "service unavailable");
+        }
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_database_maps_to_503_with_stable_code() {
+        let e = ApiError::from(DbError::Unavailable("connection refused".into()));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), "database_unavailable");
+        let r = e.into_response();
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "5");
+    }
+
+    #[test]
+    fn other_storage_errors_are_internal() {
+        assert_eq!(ApiError::from(DbError::Other("x".into())).status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(ApiError::from(DbError::Invalid("x".into())).code(), "invalid_request");
+    }
+}

@@ -1,0 +1,24 @@
+//! outpost-server: the control plane.
+//!
+//! Operators use the REST API under `/v1` with bearer tokens; devices use the signed device
+//! channel (`/v1/enroll`, `/v1/device/...`). [`Server`] ties the pieces together: storage
+//! ([`db`]), authentication ([`auth`]), desired-state computation ([`desired`]) and long-poll
+//! wake-ups ([`hub`]), the group-commit report writer ([`reports`]) and the routes ([`routes`]).
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod desired;
+pub mod error;
+pub mod extract;
+pub mod hub;
+pub mod metrics;
+pub mod openapi;
+pub mod reports;
+pub mod routes;
+mod server;
+pub mod state;
+
+pub use config::ServerConfig;
+pub use error::ApiError;
+pub use server::{redact_url, Server, ServerError, ShutdownHandle};

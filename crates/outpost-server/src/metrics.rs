@@ -1,0 +1,106 @@
+//! Prometheus metrics for `/metrics`: request counts and latency per route, heartbeats, report
+//! batch sizes and write latency, and long-polls waiting.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Labels of one request: the route template (not the raw path, to bound cardinality).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Route template, e.g. `/v1/devices/{id}`.
+    pub route: String,
+    /// HTTP method.
+    pub method: String,
+    /// Response status code.
+    pub status: u16,
+}
+
+/// Labels of a latency sample.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    /// Route template.
+    pub route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s: long-polls sit at the top.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The server's metrics and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and status.
+    pub requests: Family<RouteLabels, Counter>,
+    /// Request latency by route, seconds.
+    pub latency: Family<LatencyLabels, Histogram, fn() -> Histogram>,
+    /// State reports received (heartbeats and batched reports).
+    pub reports_received: Counter,
+    /// Reports per database write.
+    pub batch_size: Histogram,
+    /// Report write latency, seconds.
+    pub write_latency: Histogram,
+    /// Desired-state long-polls currently waiting.
+    pub long_polls_waiting: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("outpost_server");
+        let requests = Family::<RouteLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let reports_received = Counter::default();
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let write_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        let long_polls_waiting = Gauge::default();
+        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
+        registry.register("reports_received", "State reports received from devices", reports_received.clone());
+        registry.register("report_batch_size", "Reports written per database transaction", batch_size.clone());
+        registry.register("report_write_duration_seconds", "Latency of one report batch write", write_latency.clone());
+        registry.register(
+            "long_polls_waiting",
+            "Desired-state long-polls currently waiting",
+            long_polls_waiting.clone(),
+        );
+        Metrics { registry, requests, latency, reports_received, batch_size, write_latency, long_polls_waiting }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Middleware counting and timing every request under its route template.
+pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    metrics.latency.get_or_create(&LatencyLabels { route: route.clone() }).observe(started.elapsed().as_secs_f64());
+    metrics.requests.get_or_create(&RouteLabels { route, method, status }).inc();
+    response
+}

@@ -1,0 +1,264 @@
+//! Server lifecycle: connect the database, write the bootstrap admin token, bind, serve, run
+//! the background tasks, and shut all of it down in order (stop accepting, end long-polls,
+//! flush the report writer, close the pool).
+
+use crate::auth::{DeviceAuth, TokenCache};
+use crate::config::{secs_to_ms, ServerConfig};
+use crate::db::{Db, DbError};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::reports::spawn_writer;
+use crate::state::{now_ms, AppState, SharedState};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("cannot open the database {url}: {source}; check the `database` setting and that the server is reachable")]
+    Database {
+        /// URL with the password hidden.
+        url: String,
+        /// Cause.
+        source: DbError,
+    },
+    /// Creating the bootstrap admin token failed.
+    #[error("cannot create the bootstrap admin token: {0}")]
+    Bootstrap(DbError),
+    /// The admin token file could not be written.
+    #[error("cannot write the admin token to {path}: {source}")]
+    AdminToken {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; pick another `listen` address")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while running.
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A running control plane.
+pub struct Server {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    /// Where the bootstrap admin token was written, when this start created one.
+    pub admin_token_path: Option<PathBuf>,
+    shutdown: watch::Sender<bool>,
+    serve: JoinHandle<std::io::Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    writer: JoinHandle<()>,
+    db: Db,
+}
+
+/// Stops a running [`Server`]; cheap to clone.
+#[derive(Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Asks the server to stop.
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Hides the password in a database URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(format!("{secret}\n").as_bytes())?;
+    file.sync_all()
+}
+
+impl Server {
+    /// Creates the data directory, connects the database and starts serving.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
+        let url = config.database_url();
+        let db = Db::connect(&url, config.max_connections)
+            .await
+            .map_err(|source| ServerError::Database { url: redact_url(&url), source })?;
+        tracing::info!(database = %redact_url(&url), "database connected");
+        Server::start_with_db(config, db).await
+    }
+
+    /// Starts serving on an already connected database.
+    pub async fn start_with_db(config: ServerConfig, db: Db) -> Result<Server, ServerError> {
+        db.set_history_interval_ms(secs_to_ms(config.history_interval_s));
+        let admin_token_path = match db.bootstrap_admin_token(now_ms()).await.map_err(ServerError::Bootstrap)? {
+            Some(token) => {
+                let path = config.admin_token_path();
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|source| ServerError::DataDir { path: dir.to_path_buf(), source })?;
+                }
+                let secret = token.secret.unwrap_or_default();
+                write_secret(&path, &secret)
+                    .map_err(|source| ServerError::AdminToken { path: path.clone(), source })?;
+                tracing::info!(path = %path.display(), "created the first admin API token; read it from this file");
+                Some(path)
+            }
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+
+        let metrics = Arc::new(Metrics::new());
+        let (reports, writer) = spawn_writer(
+            db.clone(),
+            config.report_batch_max,
+            config.report_batch_max.saturating_mul(4),
+            metrics.clone(),
+        );
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state: SharedState = Arc::new(AppState {
+            db: db.clone(),
+            devices: DeviceAuth::new(config.clock_skew_ms()),
+            config,
+            hub: Hub::new(),
+            tokens: TokenCache::default(),
+            reports,
+            metrics,
+            shutdown: shutdown_rx.clone(),
+        });
+        let tasks = spawn_maintenance(state.clone());
+        let app = crate::routes::router(state);
+        let mut stop = shutdown_rx;
+        let serve = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "outpost server listening");
+        Ok(Server { addr, admin_token_path, shutdown: shutdown_tx, serve, tasks, writer, db })
+    }
+
+    /// A handle that stops the server from elsewhere (a signal handler) while [`Server::wait`] runs.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Stops the server (no new connections, long-polls answer at once) and waits until it has
+    /// stopped, the last reports are written and the database pool is closed.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+
+    /// Waits until the server has stopped (through a [`ShutdownHandle`]), the last reports are
+    /// written and the database pool is closed.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        let Server { shutdown, serve, tasks, writer, db, .. } = self;
+        let served = serve.await;
+        let _ = shutdown.send(true);
+        for task in tasks {
+            let _ = task.await;
+        }
+        // The writer ends once the router (and with it every report queue handle) is gone.
+        let _ = writer.await;
+        db.close().await;
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServerError::Serve(e)),
+            Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+        }
+    }
+}
+
+fn spawn_maintenance(state: SharedState) -> Vec<JoinHandle<()>> {
+    type Job = fn(SharedState) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+    let every = |period: Duration, state: SharedState, job: Job| {
+        tokio::spawn(async move {
+            let mut stop = state.shutdown.clone();
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => job(state.clone()).await,
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
+    vec![
+        every(Duration::from_secs(10), state.clone(), |s| Box::pin(async move { s.devices.prune() })),
+        every(Duration::from_secs(600), state.clone(), |s| {
+            Box::pin(async move {
+                let cutoff = now_ms() - secs_to_ms(s.config.history_retention_days.saturating_mul(86_400));
+                match s.db.prune_history(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "pruned device history"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning device history failed; will retry"),
+                }
+            })
+        }),
+        every(Duration::from_secs(60), state, |s| {
+            Box::pin(async move {
+                let cutoff = now_ms() - secs_to_ms(s.config.command_ttl_s);
+                match s.db.expire_commands(cutoff).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(expired = n, "expired unacknowledged commands");
+                        s.hub.forget_etags();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "expiring commands failed; will retry"),
+                }
+            })
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("sqlite:data/outpost.db"), "sqlite:data/outpost.db");
+    }
+}

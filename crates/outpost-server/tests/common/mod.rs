@@ -1,0 +1,6 @@
+//! Shared test support: databases (tests/common/db.rs), a running server and signed requests.
+#![allow(dead_code)]
+
+pub mod db;
+pub mod server;
+pub mod signed;

@@ -1,0 +1,312 @@
+//! One virtual device: a tokio task with its own Ed25519 key that enrolls, heartbeats,
+//! long-polls, acknowledges commands, may go offline and catch up, and now and then sends a
+//! deliberately broken request to check the server refuses it.
+
+use crate::stats::{Fault, Stats};
+use crate::synthetic::{self, DeviceModelState, OfflinePlan};
+use crate::SimConfig;
+use outpost_agent::control::client::{new_nonce, now_ms, ClientError, DeviceClient};
+use outpost_proto::fleet::device::{CommandAck, CommandStatus, DesiredState, EnrollRequest, ReportBatch, StateReport};
+use outpost_proto::fleet::signing::{DeviceKey, ALGORITHM_ED25519};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+
+/// Reports per catch-up request (the server accepts up to 500).
+const BATCH: usize = 500;
+/// Enrollment attempts before a device gives up.
+const ENROLL_ATTEMPTS: u32 = 8;
+
+/// What all devices share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Run parameters.
+    pub config: SimConfig,
+    /// One HTTP client (and connection pool) for the whole fleet.
+    pub http: reqwest::Client,
+    /// Bounds enrollments in flight.
+    pub enroll_gate: Semaphore,
+    /// Counters.
+    pub stats: Stats,
+    /// When the run started.
+    pub started: Instant,
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleeps `d`; false when stopped first.
+async fn nap(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = stopped(stop) => false,
+    }
+}
+
+fn retry_delay(attempt: u32, rng: &mut impl Rng) -> Duration {
+    let ceiling = Duration::from_millis(250).saturating_mul(1 << attempt.min(8)).min(Duration::from_secs(30));
+    ceiling.mul_f64(rng.random_range(0.5..1.0))
+}
+
+/// Runs virtual device `index` until `stop`.
+pub async fn run(index: usize, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let config = &shared.config;
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let start = synthetic::start_delay(index, config.devices, config.heartbeat_interval);
+    if !nap(start, &mut stop).await {
+        return;
+    }
+    let key = Arc::new(DeviceKey::from_secret(rng.random()));
+    let mut client = DeviceClient::with_http(shared.http.clone(), &config.server, key.clone());
+    let Some(device_id) = enroll(index, &shared, &client, &key, &mut rng, &mut stop).await else { return };
+    client.set_device_id(&device_id);
+    let device = Device {
+        client,
+        shared: shared.clone(),
+        offline: synthetic::offline_plan(config.offline_fraction, config.heartbeat_interval, config.duration, &mut rng),
+        online: watch::channel(true).0,
+    };
+    if config.long_poll {
+        tokio::join!(device.heartbeats(rng, stop.clone()), device.long_polls(stop));
+    } else {
+        device.heartbeats(rng, stop).await;
+    }
+}
+
+async fn enroll(
+    index: usize,
+    shared: &Shared,
+    client: &DeviceClient,
+    key: &DeviceKey,
+    rng: &mut SmallRng,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<String> {
+    let request = EnrollRequest {
+        token: shared.config.enroll_token.clone(),
+        algorithm: ALGORITHM_ED25519.into(),
+        public_key: key.public_key_base64(),
+        name: format!("sim-{index:05}"),
+        agent_version: synthetic::SIM_AGENT_VERSION.into(),
+        hardware: synthetic::hardware(index),
+    };
+    for attempt in 0..ENROLL_ATTEMPTS {
+        let result = {
+            let _permit = shared.enroll_gate.acquire().await.ok()?;
+            tokio::select! {
+                r = client.enroll(&request) => r,
+                _ = stopped(stop) => return None,
+            }
+        };
+        match result {
+            Ok(response) => {
+                shared.stats.enrolled.fetch_add(1, Ordering::Relaxed);
+                return Some(response.device_id);
+            }
+            Err(e) if e.is_transient() && attempt + 1 < ENROLL_ATTEMPTS => {
+                tracing::debug!(device = index, error = %e, "enrollment failed; retrying");
+                if !nap(retry_delay(attempt, rng), stop).await {
+                    return None;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(device = index, error = %e, "virtual device could not enroll");
+                break;
+            }
+        }
+    }
+    shared.stats.enroll_failed.fetch_add(1, Ordering::Relaxed);
+    None
+}
+
+struct Device {
+    client: DeviceClient,
+    shared: Arc<Shared>,
+    offline: Option<OfflinePlan>,
+    /// False while the device is offline, so the long-poll pauses too.
+    online: watch::Sender<bool>,
+}
+
+impl Device {
+    async fn heartbeats(&self, mut rng: SmallRng, mut stop: watch::Receiver<bool>) {
+        let config = &self.shared.config;
+        let mut model = DeviceModelState::default();
+        let mut queued: Vec<StateReport> = Vec::new();
+        let (mut seq, mut sent, mut offline_left) = (0u64, 0u32, 0u32);
+        let born = Instant::now();
+        loop {
+            seq += 1;
+            let report = synthetic::state_report(seq, now_ms(), born.elapsed().as_secs(), "", &mut model, &mut rng);
+            if let Some(plan) = self.offline.filter(|p| p.after == sent && offline_left == 0 && queued.is_empty()) {
+                offline_left = plan.intervals;
+                self.shared.stats.went_offline.fetch_add(1, Ordering::Relaxed);
+                self.online.send_replace(false);
+            }
+            if offline_left > 0 {
+                queued.push(report);
+                offline_left -= 1;
+            } else {
+                self.online.send_replace(true);
+                if !queued.is_empty() {
+                    queued.push(report);
+                    self.catch_up(&mut queued).await;
+                } else {
+                    self.heartbeat(&report).await;
+                    self.maybe_fault(&report, &mut rng).await;
+                }
+            }
+            sent = sent.saturating_add(1);
+            if !nap(synthetic::jittered(config.heartbeat_interval, config.jitter, &mut rng), &mut stop).await {
+                return;
+            }
+        }
+    }
+
+    async fn heartbeat(&self, report: &StateReport) {
+        let began = Instant::now();
+        let result = self.client.heartbeat(report).await;
+        self.shared.stats.latency.record(began.elapsed());
+        match result {
+            Ok(ack) => {
+                self.shared.stats.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                if !self.shared.config.long_poll && !ack.desired_etag.is_empty() {
+                    // Without a held long-poll, a changed ETag in the ack is the cue to fetch.
+                    if let Ok(Some(desired)) = self.client.desired_state(None, Duration::ZERO).await {
+                        self.apply(&desired, &mut HashSet::new()).await;
+                    }
+                }
+            }
+            Err(e) => {
+                self.shared.stats.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.error("heartbeat", &e);
+                tracing::debug!(device = %self.client.device_id(), error = %e, "heartbeat failed");
+            }
+        }
+    }
+
+    /// Sends reports queued while offline, oldest first; keeps what could not be sent.
+    async fn catch_up(&self, queued: &mut Vec<StateReport>) {
+        while !queued.is_empty() {
+            let n = queued.len().min(BATCH);
+            let batch = ReportBatch { reports: queued[..n].to_vec() };
+            match self.client.send_reports(&batch).await {
+                Ok(_) => {
+                    self.shared.stats.reports_caught_up.fetch_add(n as u64, Ordering::Relaxed);
+                    queued.drain(..n);
+                }
+                Err(e) => {
+                    tracing::debug!(device = %self.client.device_id(), error = %e, "catch-up failed; keeping reports");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn long_polls(&self, mut stop: watch::Receiver<bool>) {
+        let mut etag: Option<String> = None;
+        let mut acked = HashSet::new();
+        let mut online = self.online.subscribe();
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                r = online.wait_for(|on| *on) => if r.is_err() { return },
+                _ = stopped(&mut stop) => return,
+            }
+            let result = tokio::select! {
+                r = self.client.desired_state(etag.as_deref(), Duration::from_secs(30)) => r,
+                _ = stopped(&mut stop) => return,
+            };
+            match result {
+                Ok(answer) => {
+                    failures = 0;
+                    self.shared.stats.long_polls.fetch_add(1, Ordering::Relaxed);
+                    if let Some(desired) = answer {
+                        self.apply(&desired, &mut acked).await;
+                        etag = Some(desired.etag);
+                    }
+                }
+                Err(e) => {
+                    self.shared.stats.long_polls_failed.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.error("long-poll", &e);
+                    if matches!(e, ClientError::Revoked { .. }) {
+                        return;
+                    }
+                    failures = failures.saturating_add(1);
+                    let pause = Duration::from_millis(500).saturating_mul(failures.min(60));
+                    if !nap(pause, &mut stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Acknowledges every command not acknowledged yet.
+    async fn apply(&self, desired: &DesiredState, acked: &mut HashSet<i64>) {
+        for command in &desired.commands {
+            if acked.contains(&command.id) {
+                continue;
+            }
+            let ack = CommandAck { status: CommandStatus::Succeeded, result: serde_json::json!({ "simulated": true }) };
+            match self.client.ack(command.id, &ack).await {
+                Ok(()) => {
+                    acked.insert(command.id);
+                    self.shared.stats.commands_acked.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => self.shared.stats.error("command ack", &e),
+            }
+        }
+    }
+
+    /// With the configured probabilities, sends one broken request and counts the verdict.
+    async fn maybe_fault(&self, report: &StateReport, rng: &mut SmallRng) {
+        let faults = &self.shared.config.faults;
+        let pick = [
+            (Fault::BadSignature, faults.bad_signature),
+            (Fault::Replay, faults.replay),
+            (Fault::GarbageJson, faults.garbage_json),
+        ];
+        for (kind, probability) in pick {
+            if probability > 0.0 && rng.random_bool(probability.clamp(0.0, 1.0)) {
+                let rejected = self.send_fault(kind, report).await;
+                self.shared.stats.fault(kind, rejected);
+            }
+        }
+    }
+
+    /// Sends a broken heartbeat; true when the server refused it with a 4xx.
+    async fn send_fault(&self, kind: Fault, report: &StateReport) -> bool {
+        let path = "/v1/device/heartbeat";
+        let body = serde_json::to_vec(report).unwrap_or_default();
+        let request = match kind {
+            // Signed over one body, sent with another: the signature no longer matches.
+            Fault::BadSignature => {
+                let mut forged = body.clone();
+                forged.extend_from_slice(b" ");
+                self.client.signed_request(Method::POST, path, body, now_ms(), &new_nonce()).body(forged)
+            }
+            // The original goes through (it is a valid heartbeat); the identical copy must not.
+            Fault::Replay => {
+                let (at, nonce) = (now_ms(), new_nonce());
+                let original = self.client.signed_request(Method::POST, path, body.clone(), at, &nonce).send().await;
+                if original.is_ok_and(|r| r.status().is_success()) {
+                    self.shared.stats.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                self.client.signed_request(Method::POST, path, body, at, &nonce)
+            }
+            Fault::GarbageJson => {
+                let garbage = body[..body.len() / 2].to_vec();
+                self.client.signed_request(Method::POST, path, garbage, now_ms(), &new_nonce())
+            }
+        };
+        match request.send().await {
+            Ok(response) => response.status().is_client_error(),
+            Err(_) => false,
+        }
+    }
+}
