@@ -22,7 +22,8 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use outpost_proto::fleet::api::{ApiToken, Role};
 use outpost_proto::fleet::signing::{
-    self, canonical_request, device_id_for_key, HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP,
+    self, canonical_request, device_id_for_key, VerifyingKey, HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
 };
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -32,7 +33,10 @@ use std::time::{Duration, Instant};
 /// How long a positive API-token lookup is trusted without asking the database.
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 /// How long a device key (and its revoked flag) is trusted without asking the database.
-pub const KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Revoking through this server evicts the entry at once, so this only bounds how late another
+/// replica sharing the database notices; it is longer than the heartbeat interval so a
+/// heartbeat normally costs no key lookup.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(300);
 /// Most live nonces remembered (about 2 M requests inside one skew window).
 pub const REPLAY_CACHE_CAPACITY: usize = 2_000_000;
 
@@ -226,10 +230,17 @@ fn replayed() -> ApiError {
     ApiError::ReplayedRequest("this nonce was already used; sign every request with a fresh random nonce".into())
 }
 
+/// A device's key as verification needs it: parsed once, with its revoked flag.
+#[derive(Clone)]
+struct CachedKey {
+    key: VerifyingKey,
+    revoked: bool,
+}
+
 /// Device keys, trusted for [`KEY_CACHE_TTL`].
 #[derive(Default)]
 struct KeyCache {
-    entries: Mutex<HashMap<String, (DeviceKeyRow, Instant)>>,
+    entries: Mutex<HashMap<String, (CachedKey, Instant)>>,
 }
 
 /// Verifies signed device requests.
@@ -266,28 +277,32 @@ impl DeviceAuth {
 
     fn check_signature(
         &self,
-        public_key: &[u8; 32],
+        public_key: &VerifyingKey,
         h: &SignatureHeaders,
         method: &str,
         path_and_query: &str,
         body: &[u8],
     ) -> Result<(), ApiError> {
         let message = canonical_request(method, path_and_query, &h.device, h.timestamp_ms, &h.nonce, body);
-        signing::verify(public_key, &message, &h.signature)
+        signing::verify_with(public_key, &message, &h.signature)
             .map_err(|_| ApiError::BadSignature("the request signature does not verify with this device's key".into()))
     }
 
-    async fn device_key(&self, db: &Db, device: &str) -> Result<Option<DeviceKeyRow>, ApiError> {
-        if let Some((row, at)) = lock(&self.keys.entries).get(device) {
+    async fn device_key(&self, db: &Db, device: &str) -> Result<Option<CachedKey>, ApiError> {
+        if let Some((cached, at)) = lock(&self.keys.entries).get(device) {
             if at.elapsed() < KEY_CACHE_TTL {
-                return Ok(Some(row.clone()));
+                return Ok(Some(cached.clone()));
             }
         }
-        let row = db.device_key(device).await?;
-        if let Some(row) = &row {
-            lock(&self.keys.entries).insert(device.to_string(), (row.clone(), Instant::now()));
-        }
-        Ok(row)
+        // Boxed so the (rare) database lookup does not size every request future that verifies.
+        let Some(DeviceKeyRow { public_key, revoked }) = Box::pin(db.device_key(device)).await? else {
+            return Ok(None);
+        };
+        let key = signing::verifying_key(&public_key)
+            .map_err(|e| ApiError::Internal(format!("device {device:?} has an unusable stored key: {e}")))?;
+        let cached = CachedKey { key, revoked };
+        lock(&self.keys.entries).insert(device.to_string(), (cached.clone(), Instant::now()));
+        Ok(Some(cached))
     }
 
     /// Verifies an enrolled device's request; returns its device id.
@@ -305,7 +320,7 @@ impl DeviceAuth {
         let row = self.device_key(db, &h.device).await?.ok_or_else(|| {
             ApiError::UnknownDevice(format!("device {:?} is not enrolled; enroll with an enrollment token", h.device))
         })?;
-        self.check_signature(&row.public_key, &h, method, path_and_query, body)?;
+        self.check_signature(&row.key, &h, method, path_and_query, body)?;
         self.replay.record(replay_key, h.timestamp_ms + self.skew_ms, now)?;
         if row.revoked {
             return Err(ApiError::DeviceRevoked(format!(
@@ -334,7 +349,9 @@ impl DeviceAuth {
         }
         let now = now_ms();
         let replay_key = self.precheck(&h, now)?;
-        self.check_signature(public_key, &h, method, path_and_query, body)?;
+        let key = signing::verifying_key(public_key)
+            .map_err(|_| ApiError::InvalidRequest("public_key is not a valid Ed25519 point".into()))?;
+        self.check_signature(&key, &h, method, path_and_query, body)?;
         self.replay.record(replay_key, h.timestamp_ms + self.skew_ms, now)?;
         Ok(h.device)
     }

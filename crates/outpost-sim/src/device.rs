@@ -71,6 +71,7 @@ pub async fn run(index: usize, shared: Arc<Shared>, mut stop: watch::Receiver<bo
         shared: shared.clone(),
         offline: synthetic::offline_plan(config.offline_fraction, config.heartbeat_interval, config.duration, &mut rng),
         online: watch::channel(true).0,
+        applied: std::sync::Mutex::new(String::new()),
     };
     if config.long_poll {
         tokio::join!(device.heartbeats(rng, stop.clone()), device.long_polls(stop));
@@ -105,7 +106,7 @@ async fn enroll(
         };
         match result {
             Ok(response) => {
-                shared.stats.enrolled.fetch_add(1, Ordering::Relaxed);
+                shared.stats.enrollment_done(true, shared.config.devices);
                 return Some(response.device_id);
             }
             Err(e) if e.is_transient() && attempt + 1 < ENROLL_ATTEMPTS => {
@@ -120,7 +121,7 @@ async fn enroll(
             }
         }
     }
-    shared.stats.enroll_failed.fetch_add(1, Ordering::Relaxed);
+    shared.stats.enrollment_done(false, shared.config.devices);
     None
 }
 
@@ -130,6 +131,8 @@ struct Device {
     offline: Option<OfflinePlan>,
     /// False while the device is offline, so the long-poll pauses too.
     online: watch::Sender<bool>,
+    /// ETag of the desired state the device last applied (reported in every heartbeat).
+    applied: std::sync::Mutex<String>,
 }
 
 impl Device {
@@ -137,11 +140,14 @@ impl Device {
         let config = &self.shared.config;
         let mut model = DeviceModelState::default();
         let mut queued: Vec<StateReport> = Vec::new();
+        let mut acked = HashSet::new();
         let (mut seq, mut sent, mut offline_left) = (0u64, 0u32, 0u32);
         let born = Instant::now();
         loop {
             seq += 1;
-            let report = synthetic::state_report(seq, now_ms(), born.elapsed().as_secs(), "", &mut model, &mut rng);
+            let applied = self.applied_etag();
+            let report =
+                synthetic::state_report(seq, now_ms(), born.elapsed().as_secs(), &applied, &mut model, &mut rng);
             if let Some(plan) = self.offline.filter(|p| p.after == sent && offline_left == 0 && queued.is_empty()) {
                 offline_left = plan.intervals;
                 self.shared.stats.went_offline.fetch_add(1, Ordering::Relaxed);
@@ -156,7 +162,7 @@ impl Device {
                     queued.push(report);
                     self.catch_up(&mut queued).await;
                 } else {
-                    self.heartbeat(&report).await;
+                    self.heartbeat(&report, &mut acked).await;
                     self.maybe_fault(&report, &mut rng).await;
                 }
             }
@@ -167,17 +173,27 @@ impl Device {
         }
     }
 
-    async fn heartbeat(&self, report: &StateReport) {
+    fn applied_etag(&self) -> String {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_applied(&self, etag: &str) {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = etag.to_string();
+    }
+
+    async fn heartbeat(&self, report: &StateReport, acked: &mut HashSet<i64>) {
+        let steady = self.shared.stats.all_enrolled.load(Ordering::Relaxed);
         let began = Instant::now();
         let result = self.client.heartbeat(report).await;
-        self.shared.stats.latency.record(began.elapsed());
+        self.shared.stats.heartbeat_latency(began.elapsed(), steady);
         match result {
             Ok(ack) => {
                 self.shared.stats.heartbeats_ok.fetch_add(1, Ordering::Relaxed);
-                if !self.shared.config.long_poll && !ack.desired_etag.is_empty() {
+                if !self.shared.config.long_poll && ack.desired_etag != report.applied_etag {
                     // Without a held long-poll, a changed ETag in the ack is the cue to fetch.
                     if let Ok(Some(desired)) = self.client.desired_state(None, Duration::ZERO).await {
-                        self.apply(&desired, &mut HashSet::new()).await;
+                        self.apply(&desired, acked).await;
+                        self.set_applied(&desired.etag);
                     }
                 }
             }
@@ -227,6 +243,7 @@ impl Device {
                     self.shared.stats.long_polls.fetch_add(1, Ordering::Relaxed);
                     if let Some(desired) = answer {
                         self.apply(&desired, &mut acked).await;
+                        self.set_applied(&desired.etag);
                         etag = Some(desired.etag);
                     }
                 }

@@ -48,6 +48,11 @@ pub struct Stats {
     pub heartbeats_failed: AtomicU64,
     /// Heartbeat latency.
     pub latency: LatencyHistogram,
+    /// Latency of heartbeats sent after every device finished enrolling: the fleet at its
+    /// steady rate, without the enrollment ramp competing for the server.
+    pub steady_latency: LatencyHistogram,
+    /// Set once every device has enrolled or given up.
+    pub all_enrolled: std::sync::atomic::AtomicBool,
     /// Devices that went offline.
     pub went_offline: AtomicU64,
     /// Reports delivered late through `/v1/device/reports`.
@@ -72,6 +77,25 @@ impl Stats {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{what}: {error}"));
     }
 
+    /// Counts a finished enrollment attempt (`ok` or given up) of a fleet of `devices`.
+    pub fn enrollment_done(&self, ok: bool, devices: usize) {
+        let counter = if ok { &self.enrolled } else { &self.enroll_failed };
+        counter.fetch_add(1, Ordering::SeqCst);
+        let done = self.enrolled.load(Ordering::SeqCst) + self.enroll_failed.load(Ordering::SeqCst);
+        if done >= devices as u64 {
+            self.all_enrolled.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Records a heartbeat's latency; `began_steady` says whether the fleet had finished
+    /// enrolling when it was sent.
+    pub fn heartbeat_latency(&self, latency: Duration, began_steady: bool) {
+        self.latency.record(latency);
+        if began_steady {
+            self.steady_latency.record(latency);
+        }
+    }
+
     /// Counts one broken request and whether the server refused it as it should.
     pub fn fault(&self, kind: Fault, rejected: bool) {
         self.faults_injected[kind.index()].fetch_add(1, Ordering::Relaxed);
@@ -94,6 +118,10 @@ impl Stats {
             latency_p50_ms: self.latency.quantile_ms(0.50),
             latency_p99_ms: self.latency.quantile_ms(0.99),
             latency_max_ms: self.latency.max_ms(),
+            steady_heartbeats: self.steady_latency.count(),
+            steady_latency_p50_ms: self.steady_latency.quantile_ms(0.50),
+            steady_latency_p99_ms: self.steady_latency.quantile_ms(0.99),
+            steady_latency_max_ms: self.steady_latency.max_ms(),
             went_offline: get(&self.went_offline),
             reports_caught_up: get(&self.reports_caught_up),
             long_polls_completed: get(&self.long_polls),
@@ -145,6 +173,14 @@ pub struct SimReport {
     pub latency_p99_ms: f64,
     /// Slowest heartbeat, ms.
     pub latency_max_ms: f64,
+    /// Heartbeats sent after every device had enrolled.
+    pub steady_heartbeats: u64,
+    /// Median latency of those, ms.
+    pub steady_latency_p50_ms: f64,
+    /// 99th percentile latency of those, ms.
+    pub steady_latency_p99_ms: f64,
+    /// Slowest of those, ms.
+    pub steady_latency_max_ms: f64,
     /// Devices that went offline for a while.
     pub went_offline: u64,
     /// Reports delivered late in batches after an offline period.
@@ -186,6 +222,15 @@ impl fmt::Display for SimReport {
             "  latency ms          {:>10}   p50 {:.1}  p99 {:.1}  max {:.1}",
             "", self.latency_p50_ms, self.latency_p99_ms, self.latency_max_ms
         )?;
+        writeln!(
+            f,
+            "  steady-state ms     {:>10}   p50 {:.1}  p99 {:.1}  max {:.1}   ({} heartbeats after enrollment)",
+            "",
+            self.steady_latency_p50_ms,
+            self.steady_latency_p99_ms,
+            self.steady_latency_max_ms,
+            self.steady_heartbeats
+        )?;
         writeln!(f, "  went offline        {:>10}   reports caught up {}", self.went_offline, self.reports_caught_up)?;
         writeln!(f, "  long-polls          {:>10}   failed {}", self.long_polls_completed, self.long_polls_failed)?;
         writeln!(f, "  commands acked      {:>10}", self.commands_acked)?;
@@ -217,5 +262,21 @@ mod tests {
         assert_eq!((report.faults_injected(), report.faults_rejected()), (3, 2));
         let text = report.to_string();
         assert!(text.contains("10 devices") && text.contains("replay") && !text.contains("bad_signature"), "{text}");
+    }
+
+    #[test]
+    fn steady_state_latency_starts_when_the_last_device_finished_enrolling() {
+        let stats = Stats::default();
+        stats.enrollment_done(true, 3);
+        stats.heartbeat_latency(Duration::from_millis(900), stats.all_enrolled.load(Ordering::Relaxed));
+        stats.enrollment_done(false, 3);
+        assert!(!stats.all_enrolled.load(Ordering::Relaxed), "one device is still enrolling");
+        stats.enrollment_done(true, 3);
+        assert!(stats.all_enrolled.load(Ordering::Relaxed));
+        stats.heartbeat_latency(Duration::from_millis(2), stats.all_enrolled.load(Ordering::Relaxed));
+        let report = stats.report(3, Duration::from_secs(1));
+        assert_eq!((report.enrolled, report.enroll_failed, report.steady_heartbeats), (2, 1, 1));
+        assert!(report.steady_latency_max_ms < 10.0, "the ramp's 900 ms heartbeat is not steady state");
+        assert!(report.latency_max_ms >= 900.0);
     }
 }

@@ -13,7 +13,7 @@
 //! clock-skew window and each (device, nonce) only once inside that window, which is what makes
 //! a captured request useless later.
 
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 use sha2::{Digest, Sha256};
 
 /// Header carrying the device id (or, at enrollment, the public key's device id).
@@ -134,17 +134,27 @@ pub fn parse_public_key(text: &str) -> Result<[u8; 32], SigningError> {
     Ok(key)
 }
 
+/// A decompressed Ed25519 public key, parsed once and reused for every request of a device.
+pub use ed25519_dalek::VerifyingKey;
+
+/// Parses a 32-byte Ed25519 public key (the costly point decompression happens here).
+pub fn verifying_key(public_key: &[u8; 32]) -> Result<VerifyingKey, SigningError> {
+    VerifyingKey::from_bytes(public_key).map_err(|_| SigningError::BadPublicKey)
+}
+
 /// Verifies a base64 signature over `message` with a 32-byte public key (strict: rejects weak
 /// keys and malleable signatures).
 pub fn verify(public_key: &[u8; 32], message: &[u8], signature_b64: &str) -> Result<(), SigningError> {
-    let key = ed25519_dalek::VerifyingKey::from_bytes(public_key).map_err(|_| SigningError::BadPublicKey)?;
+    verify_with(&verifying_key(public_key)?, message, signature_b64)
+}
+
+/// [`verify`] with an already parsed key. `verify_strict` is dalek's stronger check (it also
+/// refuses small-order keys and non-canonical signatures), so it alone decides.
+pub fn verify_with(key: &VerifyingKey, message: &[u8], signature_b64: &str) -> Result<(), SigningError> {
     let bytes = base64_decode(signature_b64).ok_or(SigningError::BadSignature)?;
     let bytes: [u8; 64] = bytes.try_into().map_err(|_| SigningError::BadSignature)?;
     let signature = ed25519_dalek::Signature::from_bytes(&bytes);
-    key.verify_strict(message, &signature).map_err(|_| SigningError::BadSignature)?;
-    // verify_strict already implies verify; keep the plain check too so a future dalek change
-    // in strictness cannot silently accept what plain verification rejects.
-    key.verify(message, &signature).map_err(|_| SigningError::BadSignature)
+    key.verify_strict(message, &signature).map_err(|_| SigningError::BadSignature)
 }
 
 /// Checks a nonce header value: 16 to 64 hex characters.

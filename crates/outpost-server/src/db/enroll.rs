@@ -1,7 +1,7 @@
 //! Device enrollment and revocation: the identity half of the inventory.
 //!
-//! Enrollment is one transaction that checks the token, takes one of its uses and creates the
-//! device with the token's labels. The use is taken with `UPDATE ... WHERE used < uses`, so two
+//! Enrollment is one transaction that checks the token, creates the device with the token's
+//! labels and takes one of the token's uses. The use is taken with `UPDATE ... WHERE used < uses`, so two
 //! devices racing for the last use cannot both win, on either engine.
 
 use super::audit::record;
@@ -52,11 +52,6 @@ impl Db {
             return Ok(EnrollOutcome::TokenExpired);
         }
         let token_id: String = token.try_get("id")?;
-        let mut q = Sql::new("UPDATE enrollment_tokens SET used = used + 1 WHERE id = ");
-        q.bind(&token_id).push(" AND used < uses AND revoked = 0");
-        if q.query().execute(&mut *tx).await?.rows_affected() == 0 {
-            return Ok(EnrollOutcome::TokenUsedUp);
-        }
         let labels: Labels = serde_json::from_str(&token.try_get::<String, _>("labels")?)?;
         let mut q = Sql::new("INSERT INTO devices (id, public_key, name, agent_version, hardware, enrolled_ms, ");
         q.push("enrollment_token, revoked_ms) VALUES (").bind(&req.device_id).push(", ");
@@ -75,6 +70,14 @@ impl Db {
         let actor = format!("device:{}", req.device_id);
         let details = serde_json::json!({"token": token_id, "name": req.name, "labels": labels});
         record(&mut tx, now_ms, &actor, "device.enroll", &req.device_id, details).await?;
+        // Taking the use last holds the token row's lock (which every enrollment with this
+        // token queues on) only from here to the commit; when no use is left, returning drops
+        // the transaction and with it the device written above.
+        let mut q = Sql::new("UPDATE enrollment_tokens SET used = used + 1 WHERE id = ");
+        q.bind(&token_id).push(" AND used < uses AND revoked = 0");
+        if q.query().execute(&mut *tx).await?.rows_affected() == 0 {
+            return Ok(EnrollOutcome::TokenUsedUp);
+        }
         tx.commit().await?;
         Ok(EnrollOutcome::Enrolled { device_id: req.device_id.clone(), labels })
     }

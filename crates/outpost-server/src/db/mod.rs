@@ -73,6 +73,8 @@ struct Inner {
     model_hashes: Mutex<HashMap<String, u64>>,
     /// Per device: `at_ms` of the newest report stored in `device_reports`.
     history_last: Mutex<HashMap<String, i64>>,
+    /// The report writer's statements for this engine.
+    report_sql: reports::ReportSql,
 }
 
 /// A device asking to enroll (already authenticated by its signature over the request).
@@ -225,6 +227,7 @@ impl Db {
                 history_interval_ms: AtomicI64::new(DEFAULT_HISTORY_INTERVAL_MS),
                 model_hashes: Mutex::new(HashMap::new()),
                 history_last: Mutex::new(HashMap::new()),
+                report_sql: reports::ReportSql::new(kind),
             }),
         })
     }

@@ -1,16 +1,17 @@
 //! The hot path: heartbeats from the whole fleet, written in batches.
 //!
-//! One batch is one transaction made of a few multi-row statements, not one statement per
-//! report. Only the newest report per device reaches `device_status` (PostgreSQL refuses an
+//! One batch is one transaction made of a few statements, not one statement per report; each
+//! statement takes the whole batch as one JSON parameter (see [`json_rows`]). Only the newest report per device reaches `device_status` (PostgreSQL refuses an
 //! `INSERT ... ON CONFLICT DO UPDATE` that touches the same row twice). `device_models` is
 //! rewritten only for devices whose model set changed since this process last wrote it, and
 //! history is downsampled to one report per device per history interval; both decisions use
 //! in-memory state that is updated only after the transaction commits.
 
 use super::devices::health_name;
-use super::sql::{Sql, MAX_PARAMS};
-use super::{Db, DbError, ReportRow};
+use super::sql::Sql;
+use super::{Db, DbError, DbKind, ReportRow};
 use outpost_proto::fleet::device::ModelReport;
+use serde::Serialize;
 use sqlx::AnyConnection;
 use sqlx::Row;
 use std::collections::hash_map::DefaultHasher;
@@ -34,23 +35,139 @@ fn newer(a: &ReportRow, b: &ReportRow) -> bool {
     (a.report.at_ms, a.report.seq, a.received_ms) >= (b.report.at_ms, b.report.seq, b.received_ms)
 }
 
-/// Rows per statement for a table with `params_per_row` bound columns.
-fn rows_per_statement(params_per_row: usize) -> usize {
-    (MAX_PARAMS / params_per_row).max(1)
-}
-
-/// The subset of `ids` that are enrolled devices (reports from anything else are dropped
-/// rather than failing the whole batch on a foreign key).
-async fn known_devices(conn: &mut AnyConnection, ids: &[&str]) -> Result<HashSet<String>, DbError> {
-    let mut known = HashSet::new();
-    for chunk in ids.chunks(rows_per_statement(1)) {
-        let mut q = Sql::new("SELECT id FROM devices WHERE id IN ");
-        q.bind_list(chunk.iter().copied());
-        for row in q.query().fetch_all(&mut *conn).await? {
-            known.insert(row.try_get::<String, _>("id")?);
+/// A derived table `r` over the rows of a JSON array of objects bound to `$1`, with the given
+/// (column, PostgreSQL type) pairs. Every batch statement takes its whole batch as this one
+/// parameter, so its SQL text never changes with the batch size: each engine prepares it once
+/// and reuses the plan, where a multi-row `VALUES` list would be a new statement (parsed,
+/// planned and evicted from the statement cache) for every batch size.
+fn json_rows(kind: DbKind, columns: &[(&str, &str)]) -> String {
+    match kind {
+        DbKind::Postgres => {
+            let cols: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
+            format!("json_to_recordset($1::json) AS r({})", cols.join(", "))
+        }
+        DbKind::Sqlite => {
+            let cols: Vec<String> =
+                columns.iter().map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}")).collect();
+            format!("(SELECT {} FROM json_each($1)) AS r", cols.join(", "))
         }
     }
-    Ok(known)
+}
+
+/// `r.a, r.b, ...` for the columns of [`json_rows`].
+fn r_columns(columns: &[(&str, &str)]) -> String {
+    columns.iter().map(|(c, _)| format!("r.{c}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Runs `sql` with the JSON encoding of `rows` as `$1`; nothing to do for no rows.
+async fn execute_json<T: Serialize>(conn: &mut AnyConnection, sql: &str, rows: &[T]) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut q = Sql::new(sql);
+    q.arg(serde_json::to_string(rows)?);
+    q.query().execute(conn).await?;
+    Ok(())
+}
+
+const ID: &[(&str, &str)] = &[("device_id", "TEXT")];
+const STATUS: &[(&str, &str)] = &[
+    ("device_id", "TEXT"),
+    ("last_seen_ms", "BIGINT"),
+    ("health", "TEXT"),
+    ("agent_version", "TEXT"),
+    ("applied_etag", "TEXT"),
+    ("models", "TEXT"),
+    ("system", "TEXT"),
+    ("last_seq", "BIGINT"),
+];
+const HARDWARE: &[(&str, &str)] = &[("device_id", "TEXT"), ("hardware", "TEXT")];
+const MODELS: &[(&str, &str)] = &[("device_id", "TEXT"), ("name", "TEXT"), ("version", "TEXT"), ("state", "TEXT")];
+const HISTORY: &[(&str, &str)] = &[("device_id", "TEXT"), ("at_ms", "BIGINT"), ("report", "TEXT")];
+
+/// The batch statements for one engine, built once per [`Db`].
+pub(super) struct ReportSql {
+    status: String,
+    hardware: String,
+    delete_models: String,
+    insert_models: String,
+    history: String,
+}
+
+impl ReportSql {
+    /// The statements for `kind`.
+    pub(super) fn new(kind: DbKind) -> ReportSql {
+        // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join constraint.
+        ReportSql {
+            status: format!(
+                "INSERT INTO device_status (device_id, last_seen_ms, health, agent_version, applied_etag, models, \
+                 system, last_seq) SELECT {} FROM {} JOIN devices d ON d.id = r.device_id WHERE true \
+                 ORDER BY r.device_id \
+                 ON CONFLICT (device_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, \
+                 health = excluded.health, agent_version = excluded.agent_version, \
+                 applied_etag = excluded.applied_etag, models = excluded.models, system = excluded.system, \
+                 last_seq = excluded.last_seq RETURNING device_id",
+                r_columns(STATUS),
+                json_rows(kind, STATUS)
+            ),
+            hardware: format!(
+                "UPDATE devices SET hardware = r.hardware FROM {} WHERE devices.id = r.device_id",
+                json_rows(kind, HARDWARE)
+            ),
+            delete_models: format!(
+                "DELETE FROM device_models WHERE device_id IN (SELECT r.device_id FROM {})",
+                json_rows(kind, ID)
+            ),
+            insert_models: format!(
+                "INSERT INTO device_models (device_id, name, version, state) SELECT {} FROM {} WHERE true",
+                r_columns(MODELS),
+                json_rows(kind, MODELS)
+            ),
+            history: format!(
+                "INSERT INTO device_reports (device_id, at_ms, report) SELECT {} FROM {} WHERE true",
+                r_columns(HISTORY),
+                json_rows(kind, HISTORY)
+            ),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct IdRow<'a> {
+    device_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct StatusRow<'a> {
+    device_id: &'a str,
+    last_seen_ms: i64,
+    health: &'a str,
+    agent_version: &'a str,
+    applied_etag: &'a str,
+    models: String,
+    system: String,
+    last_seq: i64,
+}
+
+#[derive(Serialize)]
+struct HardwareRow<'a> {
+    device_id: &'a str,
+    hardware: String,
+}
+
+#[derive(Serialize)]
+struct ModelRow<'a> {
+    device_id: &'a str,
+    name: &'a str,
+    version: &'a str,
+    state: &'a str,
+}
+
+#[derive(Serialize)]
+struct HistoryRow<'a> {
+    device_id: &'a str,
+    at_ms: i64,
+    report: String,
 }
 
 impl Db {
@@ -69,24 +186,46 @@ impl Db {
         let mut ids: Vec<&str> = newest.keys().copied().collect();
         // A fixed order makes concurrent batches lock rows in the same order (no deadlocks).
         ids.sort_unstable();
+        let sql = &self.inner.report_sql;
+
+        let latest: Vec<&ReportRow> = ids.iter().map(|id| newest[id]).collect();
+        let status = latest
+            .iter()
+            .map(|row| {
+                let r = &row.report;
+                Ok(StatusRow {
+                    device_id: &row.device_id,
+                    last_seen_ms: row.received_ms,
+                    health: health_name(r.health),
+                    agent_version: &r.agent_version,
+                    applied_etag: &r.applied_etag,
+                    models: serde_json::to_string(&r.models)?,
+                    system: serde_json::to_string(&r.system)?,
+                    last_seq: i64::try_from(r.seq).unwrap_or(i64::MAX),
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
 
         let mut tx = self.begin().await?;
-        let known = known_devices(&mut tx, &ids).await?;
-        if known.len() < ids.len() {
+        // The upsert joins `devices`, so reports from anything not enrolled are dropped rather
+        // than failing the whole batch on a foreign key; it returns who was kept.
+        let mut q = Sql::new(&sql.status);
+        q.arg(serde_json::to_string(&status)?);
+        let mut known = HashSet::with_capacity(latest.len());
+        for row in q.query().fetch_all(&mut *tx).await? {
+            known.insert(row.try_get::<String, _>("device_id")?);
+        }
+        if known.len() < latest.len() {
             let unknown: Vec<&&str> = ids.iter().filter(|id| !known.contains(**id)).collect();
             tracing::warn!(?unknown, "dropping reports from devices that are not enrolled");
         }
-        ids.retain(|id| known.contains(*id));
-        let latest: Vec<&ReportRow> = ids.iter().map(|id| newest[id]).collect();
-
-        self.upsert_status(&mut tx, &latest).await?;
-        for row in &latest {
-            if let Some(hw) = &row.report.hardware {
-                let mut q = Sql::new("UPDATE devices SET hardware = ");
-                q.bind(serde_json::to_string(hw)?).push(" WHERE id = ").bind(&row.device_id);
-                q.query().execute(&mut *tx).await?;
-            }
-        }
+        let latest: Vec<&ReportRow> = latest.into_iter().filter(|row| known.contains(&row.device_id)).collect();
+        let hardware = latest
+            .iter()
+            .filter_map(|row| row.report.hardware.as_ref().map(|hw| (row, hw)))
+            .map(|(row, hw)| Ok(HardwareRow { device_id: &row.device_id, hardware: serde_json::to_string(hw)? }))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        execute_json(&mut tx, &sql.hardware, &hardware).await?;
         let model_updates = self.rewrite_models(&mut tx, &latest).await?;
         let history_updates = self.append_history(&mut tx, batch, &known).await?;
         tx.commit().await?;
@@ -96,31 +235,6 @@ impl Db {
         }
         if let Ok(mut last) = self.inner.history_last.lock() {
             last.extend(history_updates);
-        }
-        Ok(())
-    }
-
-    async fn upsert_status(&self, conn: &mut AnyConnection, latest: &[&ReportRow]) -> Result<(), DbError> {
-        for chunk in latest.chunks(rows_per_statement(8)) {
-            let mut q = Sql::new(
-                "INSERT INTO device_status (device_id, last_seen_ms, health, agent_version, applied_etag, models, \
-                 system, last_seq) VALUES ",
-            );
-            for (i, row) in chunk.iter().enumerate() {
-                let r = &row.report;
-                q.push(if i == 0 { "(" } else { ", (" });
-                q.bind(&row.device_id).push(", ").bind(row.received_ms).push(", ").bind(health_name(r.health));
-                q.push(", ").bind(&r.agent_version).push(", ").bind(&r.applied_etag).push(", ");
-                q.bind(serde_json::to_string(&r.models)?).push(", ").bind(serde_json::to_string(&r.system)?);
-                q.push(", ").bind(i64::try_from(r.seq).unwrap_or(i64::MAX)).push(")");
-            }
-            q.push(
-                " ON CONFLICT (device_id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, \
-                 health = excluded.health, agent_version = excluded.agent_version, \
-                 applied_etag = excluded.applied_etag, models = excluded.models, system = excluded.system, \
-                 last_seq = excluded.last_seq",
-            );
-            q.query().execute(&mut *conn).await?;
         }
         Ok(())
     }
@@ -140,21 +254,21 @@ impl Db {
                 .filter(|(row, h)| hashes.get(&row.device_id) != Some(h))
                 .collect()
         };
-        for chunk in changed.chunks(rows_per_statement(1)) {
-            let mut q = Sql::new("DELETE FROM device_models WHERE device_id IN ");
-            q.bind_list(chunk.iter().map(|(row, _)| row.device_id.as_str()));
-            q.query().execute(&mut *conn).await?;
-        }
-        let models: Vec<(&str, &ModelReport)> =
-            changed.iter().flat_map(|(row, _)| row.report.models.iter().map(|m| (row.device_id.as_str(), m))).collect();
-        for chunk in models.chunks(rows_per_statement(4)) {
-            let mut q = Sql::new("INSERT INTO device_models (device_id, name, version, state) VALUES ");
-            for (i, (id, m)) in chunk.iter().enumerate() {
-                q.push(if i == 0 { "(" } else { ", (" });
-                q.bind(*id).push(", ").bind(&m.name).push(", ").bind(&m.version).push(", ").bind(&m.state).push(")");
-            }
-            q.query().execute(&mut *conn).await?;
-        }
+        let sql = &self.inner.report_sql;
+        let ids: Vec<IdRow<'_>> = changed.iter().map(|(row, _)| IdRow { device_id: &row.device_id }).collect();
+        execute_json(&mut *conn, &sql.delete_models, &ids).await?;
+        let models: Vec<ModelRow<'_>> = changed
+            .iter()
+            .flat_map(|(row, _)| {
+                row.report.models.iter().map(|m| ModelRow {
+                    device_id: &row.device_id,
+                    name: &m.name,
+                    version: &m.version,
+                    state: &m.state,
+                })
+            })
+            .collect();
+        execute_json(&mut *conn, &sql.insert_models, &models).await?;
         Ok(changed.into_iter().map(|(row, h)| (row.device_id.clone(), h)).collect())
     }
 
@@ -181,15 +295,17 @@ impl Db {
                 }
             }
         }
-        for chunk in keep.chunks(rows_per_statement(3)) {
-            let mut q = Sql::new("INSERT INTO device_reports (device_id, at_ms, report) VALUES ");
-            for (i, row) in chunk.iter().enumerate() {
-                q.push(if i == 0 { "(" } else { ", (" });
-                q.bind(&row.device_id).push(", ").bind(row.report.at_ms).push(", ");
-                q.bind(serde_json::to_string(&row.report)?).push(")");
-            }
-            q.query().execute(&mut *conn).await?;
-        }
+        let rows = keep
+            .iter()
+            .map(|row| {
+                Ok(HistoryRow {
+                    device_id: &row.device_id,
+                    at_ms: row.report.at_ms,
+                    report: serde_json::to_string(&row.report)?,
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        execute_json(conn, &self.inner.report_sql.history, &rows).await?;
         Ok(stored)
     }
 }

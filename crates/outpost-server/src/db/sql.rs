@@ -6,9 +6,6 @@ use sqlx::any::{Any, AnyArguments};
 use sqlx::query::Query;
 use sqlx::AssertSqlSafe;
 
-/// SQLite allows 32,766 bound values per statement, PostgreSQL 65,535; stay well below both.
-pub(crate) const MAX_PARAMS: usize = 8_000;
-
 /// A value bound to a placeholder.
 #[derive(Debug, Clone)]
 pub(crate) enum Arg {
@@ -74,6 +71,13 @@ impl Sql {
         self.args.push(value.into());
         self.text.push('$');
         self.text.push_str(&self.args.len().to_string());
+        self
+    }
+
+    /// Adds the value for the next placeholder already written in the text (for fixed
+    /// statements whose text names `$1`, `$2`, ... itself).
+    pub(crate) fn arg(&mut self, value: impl Into<Arg>) -> &mut Sql {
+        self.args.push(value.into());
         self
     }
 

@@ -193,20 +193,30 @@ pub async fn desired_state(
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let desired = state
-            .desired_for(&device)
-            .await?
-            .ok_or_else(|| ApiError::UnknownDevice(format!("device {device:?} is not enrolled")))?;
-        if known.as_deref() != Some(desired.etag.as_str()) {
-            let ids: Vec<i64> = desired.commands.iter().map(|c| c.id).collect();
-            if !ids.is_empty() {
-                state.db.mark_delivered(&ids, now_ms()).await?;
+        // The common poll (nothing changed since the device's last answer) costs no database
+        // round trip: the cached ETag is dropped before waiters are woken, so a hit is current.
+        if known.is_some() && known == state.hub.cached_etag(&device) {
+            if Instant::now() >= deadline || *shutdown.borrow() {
+                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), known.as_deref().unwrap_or_default()));
             }
-            let etag = desired.etag.clone();
-            return Ok(with_etag(Json(desired).into_response(), &etag));
-        }
-        if Instant::now() >= deadline || *shutdown.borrow() {
-            return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &desired.etag));
+        } else {
+            // Boxed here and below: a held long-poll's future is sized by its largest inner
+            // future, and these database calls would otherwise make every waiting device
+            // carry their state for the whole wait.
+            let desired = Box::pin(state.desired_for(&device))
+                .await?
+                .ok_or_else(|| ApiError::UnknownDevice(format!("device {device:?} is not enrolled")))?;
+            if known.as_deref() != Some(desired.etag.as_str()) {
+                let ids: Vec<i64> = desired.commands.iter().map(|c| c.id).collect();
+                if !ids.is_empty() {
+                    Box::pin(state.db.mark_delivered(&ids, now_ms())).await?;
+                }
+                let etag = desired.etag.clone();
+                return Ok(with_etag(Json(desired).into_response(), &etag));
+            }
+            if Instant::now() >= deadline || *shutdown.borrow() {
+                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &desired.etag));
+            }
         }
         if guard.is_none() {
             state.metrics.long_polls_waiting.inc();
@@ -217,11 +227,11 @@ pub async fn desired_state(
             _ = sub.generation.changed() => {}
             _ = shutdown.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &desired.etag));
+                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), known.as_deref().unwrap_or_default()));
             }
         }
         // A revocation wakes the device's waiters; answer it with 403 instead of a new state.
-        state.devices.ensure_active(&state.db, &device).await?;
+        Box::pin(state.devices.ensure_active(&state.db, &device)).await?;
     }
 }
 
