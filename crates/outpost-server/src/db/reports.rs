@@ -1,8 +1,9 @@
 //! The hot path: heartbeats from the whole fleet, written in batches.
 //!
 //! One batch is one transaction made of a few statements, not one statement per report; each
-//! statement takes the whole batch as one JSON parameter (see [`json_rows`]). Only the newest report per device reaches `device_status` (PostgreSQL refuses an
-//! `INSERT ... ON CONFLICT DO UPDATE` that touches the same row twice). `device_models` is
+//! statement takes the whole batch as one JSON parameter (see [`json_rows`]). Only the newest
+//! report per device reaches `device_status` (PostgreSQL refuses an `INSERT ... ON CONFLICT DO
+//! UPDATE` that touches the same row twice). `device_models` is
 //! rewritten only for devices whose model set changed since this process last wrote it, and
 //! history is downsampled to one report per device per history interval; both decisions use
 //! in-memory state that is updated only after the transaction commits.

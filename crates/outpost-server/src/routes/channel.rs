@@ -195,11 +195,7 @@ pub async fn desired_state(
         notified.as_mut().enable();
         // The common poll (nothing changed since the device's last answer) costs no database
         // round trip: the cached ETag is dropped before waiters are woken, so a hit is current.
-        if known.is_some() && known == state.hub.cached_etag(&device) {
-            if Instant::now() >= deadline || *shutdown.borrow() {
-                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), known.as_deref().unwrap_or_default()));
-            }
-        } else {
+        if known.is_none() || known != state.hub.cached_etag(&device) {
             // Boxed here and below: a held long-poll's future is sized by its largest inner
             // future, and these database calls would otherwise make every waiting device
             // carry their state for the whole wait.
@@ -214,9 +210,11 @@ pub async fn desired_state(
                 let etag = desired.etag.clone();
                 return Ok(with_etag(Json(desired).into_response(), &etag));
             }
-            if Instant::now() >= deadline || *shutdown.borrow() {
-                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &desired.etag));
-            }
+        }
+        // From here on the device holds the current state: `known` is its ETag.
+        let current = known.as_deref().unwrap_or_default();
+        if Instant::now() >= deadline || *shutdown.borrow() {
+            return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), current));
         }
         if guard.is_none() {
             state.metrics.long_polls_waiting.inc();
@@ -227,7 +225,7 @@ pub async fn desired_state(
             _ = sub.generation.changed() => {}
             _ = shutdown.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), known.as_deref().unwrap_or_default()));
+                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), current));
             }
         }
         // A revocation wakes the device's waiters; answer it with 403 instead of a new state.
