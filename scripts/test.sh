@@ -9,6 +9,16 @@ echo "== fetch pinned real models and libonnxruntime (cached under target/)"
 scripts/fetch-models.sh --ort
 export ORT_DYLIB_PATH="$PWD/target/onnxruntime/lib/libonnxruntime.so"
 
+echo "== promtool (Debian's prometheus package) checks both /metrics formats"
+if ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "(promtool missing and not root: the metrics-format tests will say so)"
+  fi
+fi
+
 echo "== drop test schemas earlier runs left in PostgreSQL (each test makes its own)"
 if command -v psql >/dev/null; then
   psql "${OUTPOST_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}" -qc "DO \$\$ DECLARE s text; BEGIN

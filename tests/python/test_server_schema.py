@@ -1,6 +1,9 @@
 """schemathesis against a real `outpost server`: property-based requests generated from the
-server's own /openapi.json must never get a 5xx, and every response must match the schema
-(status code documented, content type and body as declared).
+server's own /openapi.json must never get a 5xx, every response must match the schema (status
+code documented, content type and body as declared), and every request the schema allows must be
+accepted (`positive_data_acceptance`: the document states every limit the server enforces). All
+phases run, the stateful one included (it follows the document's links and may revoke tokens);
+the last-admin rule keeps it from locking itself out, and the test checks its token still works.
 
 Runs twice: on the embedded SQLite default and on the machine's PostgreSQL (fresh schema)."""
 
@@ -68,7 +71,9 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(tmp_path, backend):
                         "--duration", "3", "--heartbeat-interval", "1"], check=True, cwd=tmp_path, timeout=120)
         result = subprocess.run(
             [str(SCHEMATHESIS), "run", f"{url}/openapi.json",
-             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+             "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                         "response_schema_conformance,positive_data_acceptance",
+             "--phases", "examples,coverage,fuzzing,stateful",
              "--header", f"Authorization: Bearer {token}",
              "--max-examples", os.environ.get("SCHEMATHESIS_EXAMPLES", "25"),
              "--generation-deterministic", "--max-failures", "20"],
@@ -76,6 +81,10 @@ def test_generated_requests_get_no_5xx_and_match_the_schema(tmp_path, backend):
         )
         print(result.stdout[-20000:])
         assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+        assert "Stateful" in result.stdout, "the stateful phase did not run"
+        req = urllib.request.Request(f"{url}/v1/audit?limit=1", headers={"authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200, "schemathesis locked itself out"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -130,15 +130,17 @@ pub fn start(rt: &Runtime, root: &Path, model_dir: &Path, agents: usize, simulat
 impl DemoFleet {
     /// Registers the model in the registry and assigns it to the real agents by label selector.
     pub fn assign(&self, name: &str, version: &str, metadata: serde_json::Value) -> Result<()> {
+        let name: outpost_proto::ModelName = name.parse()?;
+        let version: outpost_proto::Version = version.parse()?;
         let published: ModelVersion = self.api.send(
             "POST",
             "/v1/models",
-            Some(&PublishModel { name: name.into(), version: version.into(), metadata }),
+            Some(&PublishModel { name: name.clone(), version: version.clone(), metadata }),
         )?;
         let assignment: Assignment = self.api.send(
             "POST",
             "/v1/assignments",
-            Some(&CreateAssignment { selector: AGENT_SELECTOR.into(), model: name.into(), version: version.into() }),
+            Some(&CreateAssignment { selector: AGENT_SELECTOR.into(), model: name, version }),
         )?;
         println!(
             "   registry: {}@{} published by {}; assignment #{} runs it on `{}`",

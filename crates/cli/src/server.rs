@@ -3,14 +3,17 @@
 //! `outpost-data/` and a bootstrap admin token written next to it.
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use outpost_server::{Server, ServerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Flags of `outpost server`; each overrides the config file.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
     /// TOML configuration file (keys as in the README's server configuration table).
     #[arg(long, short, env = "OUTPOST_SERVER_CONFIG")]
     config: Option<PathBuf>,
@@ -40,16 +43,46 @@ pub struct ServerArgs {
     threads: Option<usize>,
 }
 
+/// Local maintenance commands that work on the server's files and database, not over the API.
+#[derive(Debug, Subcommand)]
+enum ServerCommand {
+    /// Mint a new admin API token straight in the database: the way back in when every admin
+    /// token is lost or revoked. Needs access to the server's data directory or database, not
+    /// to the API; prints the secret once.
+    AdminToken(AdminTokenArgs),
+}
+
+/// Flags of `outpost server admin-token`: where the server keeps its data.
+#[derive(Debug, Args)]
+struct AdminTokenArgs {
+    /// The server's TOML configuration file.
+    #[arg(long, short, env = "OUTPOST_SERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The server's data directory [default: outpost-data].
+    #[arg(long, env = "OUTPOST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The server's database URL [default: sqlite:<data-dir>/outpost.db].
+    #[arg(long, env = "OUTPOST_DATABASE")]
+    database: Option<String>,
+    /// Name of the new token (shown in listings and the audit log).
+    #[arg(long, default_value = "recovery-admin")]
+    name: String,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<ServerConfig> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        }
+        None => Ok(ServerConfig::default()),
+    }
+}
+
 impl ServerArgs {
     /// Merges file, environment and flags into one configuration.
     pub fn config(&self) -> Result<ServerConfig> {
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => ServerConfig::default(),
-        };
+        let mut c = load_config(self.config.as_ref())?;
         macro_rules! set {
             ($($f:ident),*) => {$( if let Some(v) = &self.$f { c.$f = v.clone(); } )*};
         }
@@ -61,8 +94,47 @@ impl ServerArgs {
     }
 }
 
-/// Runs the server until interrupted.
+/// Mints a recovery admin token in the configured database.
+fn admin_token(args: AdminTokenArgs) -> Result<()> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if args.database.is_some() {
+        config.database = args.database;
+    }
+    let url = config.database_url();
+    if url.starts_with("sqlite:") && !config.data_dir.join("outpost.db").exists() && config.database.is_none() {
+        anyhow::bail!(
+            "no server database at {}; pass the server's --data-dir or --database",
+            config.data_dir.join("outpost.db").display()
+        );
+    }
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let token = rt.block_on(async {
+        let db = outpost_server::db::Db::connect(&url, 1)
+            .await
+            .with_context(|| format!("opening the database {}", outpost_server::redact_url(&url)))?;
+        let now = outpost_server::state::now_ms();
+        let token = db.recover_admin_token(&args.name, "local:admin-token", now).await;
+        db.close().await;
+        Ok::<_, anyhow::Error>(token?)
+    })?;
+    println!("{}", token.secret.unwrap_or_default());
+    eprintln!(
+        "created admin API token {} ({:?}); it is shown only once. Revoke tokens you no longer trust with \
+         `outpost token revoke`.",
+        token.id, token.name
+    );
+    Ok(())
+}
+
+/// Runs the server until interrupted, or one of its local maintenance commands.
 pub fn run(args: ServerArgs) -> Result<()> {
+    if let Some(ServerCommand::AdminToken(a)) = args.command {
+        return admin_token(a);
+    }
     let config = args.config()?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {
@@ -76,8 +148,9 @@ pub fn run(args: ServerArgs) -> Result<()> {
             server.addr,
             outpost_server::redact_url(&config.database_url())
         );
-        let token = config.data_dir.join("admin.token");
-        if token.exists() {
+        // Only a start that created the bootstrap token points at it: an older file may hold a
+        // token that was revoked since (then `outpost server admin-token` is the way back in).
+        if let Some(token) = &server.admin_token_path {
             println!("bootstrap admin token: {} (use it, then create named tokens and delete it)", token.display());
         }
         let stop = server.shutdown_handle();

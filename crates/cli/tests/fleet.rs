@@ -193,3 +193,59 @@ fn simulated_fleet_enrolls_heartbeats_and_every_injected_fault_is_refused() {
     let summary = json(&url, &admin, &["fleet", "summary", "-s", "simulated=true"]);
     assert_eq!(summary["devices"], 40);
 }
+
+#[test]
+fn revoking_the_last_admin_is_refused_and_admin_token_recovers_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, url, admin) = start_server(dir.path());
+    let tokens = json(&url, &admin, &["token", "list", "--api"]);
+    let boot_id = tokens["items"][0]["id"].as_str().unwrap().to_string();
+    let (ok, _, err) = cli(&url, &admin, &["token", "revoke", &boot_id]);
+    assert!(!ok && err.contains("409") && err.contains("only active admin"), "{err}");
+
+    // A second admin may revoke the first; then its secret is lost: every admin is gone.
+    let second = json(&url, &admin, &["token", "create", "--api-role", "admin", "--name", "second"]);
+    let second_secret = second["secret"].as_str().unwrap().to_string();
+    let (ok, _, err) = cli(&url, &second_secret, &["token", "revoke", &boot_id]);
+    assert!(ok, "{err}");
+    drop(server);
+
+    // Recovery works on the server's files, with the server stopped or running.
+    let out = Command::new(bin())
+        .args(["server", "admin-token", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recovered = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(recovered.starts_with("opt_"), "{recovered}");
+
+    // A restart neither mints another bootstrap token nor points at the stale file.
+    let mut child = Command::new(bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let line = lines.find(|l| l.contains("listening on")).expect("listen line");
+    let _server = Proc(child);
+    let next = lines.next().unwrap_or_default();
+    assert!(!next.contains("bootstrap admin token"), "restart pointed at a revoked token: {next}");
+    std::thread::spawn(move || lines.for_each(drop));
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let (ok, _, err) = cli(&url, &admin, &["device", "list"]);
+    assert!(!ok && err.contains("401"), "the revoked bootstrap token still works: {err}");
+    let listed = json(&url, &recovered, &["token", "list", "--api"]);
+    assert!(listed["items"].as_array().unwrap().iter().any(|t| t["name"] == "recovery-admin"), "{listed}");
+
+    // No data dir, no database: a clear error instead of a new empty database.
+    let out = Command::new(bin())
+        .args(["server", "admin-token", "--data-dir"])
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no server database"));
+}

@@ -8,11 +8,13 @@
 pub mod dtype;
 pub mod fleet;
 pub mod manifest;
+pub mod names;
 pub mod oip;
 pub mod prediction;
 
 pub use dtype::DType;
 pub use manifest::Manifest;
+pub use names::{ModelName, Version};
 
 /// Version of the agent/server protocol spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;

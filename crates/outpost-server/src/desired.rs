@@ -8,6 +8,7 @@
 use outpost_proto::fleet::api::{Assignment, DeviceOverride};
 use outpost_proto::fleet::device::{DesiredModel, DesiredState, DeviceCommand};
 use outpost_proto::fleet::{Labels, Selector};
+use outpost_proto::{ModelName, Version};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -62,8 +63,10 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
     let mut models: BTreeMap<String, DesiredModel> = BTreeMap::new();
     for parsed in inputs.assignments {
         let matches = parsed.selector.as_ref().is_some_and(|s| s.matches(inputs.labels));
-        if matches {
-            let a = &parsed.assignment;
+        let a = &parsed.assignment;
+        // Rows written before names had a grammar may hold names it refuses: never send them.
+        let named_well = ModelName::is_valid(&a.model) && Version::is_valid(&a.version);
+        if matches && named_well {
             // Oldest first, so a later (newer) match overwrites an earlier one for the same model.
             models.insert(
                 a.model.clone(),
@@ -79,11 +82,11 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
     if let Some(ov) = inputs.device_override {
         for (name, version) in &ov.models {
             if version.is_empty() {
-                models.remove(name);
+                models.remove(name.as_str());
             } else {
                 models.insert(
-                    name.clone(),
-                    DesiredModel { name: name.clone(), version: version.clone(), source: "override".into() },
+                    name.to_string(),
+                    DesiredModel { name: name.to_string(), version: version.clone(), source: "override".into() },
                 );
             }
         }
@@ -156,8 +159,8 @@ mod tests {
         let a = [assignment(1, "", "defect", "1"), assignment(2, "", "ocr", "1")];
         let l = Labels::new();
         let mut ov = DeviceOverride::default();
-        ov.models.insert("defect".into(), "9".into());
-        ov.models.insert("ocr".into(), String::new());
+        ov.models.insert(ModelName::parse("defect").unwrap(), "9".into());
+        ov.models.insert(ModelName::parse("ocr").unwrap(), String::new());
         ov.config.insert("log_level".into(), serde_json::json!("debug"));
         let s = desired_state(inputs(&a, &l, Some(&ov)));
         assert_eq!(

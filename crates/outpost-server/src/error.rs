@@ -57,9 +57,21 @@ pub enum ApiError {
     /// 409: the command was already acknowledged.
     #[error("{0}")]
     AlreadyAcked(String),
+    /// 409: the change would revoke the last active admin token.
+    #[error("{0}")]
+    LastAdmin(String),
     /// 413: the body is larger than `max_body_bytes`.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 414: the path and query are longer than the server accepts.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// 415: the body is compressed or of a kind the route does not take.
+    #[error("{0}")]
+    UnsupportedEncoding(String),
+    /// 431: too many or too large request headers.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 503: the database cannot be reached.
     #[error("{0}")]
     DatabaseUnavailable(String),
@@ -85,8 +97,13 @@ impl ApiError {
             | EnrollmentTokenExpired(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) | DeviceRevoked(_) | EnrollmentTokenRevoked(_) => StatusCode::FORBIDDEN,
             NotFound(_) => StatusCode::NOT_FOUND,
-            Conflict(_) | ReplayedRequest(_) | EnrollmentTokenUsedUp(_) | AlreadyAcked(_) => StatusCode::CONFLICT,
+            Conflict(_) | ReplayedRequest(_) | EnrollmentTokenUsedUp(_) | AlreadyAcked(_) | LastAdmin(_) => {
+                StatusCode::CONFLICT
+            }
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             DatabaseUnavailable(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -111,7 +128,11 @@ impl ApiError {
             ReplayedRequest(_) => "replayed_request",
             EnrollmentTokenUsedUp(_) => "enrollment_token_used_up",
             AlreadyAcked(_) => "already_acked",
+            LastAdmin(_) => "last_admin",
             PayloadTooLarge(_) => "payload_too_large",
+            UriTooLong(_) => "uri_too_long",
+            UnsupportedEncoding(_) => "unsupported_encoding",
+            HeadersTooLarge(_) => "headers_too_large",
             DatabaseUnavailable(_) => "database_unavailable",
             Overloaded(_) => "overloaded",
             Internal(_) => "internal",

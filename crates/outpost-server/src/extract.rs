@@ -37,13 +37,59 @@ fn reject_nul_in_uri(parts: &Parts) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses JSON bytes into `T`, naming the problem when it does not fit.
+/// Parses a device's JSON object body into `T` (an object, as [`parse_object`]), refusing NUL characters
+/// anywhere in it first: device bodies are written in batches with other devices' reports, and
+/// one NUL that PostgreSQL refuses would fail the whole batch.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if has_nul_escape(bytes) {
         return Err(ApiError::InvalidRequest("the body contains a NUL character (\\u0000) in a string".into()));
     }
+    check_object(bytes)?;
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::InvalidRequest(format!("the body is not the expected JSON: {e}; see /openapi.json")))
+}
+
+/// Parses a JSON object body into `T`, naming the problem when it does not fit. Every request
+/// body of the API is an object; serde would also build a struct from an array of its fields in
+/// order (so `[]` would read as an empty override), hence the explicit check. Operator bodies
+/// may carry NUL in free-form JSON (metadata, arguments), which is stored escaped; a NUL in a
+/// plain text field is refused by the database as a 400.
+pub fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    check_object(bytes)?;
+    // JSON Schema's `integer` includes `3.0`; serde's integers do not. Operator bodies are
+    // small, so they go through a Value where integral floats become integers.
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("the body is not valid JSON: {e}")))?;
+    integral_floats_to_integers(&mut value);
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::InvalidRequest(format!("the body is not the expected JSON: {e}; see /openapi.json")))
+}
+
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // 2^63 and above do not fit an i64; u64 beyond that is not needed by any field.
+            if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                *value = Value::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
+}
+
+fn check_object(bytes: &[u8]) -> Result<(), ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(ApiError::InvalidRequest("the body must be a JSON object; see /openapi.json".into()));
+        }
+        None => return Err(ApiError::InvalidRequest("the body is empty; send a JSON object".into())),
+    }
+    Ok(())
 }
 
 /// A JSON body; the `Content-Type` header is not required (agents behind odd proxies lose it).
@@ -55,7 +101,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
+        parse_object(&bytes).map(ApiJson)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod reports;
 pub mod routes;
+pub mod serve;
 mod server;
 pub mod state;
 

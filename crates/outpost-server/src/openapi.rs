@@ -1,7 +1,9 @@
 //! The OpenAPI document served at `/openapi.json`, generated from the route annotations so it
 //! cannot drift from the handlers.
 
-use crate::routes::{self, channel, devices, registry};
+use crate::routes::registry::{API_TOKEN_NAME_MAX, MAX_EXPIRES_IN_S};
+use crate::routes::{self, channel, devices, registry, MAX_LIMIT};
+use outpost_proto::fleet::selector::SELECTOR_PATTERN;
 use outpost_proto::fleet::signing::{HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -75,7 +77,154 @@ pub fn document() -> serde_json::Value {
             });
         }
     }
+    add_limits(&mut doc);
     doc
+}
+
+/// Puts the limits the server enforces into the document, so that a request the schema allows
+/// is a request the server accepts (checked by schemathesis' `positive_data_acceptance`).
+fn add_limits(doc: &mut serde_json::Value) {
+    use outpost_proto::fleet::api::OVERRIDE_MAX_MODELS;
+    use serde_json::json;
+    let schemas = &mut doc["components"]["schemas"];
+    // Every `BTreeMap` the derive emits is a label map (counts are patched above).
+    let labels = json!({
+        "type": "object",
+        "description": "Labels: keys are 1-253 and values 0-63 characters of A-Z a-z 0-9 . _ / -",
+        "propertyNames": {"type": "string", "pattern": LABEL_KEY_PATTERN},
+        "additionalProperties": {"type": "string", "pattern": LABEL_VALUE_PATTERN},
+    });
+    if let Some(map) = schemas.as_object_mut() {
+        map.remove("BTreeMap");
+        map.insert("Labels".into(), labels);
+    }
+    let fields: &[(&str, &str, serde_json::Value)] = &[
+        ("CreateEnrollmentToken", "uses", json!({"minimum": 1})),
+        ("CreateEnrollmentToken", "expires_in_s", json!({"minimum": 1, "maximum": MAX_EXPIRES_IN_S})),
+        ("CreateApiToken", "expires_in_s", json!({"minimum": 1, "maximum": MAX_EXPIRES_IN_S})),
+        (
+            "CreateApiToken",
+            "name",
+            json!({"minLength": 1, "maxLength": API_TOKEN_NAME_MAX, "pattern": "[^ \\t\\n\\r\\x0b\\x0c]"}),
+        ),
+        ("LabelChange", "remove", json!({"items": {"type": "string", "pattern": LABEL_KEY_PATTERN}})),
+        ("DeviceOverride", "models", json!({"maxProperties": OVERRIDE_MAX_MODELS})),
+    ];
+    for (schema, field, patch) in fields {
+        if let (Some(prop), Some(patch)) = (schemas[*schema]["properties"].get_mut(*field), patch.as_object()) {
+            for (k, v) in patch {
+                prop[k] = v.clone();
+            }
+        }
+    }
+    let selector = json!({"type": "string", "pattern": SELECTOR_PATTERN});
+    if let Some(prop) = schemas["CreateAssignment"]["properties"].get_mut("selector") {
+        prop["pattern"] = json!(SELECTOR_PATTERN);
+    }
+    let int_cursor = json!({"type": "string", "pattern": "^(?:-?[0-9]{1,18})?$"});
+    let model_cursor = json!({"type": "string", "pattern": "^(?:[^@\\u0000]*@[^\\u0000]*)?$"});
+    // (parameter, path it applies to or "" for all, schema)
+    let params: &[(&str, &str, serde_json::Value)] = &[
+        ("limit", "", json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_LIMIT})),
+        ("status", "", json!({"type": "string", "enum": ["online", "stale", "offline", "revoked"]})),
+        ("selector", "", selector),
+        ("cursor", "/v1/audit", int_cursor.clone()),
+        ("cursor", "/v1/devices/{id}/commands", int_cursor),
+        ("cursor", "/v1/models", model_cursor),
+    ];
+    for (path, item) in doc["paths"].as_object_mut().into_iter().flatten() {
+        let ops = item.as_object_mut().into_iter().flat_map(|item| item.values_mut());
+        for param in ops.filter_map(|op| op.get_mut("parameters")?.as_array_mut()).flatten() {
+            let applies = |(name, only, _): &&(&str, &str, serde_json::Value)| {
+                param["name"] == *name && (only.is_empty() || only == path)
+            };
+            if let Some((_, _, schema)) = params.iter().find(applies) {
+                param["schema"] = schema.clone();
+            }
+        }
+    }
+    // What `serve::limits` may answer before any route runs.
+    let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
+    let early: &[(&str, &str)] = &[
+        ("414", "uri_too_long: the path and query are over 8 KiB"),
+        ("415", "unsupported_encoding: the body is compressed"),
+        ("431", "headers_too_large: over 64 headers or 32 KiB of headers"),
+    ];
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths.values_mut().filter_map(|item| item.as_object_mut()).flat_map(|item| item.values_mut()) {
+            for (code, description) in early {
+                if op["responses"].get(*code).is_none() {
+                    op["responses"][*code] = json!({"description": description, "content": error});
+                }
+            }
+        }
+    }
+    rewrite_refs(doc, "#/components/schemas/BTreeMap", "#/components/schemas/Labels");
+    forbid_nul(doc);
+}
+
+/// Label key grammar ([`outpost_proto::fleet::selector::validate_key`]).
+const LABEL_KEY_PATTERN: &str = "^[A-Za-z0-9._/-]{1,253}$";
+/// Label value grammar ([`outpost_proto::fleet::selector::validate_value`]).
+const LABEL_VALUE_PATTERN: &str = "^[A-Za-z0-9._/-]{0,63}$";
+
+fn rewrite_refs(value: &mut serde_json::Value, from: &str, to: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if k == "$ref" && v == from {
+                    *v = serde_json::Value::String(to.into());
+                } else {
+                    rewrite_refs(v, from, to);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| rewrite_refs(v, from, to)),
+        _ => {}
+    }
+}
+
+/// Device bodies may not hold NUL characters anywhere (PostgreSQL text cannot store them, and
+/// one bad report would fail a whole batch), and operator text fields are refused by PostgreSQL
+/// when they hold one: say so on every free-form string of a request body or parameter (those
+/// without a pattern or enum of their own). Response schemas are left alone.
+fn forbid_nul(doc: &mut serde_json::Value) {
+    fn walk(value: &mut serde_json::Value, refs: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let is_string = map
+                    .get("type")
+                    .is_some_and(|t| t == "string" || t.as_array().is_some_and(|a| a.iter().any(|x| x == "string")));
+                if is_string && !map.contains_key("pattern") && !map.contains_key("enum") {
+                    map.insert("pattern".into(), serde_json::Value::String("^[^\\u0000]*$".into()));
+                }
+                if let Some(r) = map.get("$ref").and_then(|r| r.as_str()) {
+                    refs.push(r.trim_start_matches("#/components/schemas/").to_string());
+                }
+                map.values_mut().for_each(|v| walk(v, refs));
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, refs)),
+            _ => {}
+        }
+    }
+    let mut pending = Vec::new();
+    let paths = doc["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut());
+    for op in paths.filter_map(|item| item.as_object_mut()).flat_map(|item| item.values_mut()) {
+        if let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) {
+            params.iter_mut().for_each(|p| walk(&mut p["schema"], &mut Vec::new()));
+        }
+        if let Some(body) = op.get_mut("requestBody") {
+            walk(body, &mut pending);
+        }
+    }
+    let mut done = std::collections::BTreeSet::new();
+    while let Some(name) = pending.pop() {
+        if done.insert(name.clone()) {
+            if let Some(schema) = doc["components"]["schemas"].get_mut(&name) {
+                walk(schema, &mut pending);
+            }
+        }
+    }
 }
 
 struct SecuritySchemes;

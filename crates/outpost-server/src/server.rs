@@ -166,13 +166,9 @@ impl Server {
         let tasks = spawn_maintenance(state.clone());
         let app = crate::routes::router(state);
         let mut stop = shutdown_rx;
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let serve = tokio::spawn(crate::serve::run(listener, app, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
         tracing::info!(%addr, "outpost server listening");
         Ok(Server { addr, admin_token_path, shutdown: shutdown_tx, serve, tasks, writer, db })
     }

@@ -3,6 +3,8 @@
 //! commands, desired state, audit and the OpenAPI document.
 
 mod common;
+#[path = "api/doors.rs"]
+mod doors;
 
 use common::server::TestServer;
 use common::signed::{fresh_nonce, now_ms, TestDevice};

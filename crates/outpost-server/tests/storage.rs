@@ -357,12 +357,13 @@ async fn overrides_are_stored_replaced_and_cleared() {
     for (label, db) in databases().await {
         enroll_many(&db, 1, 1, Labels::new()).await;
         let ov = DeviceOverride {
-            models: [("defect".to_string(), "4".to_string())].into(),
+            models: [("defect".parse().unwrap(), "4".to_string())].into(),
             config: [("threads".to_string(), serde_json::json!(2))].into(),
         };
         assert!(db.set_override("dev-00001", Some(&ov), "token:ops", NOW).await.unwrap(), "[{label}]");
         assert_eq!(db.get_override("dev-00001").await.unwrap(), Some(ov.clone()), "[{label}]");
-        let replaced = DeviceOverride { models: [("defect".to_string(), String::new())].into(), ..Default::default() };
+        let replaced =
+            DeviceOverride { models: [("defect".parse().unwrap(), String::new())].into(), ..Default::default() };
         db.set_override("dev-00001", Some(&replaced), "token:ops", NOW).await.unwrap();
         assert_eq!(db.get_override("dev-00001").await.unwrap(), Some(replaced), "[{label}]");
         assert!(db.set_override("dev-00001", None, "token:ops", NOW).await.unwrap(), "[{label}]");
@@ -375,8 +376,8 @@ async fn overrides_are_stored_replaced_and_cleared() {
 async fn models_are_published_once_and_assignments_need_a_registered_version() {
     for (label, db) in databases().await {
         let publish = |v: &str| PublishModel {
-            name: "defect".into(),
-            version: v.into(),
+            name: "defect".parse().unwrap(),
+            version: v.parse().unwrap(),
             metadata: serde_json::json!({"task": "cls"}),
         };
         let m = db.publish_model(&publish("2"), "token:ops", NOW).await.unwrap();
@@ -390,8 +391,11 @@ async fn models_are_published_once_and_assignments_need_a_registered_version() {
         assert_eq!((second.items[0].version.as_str(), second.next_cursor), ("3", None), "[{label}]");
         assert_eq!(db.model_versions("defect").await.unwrap().len(), 2, "[{label}]");
 
-        let assign =
-            |sel: &str, v: &str| CreateAssignment { selector: sel.into(), model: "defect".into(), version: v.into() };
+        let assign = |sel: &str, v: &str| CreateAssignment {
+            selector: sel.into(),
+            model: "defect".parse().unwrap(),
+            version: v.parse().unwrap(),
+        };
         let missing = db.create_assignment(&assign("site=a", "9"), "token:ops", NOW).await.unwrap_err();
         assert!(matches!(missing, DbError::NotFound(_)), "[{label}] {missing:?}");
         let invalid = db.create_assignment(&assign("site in berlin", "2"), "token:ops", NOW).await.unwrap_err();
@@ -420,11 +424,36 @@ async fn api_tokens_bootstrap_once_authenticate_by_secret_and_revoke() {
         let found = db.api_token_by_secret(&secret).await.unwrap().expect("found by secret");
         assert_eq!(found, ApiToken { secret: None, ..t.clone() }, "[{label}]");
         assert_eq!(db.api_token_by_secret("opt_wrong").await.unwrap(), None, "[{label}]");
-        assert!(db.revoke_api_token(&t.id, "token:bootstrap-admin", NOW).await.unwrap(), "[{label}]");
+        assert_eq!(db.revoke_api_token(&t.id, "token:bootstrap-admin", NOW).await.unwrap(), RevokeOutcome::Revoked);
         assert!(db.api_token_by_secret(&secret).await.unwrap().unwrap().revoked, "[{label}]");
         let page = db.list_api_tokens(None, 1).await.unwrap();
         let rest = db.list_api_tokens(page.next_cursor.as_deref(), 1).await.unwrap();
         assert_eq!((page.items.len(), rest.items.len(), rest.next_cursor), (1, 1, None), "[{label}]");
+    }
+}
+
+#[tokio::test]
+async fn refuses_to_revoke_the_last_admin_token() {
+    for (label, db) in databases().await {
+        let boot = db.bootstrap_admin_token(NOW).await.unwrap().unwrap();
+        let outcome = db.revoke_api_token(&boot.id, "token:bootstrap-admin", NOW).await.unwrap();
+        assert_eq!(outcome, RevokeOutcome::LastAdmin, "[{label}]");
+        // An expired admin does not count as a way back in.
+        let expiring = CreateApiToken { name: "short".into(), role: Role::Admin, expires_in_s: Some(1) };
+        db.create_api_token(&expiring, "token:bootstrap-admin", NOW).await.unwrap();
+        let later = NOW + 2_000;
+        assert_eq!(db.revoke_api_token(&boot.id, "x", later).await.unwrap(), RevokeOutcome::LastAdmin, "[{label}]");
+        // With a second live admin the first may go; then the second is the last one.
+        let second = CreateApiToken { name: "second".into(), role: Role::Admin, expires_in_s: None };
+        let second = db.create_api_token(&second, "token:bootstrap-admin", NOW).await.unwrap();
+        assert_eq!(db.revoke_api_token(&boot.id, "x", later).await.unwrap(), RevokeOutcome::Revoked, "[{label}]");
+        assert_eq!(db.revoke_api_token(&second.id, "x", later).await.unwrap(), RevokeOutcome::LastAdmin, "[{label}]");
+        assert_eq!(db.revoke_api_token("at-missing", "x", later).await.unwrap(), RevokeOutcome::NotFound, "[{label}]");
+        // The local recovery path mints a working admin even when every admin is gone.
+        let recovered = db.recover_admin_token("recovered", "local:admin-token", later).await.unwrap();
+        let found = db.api_token_by_secret(recovered.secret.as_deref().unwrap()).await.unwrap().unwrap();
+        assert_eq!((found.role, found.revoked), (Role::Admin, false), "[{label}]");
+        assert_eq!(db.revoke_api_token(&second.id, "x", later).await.unwrap(), RevokeOutcome::Revoked, "[{label}]");
     }
 }
 
@@ -440,9 +469,14 @@ async fn every_mutation_writes_an_audit_entry_with_its_actor() {
         let change = LabelChange { set: labels(&[("a", "b")]), remove: vec![] };
         db.change_labels("dev-00001", &change, "token:ops", NOW).await.unwrap();
         db.set_override("dev-00001", Some(&DeviceOverride::default()), "token:ops", NOW).await.unwrap();
-        let pm = PublishModel { name: "m".into(), version: "1".into(), metadata: serde_json::Value::Null };
+        let pm = PublishModel {
+            name: "m".parse().unwrap(),
+            version: "1".parse().unwrap(),
+            metadata: serde_json::Value::Null,
+        };
         db.publish_model(&pm, "token:ops", NOW).await.unwrap();
-        let ca = CreateAssignment { selector: "a=b".into(), model: "m".into(), version: "1".into() };
+        let ca =
+            CreateAssignment { selector: "a=b".into(), model: "m".parse().unwrap(), version: "1".parse().unwrap() };
         let a = db.create_assignment(&ca, "token:ops", NOW).await.unwrap();
         db.delete_assignment(a.id, "token:ops", NOW).await.unwrap();
         let cc = CreateCommand { kind: CommandKind::RestartAgent, args: serde_json::json!({}) };
@@ -498,7 +532,8 @@ async fn an_unreachable_database_is_unavailable_quickly() {
 async fn a_closed_pool_is_unavailable_and_duplicates_are_conflicts() {
     for (label, db) in databases().await {
         db.ping().await.unwrap_or_else(|e| panic!("[{label}] {e}"));
-        let pm = PublishModel { name: "m".into(), version: "1".into(), metadata: serde_json::json!({}) };
+        let pm =
+            PublishModel { name: "m".parse().unwrap(), version: "1".parse().unwrap(), metadata: serde_json::json!({}) };
         db.publish_model(&pm, "token:ops", NOW).await.unwrap();
         assert!(matches!(db.publish_model(&pm, "token:ops", NOW).await, Err(DbError::Conflict(_))), "[{label}]");
         assert_eq!(db.kind(), if label == "sqlite" { DbKind::Sqlite } else { DbKind::Postgres });

@@ -52,6 +52,13 @@ pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
     samples[rank.saturating_sub(1).min(samples.len() - 1)]
 }
 
+/// Splits a desired model list into the entries the device accepts and those whose name or
+/// version breaks the model-name grammar (a server must never send them; the device checks
+/// anyway because it builds file paths from them).
+pub fn well_named_models(desired: Vec<DesiredModel>) -> (Vec<DesiredModel>, Vec<DesiredModel>) {
+    desired.into_iter().partition(DesiredModel::is_well_named)
+}
+
 /// Desired models that are not served at the desired version.
 pub fn missing_models(served: &[ServedModel], desired: &[DesiredModel]) -> Vec<DesiredModel> {
     desired
@@ -170,6 +177,18 @@ mod tests {
             active_version: version.map(String::from),
             failure: failure.map(|r| (Some("9".to_string()), r.to_string())),
         }
+    }
+
+    #[test]
+    fn desired_state_naming_a_parent_directory_is_refused_by_the_device() {
+        let (ok, refused) = well_named_models(vec![
+            desired("defect", "3"),
+            desired("../../../../tmp/x", "1"),
+            desired("ocr", "../1"),
+            desired("", "1"),
+        ]);
+        assert_eq!(ok, vec![desired("defect", "3")]);
+        assert_eq!(refused.len(), 3);
     }
 
     fn desired(name: &str, version: &str) -> DesiredModel {

@@ -391,12 +391,17 @@ impl Session {
         if !outcome.ignored.is_empty() || !outcome.invalid.is_empty() {
             tracing::warn!(ignored = ?outcome.ignored, invalid = ?outcome.invalid, "desired config has settings this agent does not apply");
         }
-        let missing = report::missing_models(&report::served_models(&self.ctx.store), &desired.models);
+        let (models, refused) = report::well_named_models(desired.models);
+        if !refused.is_empty() {
+            let names: Vec<String> = refused.iter().map(|m| format!("{:?}@{:?}", m.name, m.version)).collect();
+            tracing::error!(models = ?names, "refusing desired models whose name or version breaks the model-name grammar");
+        }
+        let missing = report::missing_models(&report::served_models(&self.ctx.store), &models);
         if !missing.is_empty() {
             let names: Vec<String> = missing.iter().map(|m| format!("{}@{}", m.name, m.version)).collect();
             tracing::warn!(models = ?names, "desired models are not on this device (model download is not available yet)");
         }
-        *self.status.desired.lock().unwrap_or_else(|p| p.into_inner()) = desired.models.clone();
+        *self.status.desired.lock().unwrap_or_else(|p| p.into_inner()) = models;
         for command in &desired.commands {
             if !self.executed.lock().unwrap_or_else(|p| p.into_inner()).insert(command.id) {
                 continue; // already run; its ack is on the way

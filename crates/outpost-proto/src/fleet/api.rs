@@ -3,6 +3,7 @@
 
 use super::device::{CommandKind, CommandStatus, HardwareProfile, Health, ModelReport, SystemReport};
 use super::selector::Labels;
+use crate::names::{ModelName, NameError, Version, MODEL_NAME_PATTERN, VERSION_PATTERN};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -135,11 +136,50 @@ pub struct LabelChange {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct DeviceOverride {
-    /// Model name → version; an empty version removes that model from the device.
-    pub models: BTreeMap<String, String>,
+    /// Model name → version; an empty version removes that model from the device. Names and
+    /// versions follow [`crate::names`].
+    #[schema(schema_with = override_models_schema)]
+    pub models: BTreeMap<ModelName, String>,
     /// Agent settings (setting → value).
     #[schema(value_type = Object)]
     pub config: BTreeMap<String, serde_json::Value>,
+}
+
+/// Most models one override may name.
+pub const OVERRIDE_MAX_MODELS: usize = 256;
+
+impl DeviceOverride {
+    /// Checks what serde cannot: every version is empty (remove) or follows the grammar, and
+    /// the map is not larger than [`OVERRIDE_MAX_MODELS`].
+    pub fn validate(&self) -> Result<(), NameError> {
+        if self.models.len() > OVERRIDE_MAX_MODELS {
+            return Err(NameError {
+                what: "override",
+                value: format!("{} models", self.models.len()),
+                rule: "an override names at most 256 models",
+            });
+        }
+        for version in self.models.values().filter(|v| !v.is_empty()) {
+            Version::parse(version)?;
+        }
+        Ok(())
+    }
+}
+
+fn override_models_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let version = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(crate::names::NAME_MAX_LEN))
+        .pattern(Some(format!("^$|{VERSION_PATTERN}")))
+        .description(Some("a version, or empty to remove the model from the device"));
+    let name = ObjectBuilder::new().schema_type(Type::String).pattern(Some(MODEL_NAME_PATTERN));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(name))
+        .additional_properties(Some(version))
+        .max_properties(Some(OVERRIDE_MAX_MODELS))
+        .build()
 }
 
 /// Counts of devices by one attribute.
@@ -250,9 +290,9 @@ pub struct ApiToken {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PublishModel {
     /// Model name.
-    pub name: String,
+    pub name: ModelName,
     /// Version.
-    pub version: String,
+    pub version: Version,
     /// Free-form metadata (task, input shapes, sha256, size, metrics...).
     #[serde(default)]
     #[schema(value_type = Value)]
@@ -281,9 +321,9 @@ pub struct CreateAssignment {
     /// Label selector.
     pub selector: String,
     /// Model name (must be in the registry).
-    pub model: String,
+    pub model: ModelName,
     /// Model version (must be in the registry).
-    pub version: String,
+    pub version: Version,
 }
 
 /// An assignment; when several match a device for the same model, the newest wins.

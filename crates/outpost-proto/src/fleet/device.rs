@@ -172,6 +172,14 @@ pub struct DesiredModel {
     pub source: String,
 }
 
+impl DesiredModel {
+    /// Whether name and version follow the model-name grammar ([`crate::names`]); a device
+    /// refuses any other before it builds a path from them.
+    pub fn is_well_named(&self) -> bool {
+        crate::names::ModelName::is_valid(&self.name) && crate::names::Version::is_valid(&self.version)
+    }
+}
+
 /// Kinds of remote command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

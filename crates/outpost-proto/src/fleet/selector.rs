@@ -72,6 +72,20 @@ pub fn validate_value(value: &str) -> Result<(), SelectorError> {
     Ok(())
 }
 
+/// A regular expression (ECMA-262 and Rust `regex` alike) for a subset of the selector grammar:
+/// every string it matches parses, so the OpenAPI document can promise it to clients. It leaves
+/// out what the parser also takes but a schema need not offer (white space other than spaces).
+pub const SELECTOR_PATTERN: &str = concat!(
+    "^(?:",
+    r" *(?:[A-Za-z0-9._/-]{1,253} *(?:!=|==|=) *[A-Za-z0-9._/-]{0,63}",
+    r"|[A-Za-z0-9._/-]{1,253} +(?:in|notin) +\( *[A-Za-z0-9._/-]{1,63} *(?:[,|] *[A-Za-z0-9._/-]{1,63} *)*\)",
+    r"|! *[A-Za-z0-9._/-]{1,253}|[A-Za-z0-9._/-]{1,253}) *",
+    r"(?:, *(?:[A-Za-z0-9._/-]{1,253} *(?:!=|==|=) *[A-Za-z0-9._/-]{0,63}",
+    r"|[A-Za-z0-9._/-]{1,253} +(?:in|notin) +\( *[A-Za-z0-9._/-]{1,63} *(?:[,|] *[A-Za-z0-9._/-]{1,63} *)*\)",
+    r"|! *[A-Za-z0-9._/-]{1,253}|[A-Za-z0-9._/-]{1,253}) *)*",
+    ")?$"
+);
+
 /// Parses `key=value` (as used by `--label` flags and enrollment tokens).
 pub fn parse_label(text: &str) -> Result<(String, String), SelectorError> {
     let (k, v) = text
@@ -210,6 +224,47 @@ impl fmt::Display for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_selector_the_documented_pattern_allows_parses() {
+        let pattern = regex::Regex::new(SELECTOR_PATTERN).unwrap();
+        let written = [
+            "",
+            "site=berlin",
+            "site = berlin , line!=3",
+            "a==b",
+            "a=",
+            "!gpu",
+            "! gpu",
+            "gpu",
+            "tier in (a|b)",
+            "tier notin ( a , b )",
+            "in in (in)",
+            "a in (b),c",
+            "k/x.y_z-1=v.1/2",
+        ];
+        for text in written {
+            assert!(pattern.is_match(text), "{text:?} should match the pattern");
+            assert!(text.parse::<Selector>().is_ok(), "{text:?} matches the pattern but does not parse");
+        }
+        // Random strings over the grammar's own characters: a match must always parse.
+        let alphabet: Vec<char> = "ab=!, ()|in".chars().chain("notx".chars()).collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut matched = 0;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 14) as usize;
+            let text: String =
+                (0..len).map(|i| alphabet[((state >> (i * 4 % 60)) as usize + i * 7) % alphabet.len()]).collect();
+            if pattern.is_match(&text) {
+                matched += 1;
+                assert!(text.parse::<Selector>().is_ok(), "{text:?} matches the pattern but does not parse");
+            }
+        }
+        assert!(matched > 1_000, "the random strings should exercise the pattern ({matched} matched)");
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -320,17 +320,14 @@ impl Manifest {
     }
 }
 
-/// Whether `s` is a safe model name (or version, which also allows upper case).
+/// Whether `s` is a safe model name (or version, which also allows upper case): the grammar of
+/// [`crate::names`].
 pub fn valid_name(s: &str, allow_upper: bool) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('.')
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || matches!(b, b'.' | b'_' | b'-')
-                || (allow_upper && b.is_ascii_uppercase())
-        })
+    if allow_upper {
+        crate::names::Version::is_valid(s)
+    } else {
+        crate::names::ModelName::is_valid(s)
+    }
 }
 
 #[cfg(test)]

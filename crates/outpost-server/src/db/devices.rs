@@ -9,6 +9,7 @@ use super::{status_of, Db, DbError, Thresholds};
 use outpost_proto::fleet::api::{Device, DeviceOverride, DeviceStatus, LabelChange, Page};
 use outpost_proto::fleet::device::{Health, StateReport};
 use outpost_proto::fleet::selector::{validate_key, Labels, Selector};
+use outpost_proto::{ModelName, Version};
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 use sqlx::Row;
@@ -216,7 +217,7 @@ impl Db {
         let Some(row) = q.query().fetch_optional(self.pool()).await? else {
             return Ok(None);
         };
-        Ok(Some(serde_json::from_str(&row.try_get::<String, _>("body")?)?))
+        Ok(Some(stored_override(&row.try_get::<String, _>("body")?)?))
     }
 
     /// Stored (downsampled) reports of a device made at or after `since_ms`, oldest first.
@@ -234,4 +235,33 @@ impl Db {
         q.bind(older_than_ms);
         Ok(q.query().execute(self.pool()).await?.rows_affected())
     }
+}
+
+/// Parses a stored override. Overrides stored before model names had one grammar may name
+/// models the grammar refuses (`../x`); those entries are dropped with a warning instead of
+/// failing the device's desired state, so they can never reach a device.
+fn stored_override(body: &str) -> Result<DeviceOverride, DbError> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        #[serde(default)]
+        models: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        config: std::collections::BTreeMap<String, serde_json::Value>,
+    }
+    let stored: Stored = serde_json::from_str(body)?;
+    let models = stored
+        .models
+        .into_iter()
+        .filter_map(|(name, version)| {
+            let valid = (version.is_empty() || Version::is_valid(&version)).then_some(());
+            match (ModelName::parse(&name), valid) {
+                (Ok(name), Some(())) => Some((name, version)),
+                _ => {
+                    tracing::warn!(model = %name.escape_debug(), version = %version.escape_debug(), "dropping a stored override entry that breaks the model-name grammar");
+                    None
+                }
+            }
+        })
+        .collect();
+    Ok(DeviceOverride { models, config: stored.config })
 }

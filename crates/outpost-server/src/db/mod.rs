@@ -27,6 +27,7 @@ mod summary;
 mod tokens;
 
 pub use error::DbError;
+pub use tokens::{is_blank, RevokeOutcome};
 
 use outpost_proto::fleet::api::{Command, DeviceStatus};
 use outpost_proto::fleet::device::{HardwareProfile, StateReport};

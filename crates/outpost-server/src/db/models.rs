@@ -59,8 +59,8 @@ impl Db {
         record(&mut tx, now_ms, actor, "model.publish", &target, serde_json::json!({"metadata": metadata})).await?;
         tx.commit().await?;
         Ok(ModelVersion {
-            name: m.name.clone(),
-            version: m.version.clone(),
+            name: m.name.to_string(),
+            version: m.version.to_string(),
             metadata,
             published_by: actor.to_string(),
             published_ms: now_ms,
@@ -116,8 +116,8 @@ impl Db {
         Ok(Assignment {
             id,
             selector,
-            model: a.model.clone(),
-            version: a.version.clone(),
+            model: a.model.to_string(),
+            version: a.version.to_string(),
             created_by: actor.to_string(),
             created_ms: now_ms,
         })

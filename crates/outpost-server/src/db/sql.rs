@@ -47,6 +47,18 @@ impl From<&String> for Arg {
     }
 }
 
+impl From<&outpost_proto::ModelName> for Arg {
+    fn from(v: &outpost_proto::ModelName) -> Arg {
+        Arg::Text(v.to_string())
+    }
+}
+
+impl From<&outpost_proto::Version> for Arg {
+    fn from(v: &outpost_proto::Version) -> Arg {
+        Arg::Text(v.to_string())
+    }
+}
+
 /// SQL text plus the values for its placeholders, in order.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Sql {

@@ -32,6 +32,12 @@ pub(crate) fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// Whether a name is empty or only ASCII white space (the OpenAPI document's pattern says the
+/// same, so that generated clients and the server agree).
+pub fn is_blank(name: &str) -> bool {
+    name.chars().all(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'))
+}
+
 /// Checks every label key and value.
 pub(crate) fn validate_labels(labels: &Labels) -> Result<(), DbError> {
     for (k, v) in labels {
@@ -168,7 +174,7 @@ impl Db {
 
     /// Creates an operator API token; the returned value carries the secret (shown once).
     pub async fn create_api_token(&self, req: &CreateApiToken, actor: &str, now_ms: i64) -> Result<ApiToken, DbError> {
-        if req.name.trim().is_empty() {
+        if is_blank(&req.name) {
             return Err(DbError::Invalid("an API token needs a name".into()));
         }
         let mut tx = self.begin().await?;
@@ -214,10 +220,61 @@ impl Db {
         Ok(paginate(items, limit, |t| t.id.clone()))
     }
 
-    /// Revokes an API token; false when there is no such token.
-    pub async fn revoke_api_token(&self, id: &str, actor: &str, now_ms: i64) -> Result<bool, DbError> {
-        self.revoke_token("api_tokens", "api_token.revoke", id, actor, now_ms).await
+    /// Revokes an API token. Refuses to revoke the last active admin token, which would lock
+    /// every operator out (recovery is then only `outpost server admin-token` on the server).
+    pub async fn revoke_api_token(&self, id: &str, actor: &str, now_ms: i64) -> Result<RevokeOutcome, DbError> {
+        let mut tx = self.begin().await?;
+        // PostgreSQL: lock the active admin rows so that two admins revoking each other at the
+        // same time cannot both succeed. SQLite's BEGIN IMMEDIATE already serialises writers.
+        let lock = if self.kind() == super::DbKind::Postgres { " FOR UPDATE" } else { "" };
+        let mut q = Sql::new("SELECT id FROM api_tokens WHERE role = 'admin' AND revoked = 0");
+        q.push(" AND (expires_ms IS NULL OR expires_ms > ").bind(now_ms).push(")").push(lock);
+        let admins: Vec<String> =
+            q.query().fetch_all(&mut *tx).await?.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+        let mut q = Sql::new("SELECT revoked FROM api_tokens WHERE id = ");
+        q.bind(id);
+        let Some(row) = q.query().fetch_optional(&mut *tx).await? else {
+            return Ok(RevokeOutcome::NotFound);
+        };
+        if row.try_get::<i64, _>("revoked")? != 0 {
+            return Ok(RevokeOutcome::Revoked);
+        }
+        if admins.len() == 1 && admins[0] == id {
+            return Ok(RevokeOutcome::LastAdmin);
+        }
+        let mut q = Sql::new("UPDATE api_tokens SET revoked = 1 WHERE id = ");
+        q.bind(id);
+        q.query().execute(&mut *tx).await?;
+        record(&mut tx, now_ms, actor, "api_token.revoke", id, serde_json::json!({})).await?;
+        tx.commit().await?;
+        Ok(RevokeOutcome::Revoked)
     }
+
+    /// Mints a new admin token without going through the API: the local recovery path
+    /// (`outpost server admin-token`) for an operator who lost every admin token.
+    pub async fn recover_admin_token(&self, name: &str, actor: &str, now_ms: i64) -> Result<ApiToken, DbError> {
+        if is_blank(name) || name.chars().count() > 200 {
+            return Err(DbError::Invalid("an API token needs a name of 1-200 characters".into()));
+        }
+        let mut tx = self.begin().await?;
+        let req = CreateApiToken { name: name.to_string(), role: Role::Admin, expires_in_s: None };
+        let token = insert_api_token(&mut tx, &req, actor, now_ms).await?;
+        let details = serde_json::json!({"name": token.name, "role": token.role, "recovery": true});
+        record(&mut tx, now_ms, actor, "api_token.create", &token.id, details).await?;
+        tx.commit().await?;
+        Ok(token)
+    }
+}
+
+/// What revoking an API token did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// The token is revoked (now, or it already was).
+    Revoked,
+    /// No token has this id.
+    NotFound,
+    /// It is the only active admin token; revoking it would lock every operator out.
+    LastAdmin,
 }
 
 async fn insert_api_token(

@@ -37,6 +37,8 @@ pub async fn enroll(State(state): State<SharedState>, req: Request) -> Result<Re
     let (parts, body) = req.into_parts();
     let (method, pq) = signed_target(&parts);
     let headers = parts.headers.clone();
+    // Authentication comes before validation: an unsigned request learns nothing about its body.
+    crate::auth::SignatureHeaders::parse(&headers)?;
     let body = read_body(Request::from_parts(parts, body), &state).await?;
     let request: EnrollRequest = parse_json(&body)?;
     if request.algorithm != ALGORITHM_ED25519 {

@@ -204,9 +204,8 @@ pub async fn put_override(
     ApiPath(id): ApiPath<String>,
     ApiJson(ov): ApiJson<DeviceOverride>,
 ) -> Result<Json<DeviceOverride>, ApiError> {
-    if ov.models.keys().any(|name| name.trim().is_empty()) {
-        return Err(ApiError::InvalidRequest("override model names must not be empty".into()));
-    }
+    // Names were checked while parsing; versions may be empty (remove), so they are checked here.
+    ov.validate().map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     if !state.db.set_override(&id, Some(&ov), &caller.actor(), now_ms()).await? {
         return Err(ApiError::not_found("device", &id));
     }

@@ -3,6 +3,7 @@
 
 use super::{page_args, ListQuery};
 use crate::auth::{Admin, OperatorRole, Viewer};
+use crate::db::RevokeOutcome;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::{now_ms, SharedState};
@@ -15,6 +16,11 @@ use outpost_proto::fleet::api::{
 };
 use outpost_proto::fleet::selector::{validate_key, validate_value};
 use outpost_proto::fleet::Selector;
+
+/// Longest API token name, in characters.
+pub const API_TOKEN_NAME_MAX: usize = 200;
+/// Longest token lifetime: 10 years.
+pub const MAX_EXPIRES_IN_S: u64 = 10 * 365 * 86_400;
 
 /// Creates an enrollment token; the secret is only in this response.
 #[utoipa::path(post, path = "/v1/enrollment-tokens", tag = "tokens", request_body = CreateEnrollmentToken,
@@ -35,7 +41,7 @@ pub async fn create_enrollment_token(
     if req.uses == 0 {
         return Err(ApiError::InvalidRequest("uses must be at least 1".into()));
     }
-    if req.expires_in_s == 0 || req.expires_in_s > 10 * 365 * 86_400 {
+    if req.expires_in_s == 0 || req.expires_in_s > MAX_EXPIRES_IN_S {
         return Err(ApiError::InvalidRequest("expires_in_s must be between 1 and 315360000 (10 years)".into()));
     }
     for (k, v) in &req.labels {
@@ -102,10 +108,15 @@ pub async fn create_api_token(
     caller: Admin,
     ApiJson(req): ApiJson<CreateApiToken>,
 ) -> Result<(StatusCode, Json<ApiToken>), ApiError> {
-    if req.name.trim().is_empty() || req.name.len() > 200 {
-        return Err(ApiError::InvalidRequest("name must be 1-200 characters".into()));
+    // The same rule as the OpenAPI document's (`minLength`, `maxLength` in characters and a
+    // pattern asking for one character that is not ASCII white space), so that generated
+    // clients and the server agree on every name.
+    if crate::db::is_blank(&req.name) || req.name.chars().count() > API_TOKEN_NAME_MAX {
+        return Err(ApiError::InvalidRequest(format!(
+            "name must be 1-{API_TOKEN_NAME_MAX} characters, not all white space"
+        )));
     }
-    if req.expires_in_s.is_some_and(|s| s == 0 || s > 10 * 365 * 86_400) {
+    if req.expires_in_s.is_some_and(|s| s == 0 || s > MAX_EXPIRES_IN_S) {
         return Err(ApiError::InvalidRequest("expires_in_s must be between 1 and 315360000 (10 years)".into()));
     }
     let token = state.db.create_api_token(&req, &caller.actor(), now_ms()).await?;
@@ -139,6 +150,7 @@ pub async fn list_api_tokens(
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Needs the admin role", body = ErrorBody),
         (status = 404, description = "No such token", body = ErrorBody),
+        (status = 409, description = "last_admin: the only active admin token cannot be revoked", body = ErrorBody),
         (status = 503, description = "database_unavailable", body = ErrorBody),
     ))]
 pub async fn revoke_api_token(
@@ -146,12 +158,17 @@ pub async fn revoke_api_token(
     caller: Admin,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let found = state.db.revoke_api_token(&id, &caller.actor(), now_ms()).await?;
-    state.tokens.evict(&id);
-    if !found {
-        return Err(ApiError::not_found("API token", &id));
+    match state.db.revoke_api_token(&id, &caller.actor(), now_ms()).await? {
+        RevokeOutcome::Revoked => {
+            state.tokens.evict(&id);
+            Ok(StatusCode::NO_CONTENT)
+        }
+        RevokeOutcome::NotFound => Err(ApiError::not_found("API token", &id)),
+        RevokeOutcome::LastAdmin => Err(ApiError::LastAdmin(format!(
+            "API token {id:?} is the only active admin token; create another admin token first \
+             (revoking it would lock every operator out)"
+        ))),
     }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Publishes a model version to the registry.
@@ -170,11 +187,7 @@ pub async fn publish_model(
     caller: OperatorRole,
     ApiJson(req): ApiJson<PublishModel>,
 ) -> Result<(StatusCode, Json<ModelVersion>), ApiError> {
-    validate_key(&req.name)
-        .map_err(|_| ApiError::InvalidRequest("model names are 1-253 characters of A-Z a-z 0-9 . _ / -".into()))?;
-    if req.version.is_empty() || validate_value(&req.version).is_err() {
-        return Err(ApiError::InvalidRequest("versions are 1-63 characters of A-Z a-z 0-9 . _ / -".into()));
-    }
+    // Name and version were checked against the model-name grammar while parsing the body.
     let model = state.db.publish_model(&req, &caller.actor(), now_ms()).await?;
     Ok((StatusCode::CREATED, Json(model)))
 }
