@@ -284,6 +284,42 @@ async fn rejects_nonce_replayed_through_another_connection_pool() {
 }
 
 #[tokio::test]
+async fn rejects_history_flooded_before_the_upgrade_staying_forever() {
+    for (label, url) in test_db::test_databases().await {
+        // A database as the previous release left it, holding one flooded row dated 2058 and
+        // one honest row.
+        sqlx::any::install_default_drivers();
+        let open = if label == "sqlite" { format!("{url}?mode=rwc") } else { url.clone() };
+        let pool = sqlx::AnyPool::connect(&open).await.unwrap();
+        let migrator = if label == "sqlite" {
+            sqlx::migrate!("./migrations/sqlite")
+        } else {
+            sqlx::migrate!("./migrations/postgres")
+        };
+        migrator.run_to(2, &pool).await.unwrap();
+        pool.close().await;
+        let device = "INSERT INTO devices (id, public_key, name, agent_version, hardware, enrolled_ms, \
+                      enrollment_token) VALUES ('d', 'k', 'n', 'v', '{}', 0, 't')";
+        raw(&url, device).await;
+        let reports = "INSERT INTO device_reports (device_id, at_ms, report) VALUES ('d', 2800000000000, '{}'), \
+                       ('d', 1000, '{}')";
+        raw(&url, reports).await;
+
+        let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let before = wall();
+        let db = Db::connect(&url, 2).await.unwrap_or_else(|e| panic!("[{label}] migrate: {e}"));
+        let now = wall();
+        // Clamped to the migration's clock (SQLite's is in whole seconds).
+        let latest = raw_count(&url, "SELECT MAX(received_ms) FROM device_reports").await;
+        assert!((before - 1_000..=now).contains(&latest), "[{label}] {latest} not in [{before}, {now}]");
+        assert_eq!(raw_count(&url, "SELECT MIN(received_ms) FROM device_reports").await, 1000, "[{label}]");
+        // One retention period after the upgrade, both are gone.
+        assert_eq!(db.prune_history(now + 60_000).await.unwrap(), 2, "[{label}]");
+        db.close().await;
+    }
+}
+
+#[tokio::test]
 async fn a_batch_of_thousands_of_reports_is_written_in_one_call() {
     for (label, db) in databases().await {
         enroll_many(&db, 1, 1_200, labels(&[("site", "big")])).await;
