@@ -5,16 +5,13 @@
 //! nonce not used before by this device (`replayed_request`), device known (`unknown_device`),
 //! Ed25519 signature over the canonical request (`bad_signature`), device not revoked
 //! (`device_revoked`). The nonce is recorded only after the signature verifies, so forged
-//! requests cannot burn a device's nonces.
-//!
-//! The replay cache is in process memory: with several server replicas behind a load balancer a
-//! captured request could be replayed once against each replica inside the skew window, so a
-//! multi-replica deployment needs a shared nonce store (e.g. a PostgreSQL table or Redis
-//! `SET NX PX`). It is bounded: when full of live nonces, new requests get 503 rather than
-//! weakening replay protection.
+//! requests cannot burn a device's nonces. Nonces are checked in process memory first and then
+//! recorded in the database, so that replay protection survives restarts and holds across
+//! replicas (see [`crate::replay`]).
 
 use crate::db::{Db, DeviceKeyRow};
 use crate::error::ApiError;
+use crate::replay::{replay_key, replayed, NonceStore, ReplayCache, REPLAY_CACHE_CAPACITY};
 use crate::state::{now_ms, SharedState};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -37,8 +34,6 @@ pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 /// replica sharing the database notices; it is longer than the heartbeat interval so a
 /// heartbeat normally costs no key lookup.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(300);
-/// Most live nonces remembered (about 2 M requests inside one skew window).
-pub const REPLAY_CACHE_CAPACITY: usize = 2_000_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -190,46 +185,6 @@ impl SignatureHeaders {
     }
 }
 
-/// Nonces seen inside the skew window, keyed by a hash of (device, nonce).
-struct ReplayCache {
-    seen: Mutex<HashMap<[u8; 16], i64>>,
-    capacity: usize,
-}
-
-fn replay_key(device: &str, nonce: &str) -> [u8; 16] {
-    let digest =
-        Sha256::new().chain_update(device).chain_update([0u8]).chain_update(nonce.to_ascii_lowercase()).finalize();
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&digest[..16]);
-    key
-}
-
-impl ReplayCache {
-    fn seen(&self, key: &[u8; 16], now: i64) -> bool {
-        lock(&self.seen).get(key).is_some_and(|&exp| exp > now)
-    }
-
-    /// Records a nonce until `expires_ms`; fails when it was recorded meanwhile or the cache is full.
-    fn record(&self, key: [u8; 16], expires_ms: i64, now: i64) -> Result<(), ApiError> {
-        let mut seen = lock(&self.seen);
-        if seen.get(&key).is_some_and(|&exp| exp > now) {
-            return Err(replayed());
-        }
-        if seen.len() >= self.capacity {
-            seen.retain(|_, exp| *exp > now);
-            if seen.len() >= self.capacity {
-                return Err(ApiError::Overloaded("too many requests inside the replay window; retry later".into()));
-            }
-        }
-        seen.insert(key, expires_ms);
-        Ok(())
-    }
-}
-
-fn replayed() -> ApiError {
-    ApiError::ReplayedRequest("this nonce was already used; sign every request with a fresh random nonce".into())
-}
-
 /// A device's key as verification needs it: parsed once, with its revoked flag.
 #[derive(Clone)]
 struct CachedKey {
@@ -246,22 +201,27 @@ struct KeyCache {
 /// Verifies signed device requests.
 pub struct DeviceAuth {
     replay: ReplayCache,
+    nonces: NonceStore,
     keys: KeyCache,
     skew_ms: i64,
 }
 
 impl DeviceAuth {
-    /// A verifier accepting timestamps within `skew_ms` of the server clock.
-    pub fn new(skew_ms: i64) -> DeviceAuth {
-        DeviceAuth {
-            replay: ReplayCache { seen: Mutex::new(HashMap::new()), capacity: REPLAY_CACHE_CAPACITY },
-            keys: KeyCache::default(),
-            skew_ms,
-        }
+    /// A verifier accepting timestamps within `skew_ms` of the server clock, recording nonces
+    /// in `nonces` as well as in memory.
+    pub fn new(skew_ms: i64, nonces: NonceStore) -> DeviceAuth {
+        DeviceAuth { replay: ReplayCache::new(REPLAY_CACHE_CAPACITY), nonces, keys: KeyCache::default(), skew_ms }
+    }
+
+    /// The clock-skew window, milliseconds.
+    pub fn skew_ms(&self) -> i64 {
+        self.skew_ms
     }
 
     fn precheck(&self, h: &SignatureHeaders, now: i64) -> Result<[u8; 16], ApiError> {
-        if (h.timestamp_ms - now).abs() > self.skew_ms {
+        // `abs_diff` cannot overflow: `(t - now).abs()` wrapped for t near i64::MIN and let
+        // such timestamps through.
+        if h.timestamp_ms.abs_diff(now) > self.skew_ms.unsigned_abs() {
             return Err(ApiError::StaleRequest(format!(
                 "request signed at {} but the server time is {now}; fix the device clock (allowed skew {} s)",
                 h.timestamp_ms,
@@ -321,7 +281,7 @@ impl DeviceAuth {
             ApiError::UnknownDevice(format!("device {:?} is not enrolled; enroll with an enrollment token", h.device))
         })?;
         self.check_signature(&row.key, &h, method, path_and_query, body)?;
-        self.replay.record(replay_key, h.timestamp_ms + self.skew_ms, now)?;
+        self.record_nonce(&h, replay_key, now).await?;
         if row.revoked {
             return Err(ApiError::DeviceRevoked(format!(
                 "device {:?} was revoked; re-enroll it with a new key and token if it should come back",
@@ -331,8 +291,15 @@ impl DeviceAuth {
         Ok(h.device)
     }
 
+    /// Records a verified request's nonce: in memory (a replay to this process is refused
+    /// without a round trip), then in the database shared by restarts and replicas.
+    async fn record_nonce(&self, h: &SignatureHeaders, key: [u8; 16], now: i64) -> Result<(), ApiError> {
+        self.replay.record(key, h.timestamp_ms.saturating_add(self.skew_ms), now)?;
+        self.nonces.record(h.timestamp_ms, &key).await
+    }
+
     /// Verifies an enrollment request signed with the key being enrolled.
-    pub fn verify_enrollment(
+    pub async fn verify_enrollment(
         &self,
         public_key: &[u8; 32],
         method: &str,
@@ -352,7 +319,7 @@ impl DeviceAuth {
         let key = signing::verifying_key(public_key)
             .map_err(|_| ApiError::InvalidRequest("public_key is not a valid Ed25519 point".into()))?;
         self.check_signature(&key, &h, method, path_and_query, body)?;
-        self.replay.record(replay_key, h.timestamp_ms + self.skew_ms, now)?;
+        self.record_nonce(&h, replay_key, now).await?;
         Ok(h.device)
     }
 
@@ -372,8 +339,7 @@ impl DeviceAuth {
 
     /// Drops expired nonces and stale keys; run periodically.
     pub fn prune(&self) {
-        let now = now_ms();
-        lock(&self.replay.seen).retain(|_, exp| *exp > now);
+        self.replay.prune(now_ms());
         lock(&self.keys.entries).retain(|_, (_, at)| at.elapsed() < KEY_CACHE_TTL);
     }
 }
@@ -416,26 +382,6 @@ impl FromRequest<SharedState> for SignedDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_nonce_is_accepted_once_per_device() {
-        let cache = ReplayCache { seen: Mutex::new(HashMap::new()), capacity: 10 };
-        let k = replay_key("d-1", "00112233445566778899");
-        assert!(cache.record(k, 2_000, 1_000).is_ok());
-        assert!(cache.seen(&k, 1_500));
-        assert_eq!(cache.record(k, 2_000, 1_500).unwrap_err().code(), "replayed_request");
-        assert!(cache.record(replay_key("d-2", "00112233445566778899"), 2_000, 1_500).is_ok());
-        // After its window the entry no longer counts.
-        assert!(!cache.seen(&k, 2_001));
-    }
-
-    #[test]
-    fn a_full_replay_cache_refuses_instead_of_forgetting() {
-        let cache = ReplayCache { seen: Mutex::new(HashMap::new()), capacity: 1 };
-        assert!(cache.record(replay_key("d", "a"), 5_000, 0).is_ok());
-        assert_eq!(cache.record(replay_key("d", "b"), 5_000, 0).unwrap_err().code(), "overloaded");
-        assert!(cache.record(replay_key("d", "b"), 9_000, 6_000).is_ok());
-    }
 
     #[test]
     fn missing_headers_are_named() {

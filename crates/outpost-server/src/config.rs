@@ -39,6 +39,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most reports written in one database transaction (and accepted in one batch). Default 2000.
     pub report_batch_max: usize,
+    /// Reports a device may send at once before its rate limit applies (0: no limit). Default
+    /// 10 000, an agent's whole outbox, so the catch-up after an outage is not held back.
+    pub device_report_burst: u32,
+    /// Reports a minute a device may send on average (0: no limit). Default 120: a device on the
+    /// default 30 s heartbeat sends 2, so this leaves room for short intervals and retries. Over
+    /// the limit the device gets 429 `rate_limited` with `Retry-After`.
+    pub device_reports_per_min: u32,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +65,8 @@ impl Default for ServerConfig {
             command_ttl_s: 7 * 24 * 3600,
             max_body_bytes: 1024 * 1024,
             report_batch_max: 2000,
+            device_report_burst: 10_000,
+            device_reports_per_min: 120,
         }
     }
 }
@@ -76,6 +85,15 @@ impl ServerConfig {
         Thresholds {
             stale_after_ms: secs_to_ms(self.stale_after_s),
             offline_after_ms: secs_to_ms(self.offline_after_s),
+        }
+    }
+
+    /// The device times a report may carry: up to the skew window ahead of its arrival, up to
+    /// the history retention behind.
+    pub fn report_window(&self) -> crate::reports::ReportWindow {
+        crate::reports::ReportWindow {
+            ahead_ms: self.clock_skew_ms(),
+            behind_ms: secs_to_ms(self.history_retention_days.saturating_mul(86_400)),
         }
     }
 

@@ -72,6 +72,9 @@ pub enum ApiError {
     /// 431: too many or too large request headers.
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// 429: the device sent more reports than its rate limit allows; retry after the seconds given.
+    #[error("{0}")]
+    RateLimited(String, u64),
     /// 503: the database cannot be reached.
     #[error("{0}")]
     DatabaseUnavailable(String),
@@ -104,6 +107,7 @@ impl ApiError {
             UriTooLong(_) => StatusCode::URI_TOO_LONG,
             UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
             DatabaseUnavailable(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -133,6 +137,7 @@ impl ApiError {
             UriTooLong(_) => "uri_too_long",
             UnsupportedEncoding(_) => "unsupported_encoding",
             HeadersTooLarge(_) => "headers_too_large",
+            RateLimited(..) => "rate_limited",
             DatabaseUnavailable(_) => "database_unavailable",
             Overloaded(_) => "overloaded",
             Internal(_) => "internal",
@@ -172,9 +177,14 @@ impl IntoResponse for ApiError {
         } else if status == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(error = %self, "service unavailable");
         }
+        let retry_after = match &self {
+            ApiError::RateLimited(_, secs) => Some(*secs),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some(u64::from(RETRY_AFTER_S)),
+            _ => None,
+        };
         let mut response = (status, axum::Json(self.body())).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        if let Some(secs) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -191,6 +201,13 @@ mod tests {
         assert_eq!(e.code(), "database_unavailable");
         let r = e.into_response();
         assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "5");
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_its_own_retry_after() {
+        let r = ApiError::RateLimited("slow down".into(), 7).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "7");
     }
 
     #[test]

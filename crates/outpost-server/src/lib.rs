@@ -3,7 +3,9 @@
 //! Operators use the REST API under `/v1` with bearer tokens; devices use the signed device
 //! channel (`/v1/enroll`, `/v1/device/...`). [`Server`] ties the pieces together: storage
 //! ([`db`]), authentication ([`auth`]), desired-state computation ([`desired`]) and long-poll
-//! wake-ups ([`hub`]), the group-commit report writer ([`reports`]) and the routes ([`routes`]).
+//! wake-ups ([`hub`]), the group-commit report writer ([`reports`]) with its per-device rate
+//! limit ([`ratelimit`]), replay protection shared through the database ([`replay`]) and the
+//! routes ([`routes`]).
 
 pub mod auth;
 pub mod config;
@@ -14,6 +16,8 @@ pub mod extract;
 pub mod hub;
 pub mod metrics;
 pub mod openapi;
+pub mod ratelimit;
+pub mod replay;
 pub mod reports;
 pub mod routes;
 pub mod serve;

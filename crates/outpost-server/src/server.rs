@@ -7,7 +7,9 @@ use crate::config::{secs_to_ms, ServerConfig};
 use crate::db::{Db, DbError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::reports::spawn_writer;
+use crate::ratelimit::DeviceRateLimit;
+use crate::replay::{spawn_nonce_writer, NONCE_PRUNE_MARGIN_MS};
+use crate::reports::{spawn_writer, WriterOptions};
 use crate::state::{now_ms, AppState, SharedState};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,7 @@ pub struct Server {
     serve: JoinHandle<std::io::Result<()>>,
     tasks: Vec<JoinHandle<()>>,
     writer: JoinHandle<()>,
+    nonce_writer: JoinHandle<()>,
     db: Db,
 }
 
@@ -146,16 +149,18 @@ impl Server {
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
 
         let metrics = Arc::new(Metrics::new());
-        let (reports, writer) = spawn_writer(
-            db.clone(),
-            config.report_batch_max,
-            config.report_batch_max.saturating_mul(4),
-            metrics.clone(),
-        );
+        let writer_options = WriterOptions {
+            batch_max: config.report_batch_max,
+            capacity: config.report_batch_max.saturating_mul(4),
+            window: config.report_window(),
+            limit: Arc::new(DeviceRateLimit::new(config.device_report_burst, config.device_reports_per_min)),
+        };
+        let (reports, writer) = spawn_writer(db.clone(), writer_options, metrics.clone());
+        let (nonces, nonce_writer) = spawn_nonce_writer(db.clone());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state: SharedState = Arc::new(AppState {
             db: db.clone(),
-            devices: DeviceAuth::new(config.clock_skew_ms()),
+            devices: DeviceAuth::new(config.clock_skew_ms(), nonces),
             config,
             hub: Hub::new(),
             tokens: TokenCache::default(),
@@ -170,7 +175,7 @@ impl Server {
             let _ = stop.wait_for(|s| *s).await;
         }));
         tracing::info!(%addr, "outpost server listening");
-        Ok(Server { addr, admin_token_path, shutdown: shutdown_tx, serve, tasks, writer, db })
+        Ok(Server { addr, admin_token_path, shutdown: shutdown_tx, serve, tasks, writer, nonce_writer, db })
     }
 
     /// A handle that stops the server from elsewhere (a signal handler) while [`Server::wait`] runs.
@@ -188,7 +193,7 @@ impl Server {
     /// Waits until the server has stopped (through a [`ShutdownHandle`]), the last reports are
     /// written and the database pool is closed.
     pub async fn wait(self) -> Result<(), ServerError> {
-        let Server { shutdown, serve, tasks, writer, db, .. } = self;
+        let Server { shutdown, serve, tasks, writer, nonce_writer, db, .. } = self;
         let served = serve.await;
         let _ = shutdown.send(true);
         for task in tasks {
@@ -196,6 +201,7 @@ impl Server {
         }
         // The writer ends once the router (and with it every report queue handle) is gone.
         let _ = writer.await;
+        let _ = nonce_writer.await;
         db.close().await;
         match served {
             Ok(Ok(())) => Ok(()),
@@ -221,10 +227,25 @@ fn spawn_maintenance(state: SharedState) -> Vec<JoinHandle<()>> {
         })
     };
     vec![
-        every(Duration::from_secs(10), state.clone(), |s| Box::pin(async move { s.devices.prune() })),
+        every(Duration::from_secs(10), state.clone(), |s| {
+            Box::pin(async move {
+                s.devices.prune();
+                s.reports.prune_limits();
+            })
+        }),
+        every(Duration::from_secs(30), state.clone(), |s| {
+            Box::pin(async move {
+                // A nonce signed before the skew window can only come with a refused timestamp.
+                let cutoff = now_ms().saturating_sub(s.devices.skew_ms()).saturating_sub(NONCE_PRUNE_MARGIN_MS);
+                if let Err(e) = s.db.prune_nonces(cutoff).await {
+                    tracing::warn!(error = %e, "pruning device nonces failed; will retry");
+                }
+            })
+        }),
         every(Duration::from_secs(600), state.clone(), |s| {
             Box::pin(async move {
-                let cutoff = now_ms() - secs_to_ms(s.config.history_retention_days.saturating_mul(86_400));
+                let retention = secs_to_ms(s.config.history_retention_days.saturating_mul(86_400));
+                let cutoff = now_ms().saturating_sub(retention);
                 match s.db.prune_history(cutoff).await {
                     Ok(n) if n > 0 => tracing::info!(removed = n, "pruned device history"),
                     Ok(_) => {}
@@ -234,7 +255,7 @@ fn spawn_maintenance(state: SharedState) -> Vec<JoinHandle<()>> {
         }),
         every(Duration::from_secs(60), state, |s| {
             Box::pin(async move {
-                let cutoff = now_ms() - secs_to_ms(s.config.command_ttl_s);
+                let cutoff = now_ms().saturating_sub(secs_to_ms(s.config.command_ttl_s));
                 match s.db.expire_commands(cutoff).await {
                     Ok(n) if n > 0 => {
                         tracing::info!(expired = n, "expired unacknowledged commands");

@@ -239,18 +239,83 @@ async fn history_keeps_one_report_per_interval_and_prunes_old_ones() {
     for (label, db) in databases().await {
         enroll_many(&db, 1, 1, Labels::new()).await;
         db.set_history_interval_ms(60_000);
-        let batch: Vec<ReportRow> =
-            (0..10).map(|i| row("dev-00001", NOW, report(i, NOW + i as i64 * 20_000, &[]))).collect();
+        let at = |i: u64| NOW + i as i64 * 20_000;
+        let batch: Vec<ReportRow> = (0..10).map(|i| row("dev-00001", at(i), report(i, at(i), &[]))).collect();
         db.write_reports(&batch).await.unwrap();
         // Reports at 0, 20, ..., 180 s: stored at 0, 60, 120, 180 s.
-        db.write_reports(&[row("dev-00001", NOW, report(10, NOW + 200_000, &[]))]).await.unwrap();
-        db.write_reports(&[row("dev-00001", NOW, report(11, NOW + 240_000, &[]))]).await.unwrap();
+        db.write_reports(&[row("dev-00001", at(10), report(10, at(10), &[]))]).await.unwrap();
+        db.write_reports(&[row("dev-00001", at(12), report(11, at(12), &[]))]).await.unwrap();
         let history = db.device_history("dev-00001", 0, 100).await.unwrap();
         let seqs: Vec<u64> = history.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [0, 3, 6, 9, 11], "[{label}]");
         assert_eq!(db.device_history("dev-00001", NOW + 100_000, 100).await.unwrap().len(), 3, "[{label}]");
         assert_eq!(db.prune_history(NOW + 100_000).await.unwrap(), 2, "[{label}]");
         assert_eq!(db.device_history("dev-00001", 0, 100).await.unwrap().len(), 3, "[{label}]");
+    }
+}
+
+#[tokio::test]
+async fn rejects_history_kept_forever_by_future_dated_reports() {
+    for (label, db) in databases().await {
+        enroll_many(&db, 1, 1, Labels::new()).await;
+        // Dated 2058 by the device, received now: retention counts from the receipt.
+        let far = 2_800_000_000_000;
+        db.write_reports(&[row("dev-00001", NOW, report(1, far, &[]))]).await.unwrap();
+        assert_eq!(db.device_history("dev-00001", 0, 100).await.unwrap().len(), 1, "[{label}]");
+        assert_eq!(db.prune_history(NOW + 1).await.unwrap(), 1, "[{label}]");
+        assert!(db.device_history("dev-00001", 0, 100).await.unwrap().is_empty(), "[{label}]");
+    }
+}
+
+#[tokio::test]
+async fn rejects_nonce_replayed_through_another_connection_pool() {
+    for (label, url, db) in databases_with_urls().await {
+        // A second pool on the same database stands for a restarted server or another replica.
+        let other = Db::connect(&url, 2).await.unwrap();
+        let nonce = |ms: i64, key: &str| NonceRow { signed_ms: ms, nonce_key: key.to_string() };
+        let first = [nonce(NOW, "aa"), nonce(NOW, "bb")];
+        assert_eq!(db.record_nonces(&first).await.unwrap().len(), 2, "[{label}]");
+        let fresh = other.record_nonces(&[nonce(NOW, "aa"), nonce(NOW + 1, "aa")]).await.unwrap();
+        assert_eq!(fresh.into_iter().collect::<Vec<_>>(), [nonce(NOW + 1, "aa")], "[{label}] replay not seen");
+        assert_eq!(other.prune_nonces(NOW + 1).await.unwrap(), 2, "[{label}]");
+        assert_eq!(db.record_nonces(&[nonce(NOW + 1, "aa")]).await.unwrap().len(), 0, "[{label}]");
+        other.close().await;
+    }
+}
+
+#[tokio::test]
+async fn rejects_history_flooded_before_the_upgrade_staying_forever() {
+    for (label, url) in test_db::test_databases().await {
+        // A database as the previous release left it, holding one flooded row dated 2058 and
+        // one honest row.
+        sqlx::any::install_default_drivers();
+        let open = if label == "sqlite" { format!("{url}?mode=rwc") } else { url.clone() };
+        let pool = sqlx::AnyPool::connect(&open).await.unwrap();
+        let migrator = if label == "sqlite" {
+            sqlx::migrate!("./migrations/sqlite")
+        } else {
+            sqlx::migrate!("./migrations/postgres")
+        };
+        migrator.run_to(2, &pool).await.unwrap();
+        pool.close().await;
+        let device = "INSERT INTO devices (id, public_key, name, agent_version, hardware, enrolled_ms, \
+                      enrollment_token) VALUES ('d', 'k', 'n', 'v', '{}', 0, 't')";
+        raw(&url, device).await;
+        let reports = "INSERT INTO device_reports (device_id, at_ms, report) VALUES ('d', 2800000000000, '{}'), \
+                       ('d', 1000, '{}')";
+        raw(&url, reports).await;
+
+        let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let before = wall();
+        let db = Db::connect(&url, 2).await.unwrap_or_else(|e| panic!("[{label}] migrate: {e}"));
+        let now = wall();
+        // Clamped to the migration's clock (SQLite's is in whole seconds).
+        let latest = raw_count(&url, "SELECT MAX(received_ms) FROM device_reports").await;
+        assert!((before - 1_000..=now).contains(&latest), "[{label}] {latest} not in [{before}, {now}]");
+        assert_eq!(raw_count(&url, "SELECT MIN(received_ms) FROM device_reports").await, 1000, "[{label}]");
+        // One retention period after the upgrade, both are gone.
+        assert_eq!(db.prune_history(now + 60_000).await.unwrap(), 2, "[{label}]");
+        db.close().await;
     }
 }
 

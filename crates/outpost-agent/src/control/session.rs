@@ -237,8 +237,10 @@ impl Session {
         let now = super::client::now_ms();
         self.status.last_contact_ms.store(now, Ordering::Relaxed);
         let Some(ack) = ack else { return };
-        if ack.server_time_ms != 0 && (ack.server_time_ms - now).abs() > SKEW_WARN_MS {
-            tracing::warn!(skew_ms = ack.server_time_ms - now, "device clock differs from the server's; check NTP");
+        // Checked: the server's time comes from outside, and `(a - b).abs()` overflows.
+        if ack.server_time_ms != 0 && ack.server_time_ms.abs_diff(now) > SKEW_WARN_MS.unsigned_abs() {
+            let skew_ms = ack.server_time_ms.saturating_sub(now);
+            tracing::warn!(skew_ms, "device clock differs from the server's; check NTP");
         }
         if !ack.desired_etag.is_empty() && ack.desired_etag != self.status.applied_etag() {
             self.poll_now.notify_one();

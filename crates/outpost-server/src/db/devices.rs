@@ -229,9 +229,10 @@ impl Db {
         rows.iter().map(|r| Ok(serde_json::from_str(&r.try_get::<String, _>("report")?)?)).collect()
     }
 
-    /// Deletes history reports made before `older_than_ms`; returns how many.
+    /// Deletes history reports the server received before `older_than_ms` (server clock, so a
+    /// device cannot date its reports out of retention); returns how many.
     pub async fn prune_history(&self, older_than_ms: i64) -> Result<u64, DbError> {
-        let mut q = Sql::new("DELETE FROM device_reports WHERE at_ms < ");
+        let mut q = Sql::new("DELETE FROM device_reports WHERE received_ms < ");
         q.bind(older_than_ms);
         Ok(q.query().execute(self.pool()).await?.rows_affected())
     }

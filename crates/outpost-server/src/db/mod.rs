@@ -20,6 +20,7 @@ mod devices;
 mod enroll;
 mod error;
 mod models;
+mod nonces;
 mod reports;
 mod select;
 mod sql;
@@ -28,6 +29,7 @@ mod tokens;
 
 pub use error::DbError;
 pub use tokens::{is_blank, RevokeOutcome};
+pub use nonces::NonceRow;
 
 use outpost_proto::fleet::api::{Command, DeviceStatus};
 use outpost_proto::fleet::device::{HardwareProfile, StateReport};
@@ -76,6 +78,8 @@ struct Inner {
     history_last: Mutex<HashMap<String, i64>>,
     /// The report writer's statements for this engine.
     report_sql: reports::ReportSql,
+    /// The nonce batch statement for this engine.
+    nonce_sql: String,
 }
 
 /// A device asking to enroll (already authenticated by its signature over the request).
@@ -229,6 +233,7 @@ impl Db {
                 model_hashes: Mutex::new(HashMap::new()),
                 history_last: Mutex::new(HashMap::new()),
                 report_sql: reports::ReportSql::new(kind),
+                nonce_sql: nonces::record_sql(kind),
             }),
         })
     }

@@ -41,7 +41,7 @@ fn newer(a: &ReportRow, b: &ReportRow) -> bool {
 /// parameter, so its SQL text never changes with the batch size: each engine prepares it once
 /// and reuses the plan, where a multi-row `VALUES` list would be a new statement (parsed,
 /// planned and evicted from the statement cache) for every batch size.
-fn json_rows(kind: DbKind, columns: &[(&str, &str)]) -> String {
+pub(super) fn json_rows(kind: DbKind, columns: &[(&str, &str)]) -> String {
     match kind {
         DbKind::Postgres => {
             let cols: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
@@ -56,7 +56,7 @@ fn json_rows(kind: DbKind, columns: &[(&str, &str)]) -> String {
 }
 
 /// `r.a, r.b, ...` for the columns of [`json_rows`].
-fn r_columns(columns: &[(&str, &str)]) -> String {
+pub(super) fn r_columns(columns: &[(&str, &str)]) -> String {
     columns.iter().map(|(c, _)| format!("r.{c}")).collect::<Vec<_>>().join(", ")
 }
 
@@ -84,7 +84,8 @@ const STATUS: &[(&str, &str)] = &[
 ];
 const HARDWARE: &[(&str, &str)] = &[("device_id", "TEXT"), ("hardware", "TEXT")];
 const MODELS: &[(&str, &str)] = &[("device_id", "TEXT"), ("name", "TEXT"), ("version", "TEXT"), ("state", "TEXT")];
-const HISTORY: &[(&str, &str)] = &[("device_id", "TEXT"), ("at_ms", "BIGINT"), ("report", "TEXT")];
+const HISTORY: &[(&str, &str)] =
+    &[("device_id", "TEXT"), ("at_ms", "BIGINT"), ("received_ms", "BIGINT"), ("report", "TEXT")];
 
 /// The batch statements for one engine, built once per [`Db`].
 pub(super) struct ReportSql {
@@ -125,7 +126,7 @@ impl ReportSql {
                 json_rows(kind, MODELS)
             ),
             history: format!(
-                "INSERT INTO device_reports (device_id, at_ms, report) SELECT {} FROM {} WHERE true",
+                "INSERT INTO device_reports (device_id, at_ms, received_ms, report) SELECT {} FROM {} WHERE true",
                 r_columns(HISTORY),
                 json_rows(kind, HISTORY)
             ),
@@ -168,6 +169,7 @@ struct ModelRow<'a> {
 struct HistoryRow<'a> {
     device_id: &'a str,
     at_ms: i64,
+    received_ms: i64,
     report: String,
 }
 
@@ -274,7 +276,10 @@ impl Db {
     }
 
     /// Stores the reports that are at least one history interval newer than the device's
-    /// previous stored one; returns the new per-device "last stored" times.
+    /// previous stored one; returns the new per-device "last stored" times. The spacing uses the
+    /// device's `at_ms` (so reports queued offline keep their spread), which the report queue
+    /// has already bounded to the server clock plus the skew window (`crate::reports`): a device
+    /// cannot date a report far ahead to suppress its own later history.
     async fn append_history(
         &self,
         conn: &mut AnyConnection,
@@ -302,6 +307,7 @@ impl Db {
                 Ok(HistoryRow {
                     device_id: &row.device_id,
                     at_ms: row.report.at_ms,
+                    received_ms: row.received_ms,
                     report: serde_json::to_string(&row.report)?,
                 })
             })

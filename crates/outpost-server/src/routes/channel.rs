@@ -46,7 +46,7 @@ pub async fn enroll(State(state): State<SharedState>, req: Request) -> Result<Re
     }
     let public_key = parse_public_key(&request.public_key)
         .map_err(|e| ApiError::InvalidRequest(format!("public_key: {e}; send the 32-byte Ed25519 key in base64")))?;
-    let device_id = state.devices.verify_enrollment(&public_key, &method, &pq, &headers, &body)?;
+    let device_id = state.devices.verify_enrollment(&public_key, &method, &pq, &headers, &body).await?;
     let new = NewDevice {
         token_secret: request.token,
         device_id,
@@ -103,6 +103,7 @@ async fn write_reports(state: &SharedState, device: &str, reports: Vec<StateRepo
         (status = 403, description = "device_revoked", body = ErrorBody),
         (status = 409, description = "replayed_request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "rate_limited: more reports than the device's rate limit; retry after Retry-After", body = ErrorBody),
         (status = 503, description = "database_unavailable or overloaded; retry after Retry-After", body = ErrorBody),
     ))]
 pub async fn heartbeat(State(state): State<SharedState>, signed: SignedDevice) -> Result<Json<ReportAck>, ApiError> {
@@ -120,6 +121,7 @@ pub async fn heartbeat(State(state): State<SharedState>, signed: SignedDevice) -
         (status = 403, description = "device_revoked", body = ErrorBody),
         (status = 409, description = "replayed_request", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "rate_limited: more reports than the device's rate limit; retry after Retry-After", body = ErrorBody),
         (status = 503, description = "database_unavailable or overloaded; retry after Retry-After", body = ErrorBody),
     ))]
 pub async fn reports(State(state): State<SharedState>, signed: SignedDevice) -> Result<Json<ReportAck>, ApiError> {

@@ -11,6 +11,8 @@ pub struct TestServer {
     pub label: String,
     /// `http://127.0.0.1:<port>`.
     pub base: String,
+    /// The database URL.
+    pub url: String,
     /// The bootstrap admin token.
     pub admin: String,
     http: reqwest::Client,
@@ -48,20 +50,48 @@ async fn reply(resp: reqwest::Response) -> Reply {
     Reply { status, headers, body }
 }
 
+async fn launch(label: &str, url: &str, configure: impl FnOnce(&mut ServerConfig)) -> (Server, tempfile::TempDir) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        database: Some(url.to_string()),
+        max_connections: 4,
+        long_poll_max_s: 10,
+        ..ServerConfig::default()
+    };
+    configure(&mut config);
+    let server = Server::start(config).await.unwrap_or_else(|e| panic!("{label}: server start: {e}"));
+    (server, dir)
+}
+
+/// A server on a database that already has its admin token `admin`.
+async fn attach(label: &str, url: &str, admin: &str) -> TestServer {
+    let (server, dir) = launch(label, url, |_| {}).await;
+    assert!(server.admin_token_path.is_none(), "{label}: a used database gets no second bootstrap token");
+    let base = format!("http://{}", server.addr);
+    TestServer {
+        label: label.to_string(),
+        base,
+        url: url.to_string(),
+        admin: admin.to_string(),
+        http: reqwest::Client::new(),
+        server,
+        _dir: dir,
+    }
+}
+
 impl TestServer {
     /// Starts a server on `url` with a short long-poll limit.
     pub async fn start(label: &str, url: &str) -> TestServer {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            database: Some(url.to_string()),
-            max_connections: 4,
-            long_poll_max_s: 10,
-            ..ServerConfig::default()
-        };
-        let server = Server::start(config).await.unwrap_or_else(|e| panic!("{label}: server start: {e}"));
+        TestServer::start_with(label, url, |_| {}).await
+    }
+
+    /// Starts a server on a fresh database `url` with a short long-poll limit and the
+    /// configuration changes `configure` makes.
+    pub async fn start_with(label: &str, url: &str, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let (server, dir) = launch(label, url, configure).await;
         let path = server.admin_token_path.clone().expect("a fresh database gets a bootstrap admin token");
         let admin = std::fs::read_to_string(&path).expect("admin token file").trim().to_string();
         #[cfg(unix)]
@@ -71,7 +101,21 @@ impl TestServer {
             assert_eq!(mode, 0o600, "admin token file must be private");
         }
         let base = format!("http://{}", server.addr);
-        TestServer { label: label.to_string(), base, admin, http: reqwest::Client::new(), server, _dir: dir }
+        let url = url.to_string();
+        TestServer { label: label.to_string(), base, url, admin, http: reqwest::Client::new(), server, _dir: dir }
+    }
+
+    /// Another server on this one's database (a second replica), with the same admin token.
+    pub async fn replica(&self) -> TestServer {
+        attach(&self.label, &self.url, &self.admin).await
+    }
+
+    /// Stops this server and starts a new one on the same database (a restart: nothing kept
+    /// in process memory survives).
+    pub async fn restart(self) -> TestServer {
+        let (label, url, admin) = (self.label.clone(), self.url.clone(), self.admin.clone());
+        self.stop().await;
+        attach(&label, &url, &admin).await
     }
 
     /// Stops the server and waits for it.
