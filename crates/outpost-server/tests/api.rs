@@ -3,6 +3,8 @@
 //! commands, desired state, audit and the OpenAPI document.
 
 mod common;
+#[path = "api/device_abuse.rs"]
+mod device_abuse;
 #[path = "api/doors.rs"]
 mod doors;
 

@@ -28,8 +28,8 @@ mod summary;
 mod tokens;
 
 pub use error::DbError;
-pub use tokens::{is_blank, RevokeOutcome};
 pub use nonces::NonceRow;
+pub use tokens::{is_blank, RevokeOutcome};
 
 use outpost_proto::fleet::api::{Command, DeviceStatus};
 use outpost_proto::fleet::device::{HardwareProfile, StateReport};

@@ -3,8 +3,7 @@
 //! the clock-skew check, history floods with reports dated in the future, and report floods
 //! over the per-device rate limit.
 
-mod common;
-
+use crate::common;
 use common::server::TestServer;
 use common::signed::{fresh_nonce, now_ms, TestDevice};
 use reqwest::{Method, StatusCode};
