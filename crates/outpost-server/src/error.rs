@@ -63,6 +63,9 @@ pub enum ApiError {
     /// 503: the database cannot be reached.
     #[error("{0}")]
     DatabaseUnavailable(String),
+    /// 503: an operator query ran past `operator_query_timeout_ms` and was stopped.
+    #[error("{0}")]
+    QueryTimeout(String),
     /// 503: the server is saturated (report queue full, replay cache full).
     #[error("{0}")]
     Overloaded(String),
@@ -87,7 +90,7 @@ impl ApiError {
             NotFound(_) => StatusCode::NOT_FOUND,
             Conflict(_) | ReplayedRequest(_) | EnrollmentTokenUsedUp(_) | AlreadyAcked(_) => StatusCode::CONFLICT,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            DatabaseUnavailable(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DatabaseUnavailable(_) | QueryTimeout(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -113,6 +116,7 @@ impl ApiError {
             AlreadyAcked(_) => "already_acked",
             PayloadTooLarge(_) => "payload_too_large",
             DatabaseUnavailable(_) => "database_unavailable",
+            QueryTimeout(_) => "query_timeout",
             Overloaded(_) => "overloaded",
             Internal(_) => "internal",
         }
@@ -134,6 +138,9 @@ impl From<DbError> for ApiError {
         match e {
             DbError::Unavailable(m) => ApiError::DatabaseUnavailable(format!(
                 "the database is unreachable ({m}); retry after {RETRY_AFTER_S} s"
+            )),
+            DbError::Timeout(m) => ApiError::QueryTimeout(format!(
+                "{m}; narrow the selector or page size, or raise operator_query_timeout_ms"
             )),
             DbError::Conflict(m) => ApiError::Conflict(m),
             DbError::NotFound(m) => ApiError::NotFound(m),

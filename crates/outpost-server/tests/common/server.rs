@@ -51,9 +51,14 @@ async fn reply(resp: reqwest::Response) -> Reply {
 impl TestServer {
     /// Starts a server on `url` with a short long-poll limit.
     pub async fn start(label: &str, url: &str) -> TestServer {
+        TestServer::start_with(label, url, |_| {}).await
+    }
+
+    /// [`TestServer::start`] with the test's own changes to the configuration.
+    pub async fn start_with(label: &str, url: &str, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = ServerConfig {
+        let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
             database: Some(url.to_string()),
@@ -61,6 +66,7 @@ impl TestServer {
             long_poll_max_s: 10,
             ..ServerConfig::default()
         };
+        configure(&mut config);
         let server = Server::start(config).await.unwrap_or_else(|e| panic!("{label}: server start: {e}"));
         let path = server.admin_token_path.clone().expect("a fresh database gets a bootstrap admin token");
         let admin = std::fs::read_to_string(&path).expect("admin token file").trim().to_string();
@@ -72,6 +78,11 @@ impl TestServer {
         }
         let base = format!("http://{}", server.addr);
         TestServer { label: label.to_string(), base, admin, http: reqwest::Client::new(), server, _dir: dir }
+    }
+
+    /// The HTTP client requests go through (shared connection pool).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Stops the server and waits for it.
