@@ -79,8 +79,8 @@ struct Inner {
     operator_pool: AnyPool,
     /// Longest an operator statement may run.
     operator_timeout: Duration,
-    /// The URL, for the side connection that cancels abandoned operator queries.
-    url: Arc<str>,
+    /// Side connections that cancel abandoned operator queries (PostgreSQL).
+    canceller: Arc<pools::Canceller>,
     kind: DbKind,
     history_interval_ms: AtomicI64,
     /// Per device: hash of the model set last written to `device_models`, to skip rewrites.
@@ -241,7 +241,7 @@ impl Db {
                 pool,
                 operator_pool,
                 operator_timeout: options.operator_query_timeout,
-                url: url.into(),
+                canceller: pools::Canceller::new(&url),
                 kind,
                 history_interval_ms: AtomicI64::new(DEFAULT_HISTORY_INTERVAL_MS),
                 model_hashes: Mutex::new(HashMap::new()),
@@ -287,7 +287,7 @@ impl Db {
     /// An operator connection for an expensive statement, cancelled on the server when the
     /// request is dropped before [`OperatorConn::finish`].
     async fn operator_conn(&self) -> Result<OperatorConn, DbError> {
-        OperatorConn::acquire(&self.inner.operator_pool, self.inner.kind, &self.inner.url).await
+        OperatorConn::acquire(&self.inner.operator_pool, self.inner.kind, &self.inner.canceller).await
     }
 
     /// Runs operator work under the operator deadline. On PostgreSQL the server's

@@ -12,8 +12,14 @@
 //! When an HTTP client goes away, axum drops the handler's future; sqlx then simply hands the
 //! connection back while PostgreSQL keeps executing the statement, and the next user of that
 //! connection waits for it. [`OperatorConn`] closes that gap for the expensive (selector) queries:
-//! dropped before it was marked finished, it takes its connection out of the pool and asks the
-//! server to cancel the statement (`pg_cancel_backend`) over a separate, short-lived connection.
+//! dropped before it was marked finished, it keeps its connection out of the pool, asks the
+//! server to cancel the statement (`pg_cancel_backend`) over a separate, short-lived connection,
+//! and only then lets the connection go back (sqlx pings it on release, which waits for the
+//! cancelled statement to end). Holding the connection meanwhile means the cancel can never hit
+//! another request's statement (PostgreSQL ignores a cancel that reaches an idle backend), and the
+//! database never sees more than the two pools plus [`CANCEL_CONNECTIONS`] connections however
+//! fast clients disconnect: when every cancel slot is busy the statement is left to
+//! `statement_timeout`.
 
 use super::{DbError, DbKind};
 use sqlx::any::{Any, AnyPoolOptions};
@@ -22,6 +28,29 @@ use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Most side connections open at once to cancel abandoned operator statements.
+pub const CANCEL_CONNECTIONS: usize = 2;
+
+/// What it takes to cancel a PostgreSQL statement from the side.
+pub(super) struct Canceller {
+    url: String,
+    slots: Arc<Semaphore>,
+}
+
+impl Canceller {
+    /// A canceller for the database at `url`.
+    pub(super) fn new(url: &str) -> Arc<Canceller> {
+        Arc::new(Canceller { url: url.to_string(), slots: Arc::new(Semaphore::new(CANCEL_CONNECTIONS)) })
+    }
+
+    async fn cancel(&self, pid: i32) -> Result<(), sqlx::Error> {
+        let mut c = AnyConnection::connect(&self.url).await?;
+        sqlx::query("SELECT pg_cancel_backend($1)").bind(pid).execute(&mut c).await?;
+        c.close().await
+    }
+}
 
 /// Pool sizes and the operator statement bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,18 +119,22 @@ pub(super) async fn open_pool(
 pub(crate) struct OperatorConn {
     conn: Option<PoolConnection<Any>>,
     /// PostgreSQL backend to cancel when dropped unfinished; None on SQLite or once finished.
-    cancel: Option<(i32, Arc<str>)>,
+    cancel: Option<(i32, Arc<Canceller>)>,
 }
 
 impl OperatorConn {
     /// Takes a connection from `pool`; on PostgreSQL also learns its backend process id.
-    pub(super) async fn acquire(pool: &AnyPool, kind: DbKind, url: &Arc<str>) -> Result<OperatorConn, DbError> {
+    pub(super) async fn acquire(
+        pool: &AnyPool,
+        kind: DbKind,
+        canceller: &Arc<Canceller>,
+    ) -> Result<OperatorConn, DbError> {
         let mut conn = pool.acquire().await?;
         let cancel = match kind {
             DbKind::Sqlite => None,
             DbKind::Postgres => {
                 let row = sqlx::query("SELECT pg_backend_pid() AS pid").fetch_one(&mut *conn).await?;
-                Some((row.try_get::<i32, _>("pid")?, url.clone()))
+                Some((row.try_get::<i32, _>("pid")?, canceller.clone()))
             }
         };
         Ok(OperatorConn { conn: Some(conn), cancel })
@@ -130,23 +163,21 @@ impl DerefMut for OperatorConn {
 
 impl Drop for OperatorConn {
     fn drop(&mut self) {
-        let (Some((pid, url)), Some(conn)) = (self.cancel.take(), self.conn.take()) else { return };
+        let (Some((pid, canceller)), Some(conn)) = (self.cancel.take(), self.conn.take()) else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        // Out of the pool first, so the cancel cannot hit whoever would have used it next.
-        let detached = conn.detach();
+        let Ok(slot) = canceller.slots.clone().try_acquire_owned() else {
+            tracing::warn!(pid, "every cancel slot is busy; the abandoned operator query ends at statement_timeout");
+            return;
+        };
         runtime.spawn(async move {
-            match AnyConnection::connect(&url).await {
-                Ok(mut c) => {
-                    let cancelled = sqlx::query("SELECT pg_cancel_backend($1)").bind(pid).execute(&mut c).await;
-                    if let Err(e) = cancelled {
-                        tracing::warn!(pid, error = %e, "could not cancel an abandoned operator query");
-                    }
-                    let _ = c.close().await;
-                }
-                Err(e) => tracing::warn!(pid, error = %e, "could not connect to cancel an abandoned operator query"),
+            match tokio::time::timeout(Duration::from_secs(3), canceller.cancel(pid)).await {
+                Ok(Ok(())) => tracing::debug!(pid, "cancelled an abandoned operator query"),
+                Ok(Err(e)) => tracing::warn!(pid, error = %e, "could not cancel an abandoned operator query"),
+                Err(_) => tracing::warn!(pid, "cancelling an abandoned operator query timed out"),
             }
-            // Dropping the socket ends the backend once its cancelled statement has stopped.
-            drop(detached);
+            // Back to the pool only now, so the cancel cannot reach whoever uses it next.
+            drop(conn);
+            drop(slot);
         });
     }
 }
