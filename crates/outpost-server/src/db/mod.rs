@@ -14,8 +14,8 @@
 //! Every mutation an operator or device makes writes its audit entry in the same transaction,
 //! so the audit log can never miss a change that happened.
 //!
-//! Two pools (see [`pools`]): [`Db::pool`] serves the device channel and background maintenance,
-//! [`Db::operator_pool`] the operator API, whose statements are bounded in time.
+//! Two pools (see `pools`): `Db::pool` serves the device channel and background maintenance,
+//! `Db::operator_pool` the operator API, whose statements are bounded in time.
 
 mod audit;
 mod commands;

@@ -6,7 +6,7 @@
 //! Operator statements are bounded in time: on PostgreSQL every operator connection runs with
 //! `statement_timeout`, so the server itself stops a runaway query (and frees its connection);
 //! on SQLite, where sqlx's `Any` driver offers no progress handler, the bound is a client-side
-//! deadline ([`super::Db::operator_deadline`]) plus the selector size limits that keep every
+//! deadline (`Db::operator_deadline`) plus the selector size limits that keep every
 //! query small.
 //!
 //! When an HTTP client goes away, axum drops the handler's future; sqlx then simply hands the
