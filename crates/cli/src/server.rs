@@ -26,9 +26,15 @@ pub struct ServerArgs {
     /// Database URL: sqlite:PATH or postgres://user@host/db [default: sqlite:<data-dir>/outpost.db].
     #[arg(long, env = "OUTPOST_DATABASE")]
     database: Option<String>,
-    /// Database connection pool size [default: 16].
+    /// Database connections for the device channel [default: 12].
     #[arg(long, env = "OUTPOST_MAX_CONNECTIONS")]
     max_connections: Option<u32>,
+    /// Database connections for the operator API, apart from the device channel's [default: 4].
+    #[arg(long, env = "OUTPOST_OPERATOR_MAX_CONNECTIONS")]
+    operator_max_connections: Option<u32>,
+    /// Longest an operator database query may run, milliseconds [default: 5000].
+    #[arg(long, env = "OUTPOST_OPERATOR_QUERY_TIMEOUT_MS")]
+    operator_query_timeout_ms: Option<u64>,
     /// Seconds without a heartbeat before a device is stale [default: 90].
     #[arg(long, env = "OUTPOST_STALE_AFTER_S")]
     stale_after_s: Option<u64>,
@@ -86,7 +92,16 @@ impl ServerArgs {
         macro_rules! set {
             ($($f:ident),*) => {$( if let Some(v) = &self.$f { c.$f = v.clone(); } )*};
         }
-        set!(listen, data_dir, max_connections, stale_after_s, offline_after_s, heartbeat_interval_s);
+        set!(
+            listen,
+            data_dir,
+            max_connections,
+            operator_max_connections,
+            operator_query_timeout_ms,
+            stale_after_s,
+            offline_after_s,
+            heartbeat_interval_s
+        );
         if self.database.is_some() {
             c.database = self.database.clone();
         }

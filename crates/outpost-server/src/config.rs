@@ -1,7 +1,7 @@
 //! Server configuration: one struct whose `Default` is the documented default of every option,
 //! so a missing TOML key, environment variable or flag always means the same thing.
 
-use crate::db::Thresholds;
+use crate::db::{DbOptions, Thresholds};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,8 +17,15 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Database URL (`sqlite:...` or `postgres://...`); default `sqlite:<data_dir>/outpost.db`.
     pub database: Option<String>,
-    /// Database connection pool size. Default 16.
+    /// Database connections for the device channel (enrollment, heartbeats, reports, desired
+    /// state, acknowledgements). Default 12.
     pub max_connections: u32,
+    /// Database connections for the operator API, a pool of its own so that operator requests
+    /// can never take the device channel's connections. Default 4.
+    pub operator_max_connections: u32,
+    /// Longest an operator database query may run before it is stopped and answered with 503
+    /// `query_timeout` (PostgreSQL: `statement_timeout` on the operator connections). Default 5000.
+    pub operator_query_timeout_ms: u64,
     /// A device not heard from for this long is `stale`. Default 90 s.
     pub stale_after_s: u64,
     /// A device not heard from for this long is `offline`. Default 300 s.
@@ -54,7 +61,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
             data_dir: PathBuf::from("outpost-data"),
             database: None,
-            max_connections: 16,
+            max_connections: 12,
+            operator_max_connections: 4,
+            operator_query_timeout_ms: 5000,
             stale_after_s: 90,
             offline_after_s: 300,
             heartbeat_interval_s: 30,
@@ -102,6 +111,15 @@ impl ServerConfig {
         secs_to_ms(self.clock_skew_s)
     }
 
+    /// Pool sizes and the operator query bound.
+    pub fn db_options(&self) -> DbOptions {
+        DbOptions {
+            device_connections: self.max_connections,
+            operator_connections: self.operator_max_connections,
+            operator_query_timeout: Duration::from_millis(self.operator_query_timeout_ms.max(1)),
+        }
+    }
+
     /// Longest long-poll.
     pub fn long_poll_max(&self) -> Duration {
         Duration::from_secs(self.long_poll_max_s)
@@ -129,6 +147,8 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8700");
         assert_eq!(c.database_url(), format!("sqlite:{}", PathBuf::from("outpost-data/outpost.db").display()));
         assert_eq!(c.command_ttl_s, 604_800);
+        assert_eq!(c.max_connections + c.operator_max_connections, 16);
+        assert_eq!(c.db_options().operator_query_timeout, Duration::from_secs(5));
     }
 
     #[test]

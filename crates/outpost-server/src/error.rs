@@ -78,6 +78,9 @@ pub enum ApiError {
     /// 503: the database cannot be reached.
     #[error("{0}")]
     DatabaseUnavailable(String),
+    /// 503: an operator query ran past `operator_query_timeout_ms` and was stopped.
+    #[error("{0}")]
+    QueryTimeout(String),
     /// 503: the server is saturated (report queue full, replay cache full).
     #[error("{0}")]
     Overloaded(String),
@@ -108,7 +111,7 @@ impl ApiError {
             UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
-            DatabaseUnavailable(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DatabaseUnavailable(_) | QueryTimeout(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,6 +142,7 @@ impl ApiError {
             HeadersTooLarge(_) => "headers_too_large",
             RateLimited(..) => "rate_limited",
             DatabaseUnavailable(_) => "database_unavailable",
+            QueryTimeout(_) => "query_timeout",
             Overloaded(_) => "overloaded",
             Internal(_) => "internal",
         }
@@ -160,6 +164,9 @@ impl From<DbError> for ApiError {
         match e {
             DbError::Unavailable(m) => ApiError::DatabaseUnavailable(format!(
                 "the database is unreachable ({m}); retry after {RETRY_AFTER_S} s"
+            )),
+            DbError::Timeout(m) => ApiError::QueryTimeout(format!(
+                "{m}; narrow the selector or page size, or raise operator_query_timeout_ms"
             )),
             DbError::Conflict(m) => ApiError::Conflict(m),
             DbError::NotFound(m) => ApiError::NotFound(m),

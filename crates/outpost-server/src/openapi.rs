@@ -3,7 +3,7 @@
 
 use crate::routes::registry::{API_TOKEN_NAME_MAX, MAX_EXPIRES_IN_S};
 use crate::routes::{self, channel, devices, registry, MAX_LIMIT};
-use outpost_proto::fleet::selector::SELECTOR_PATTERN;
+use outpost_proto::fleet::selector::{MAX_SELECTOR_BYTES, SELECTOR_PATTERN};
 use outpost_proto::fleet::signing::{HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -117,9 +117,10 @@ fn add_limits(doc: &mut serde_json::Value) {
             }
         }
     }
-    let selector = json!({"type": "string", "pattern": SELECTOR_PATTERN});
+    let selector = json!({"type": "string", "pattern": SELECTOR_PATTERN, "maxLength": MAX_SELECTOR_BYTES});
     if let Some(prop) = schemas["CreateAssignment"]["properties"].get_mut("selector") {
         prop["pattern"] = json!(SELECTOR_PATTERN);
+        prop["maxLength"] = json!(MAX_SELECTOR_BYTES);
     }
     let int_cursor = json!({"type": "string", "pattern": "^(?:-?[0-9]{1,18})?$"});
     let model_cursor = json!({"type": "string", "pattern": "^(?:[^@\\u0000]*@[^\\u0000]*)?$"});

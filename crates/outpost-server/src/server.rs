@@ -118,7 +118,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
         let url = config.database_url();
-        let db = Db::connect(&url, config.max_connections)
+        let db = Db::connect_with(&url, config.db_options())
             .await
             .map_err(|source| ServerError::Database { url: redact_url(&url), source })?;
         tracing::info!(database = %redact_url(&url), "database connected");

@@ -52,7 +52,7 @@ impl AppState {
         }
         let epoch = self.hub.epoch();
         let list: Arc<Vec<ParsedAssignment>> =
-            Arc::new(self.db.list_assignments().await?.into_iter().map(ParsedAssignment::new).collect());
+            Arc::new(self.db.channel_assignments().await?.into_iter().map(ParsedAssignment::new).collect());
         self.hub.store_assignments(epoch, list.clone());
         Ok(list)
     }
@@ -61,8 +61,8 @@ impl AppState {
     pub async fn desired_for(&self, device_id: &str) -> Result<Option<DesiredState>, ApiError> {
         let epoch = self.hub.epoch();
         let (labels, device_override, commands, assignments) = tokio::try_join!(
-            async { self.db.device_labels(device_id).await.map_err(ApiError::from) },
-            async { self.db.get_override(device_id).await.map_err(ApiError::from) },
+            async { self.db.channel_device_labels(device_id).await.map_err(ApiError::from) },
+            async { self.db.channel_override(device_id).await.map_err(ApiError::from) },
             async { self.db.open_commands(device_id).await.map_err(ApiError::from) },
             self.assignments(),
         )?;

@@ -5,6 +5,11 @@
 //! `!key` (label absent), `key in (a|b)` / `key notin (a|b)`. Keys and values are
 //! `[A-Za-z0-9._/-]`, at most 63 characters for values and 253 for keys. The empty selector
 //! matches every device.
+//!
+//! Selectors come from untrusted callers (any viewer token) and every term costs the database
+//! work, so their size is bounded before anything is parsed: at most [`MAX_SELECTOR_BYTES`]
+//! bytes, [`MAX_SELECTOR_TERMS`] terms and [`MAX_SET_VALUES`] values per `in`/`notin` list. A
+//! parsed [`Selector`] therefore always respects these limits, whatever door it came through.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,14 +41,41 @@ pub struct Selector {
     requirements: Vec<Requirement>,
 }
 
+/// Longest accepted selector text, in bytes.
+pub const MAX_SELECTOR_BYTES: usize = 4096;
+/// Most terms in one selector.
+pub const MAX_SELECTOR_TERMS: usize = 32;
+/// Most values in one `in (...)` / `notin (...)` list.
+pub const MAX_SET_VALUES: usize = 64;
+
 /// Why a selector or label did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid selector term {term:?}: {reason}")]
-pub struct SelectorError {
-    /// The offending term.
-    pub term: String,
-    /// What is wrong with it.
-    pub reason: String,
+pub enum SelectorError {
+    /// One term (or label) is malformed.
+    #[error("invalid selector term {term:?}: {reason}")]
+    Term {
+        /// The offending term.
+        term: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The selector is over one of the size limits.
+    #[error("selector too large: {0}")]
+    TooLarge(String),
+}
+
+impl SelectorError {
+    fn term(term: &str, reason: impl Into<String>) -> SelectorError {
+        SelectorError::Term { term: term.to_string(), reason: reason.into() }
+    }
+
+    /// What is wrong, without the offending term.
+    pub fn reason(&self) -> &str {
+        match self {
+            SelectorError::Term { reason, .. } => reason,
+            SelectorError::TooLarge(reason) => reason,
+        }
+    }
 }
 
 fn valid_chars(s: &str) -> bool {
@@ -53,10 +85,7 @@ fn valid_chars(s: &str) -> bool {
 /// Checks a label key: non-empty, at most 253 characters of `[A-Za-z0-9._/-]`.
 pub fn validate_key(key: &str) -> Result<(), SelectorError> {
     if key.is_empty() || key.len() > 253 || !valid_chars(key) {
-        return Err(SelectorError {
-            term: key.to_string(),
-            reason: "label keys are 1-253 characters of A-Z a-z 0-9 . _ / -".into(),
-        });
+        return Err(SelectorError::term(key, "label keys are 1-253 characters of A-Z a-z 0-9 . _ / -"));
     }
     Ok(())
 }
@@ -64,10 +93,7 @@ pub fn validate_key(key: &str) -> Result<(), SelectorError> {
 /// Checks a label value: at most 63 characters of `[A-Za-z0-9._/-]` (may be empty).
 pub fn validate_value(value: &str) -> Result<(), SelectorError> {
     if value.len() > 63 || !valid_chars(value) {
-        return Err(SelectorError {
-            term: value.to_string(),
-            reason: "label values are 0-63 characters of A-Z a-z 0-9 . _ / -".into(),
-        });
+        return Err(SelectorError::term(value, "label values are 0-63 characters of A-Z a-z 0-9 . _ / -"));
     }
     Ok(())
 }
@@ -75,22 +101,21 @@ pub fn validate_value(value: &str) -> Result<(), SelectorError> {
 /// A regular expression (ECMA-262 and Rust `regex` alike) for a subset of the selector grammar:
 /// every string it matches parses, so the OpenAPI document can promise it to clients. It leaves
 /// out what the parser also takes but a schema need not offer (white space other than spaces).
+/// The term and list-size limits are in it; the byte limit is the schema's `maxLength`.
 pub const SELECTOR_PATTERN: &str = concat!(
     "^(?:",
     r" *(?:[A-Za-z0-9._/-]{1,253} *(?:!=|==|=) *[A-Za-z0-9._/-]{0,63}",
-    r"|[A-Za-z0-9._/-]{1,253} +(?:in|notin) +\( *[A-Za-z0-9._/-]{1,63} *(?:[,|] *[A-Za-z0-9._/-]{1,63} *)*\)",
+    r"|[A-Za-z0-9._/-]{1,253} +(?:in|notin) +\( *[A-Za-z0-9._/-]{1,63} *(?:[,|] *[A-Za-z0-9._/-]{1,63} *){0,63}\)",
     r"|! *[A-Za-z0-9._/-]{1,253}|[A-Za-z0-9._/-]{1,253}) *",
     r"(?:, *(?:[A-Za-z0-9._/-]{1,253} *(?:!=|==|=) *[A-Za-z0-9._/-]{0,63}",
-    r"|[A-Za-z0-9._/-]{1,253} +(?:in|notin) +\( *[A-Za-z0-9._/-]{1,63} *(?:[,|] *[A-Za-z0-9._/-]{1,63} *)*\)",
-    r"|! *[A-Za-z0-9._/-]{1,253}|[A-Za-z0-9._/-]{1,253}) *)*",
+    r"|[A-Za-z0-9._/-]{1,253} +(?:in|notin) +\( *[A-Za-z0-9._/-]{1,63} *(?:[,|] *[A-Za-z0-9._/-]{1,63} *){0,63}\)",
+    r"|! *[A-Za-z0-9._/-]{1,253}|[A-Za-z0-9._/-]{1,253}) *){0,31}",
     ")?$"
 );
 
 /// Parses `key=value` (as used by `--label` flags and enrollment tokens).
 pub fn parse_label(text: &str) -> Result<(String, String), SelectorError> {
-    let (k, v) = text
-        .split_once('=')
-        .ok_or_else(|| SelectorError { term: text.to_string(), reason: "expected key=value".into() })?;
+    let (k, v) = text.split_once('=').ok_or_else(|| SelectorError::term(text, "expected key=value"))?;
     let (k, v) = (k.trim(), v.trim());
     validate_key(k)?;
     validate_value(v)?;
@@ -141,7 +166,7 @@ fn split_terms(text: &str) -> Vec<&str> {
 }
 
 fn parse_set(term: &str, rest: &str) -> Result<Vec<String>, SelectorError> {
-    let err = |reason: &str| SelectorError { term: term.to_string(), reason: reason.into() };
+    let err = |reason: &str| SelectorError::term(term, reason);
     let inner = rest
         .trim()
         .strip_prefix('(')
@@ -151,23 +176,29 @@ fn parse_set(term: &str, rest: &str) -> Result<Vec<String>, SelectorError> {
     if values.iter().any(|v| v.is_empty()) {
         return Err(err("empty value in list"));
     }
+    if values.len() > MAX_SET_VALUES {
+        return Err(SelectorError::TooLarge(format!(
+            "a list has {} values; at most {MAX_SET_VALUES} are allowed per in/notin term",
+            values.len()
+        )));
+    }
     for v in &values {
-        validate_value(v).map_err(|e| err(&e.reason))?;
+        validate_value(v).map_err(|e| err(e.reason()))?;
     }
     Ok(values)
 }
 
 fn parse_term(term: &str) -> Result<Requirement, SelectorError> {
     let t = term.trim();
-    let err = |reason: &str| SelectorError { term: term.to_string(), reason: reason.into() };
+    let err = |reason: &str| SelectorError::term(term, reason);
     let key = |k: &str| -> Result<String, SelectorError> {
         let k = k.trim();
-        validate_key(k).map_err(|e| err(&e.reason))?;
+        validate_key(k).map_err(|e| err(e.reason()))?;
         Ok(k.to_string())
     };
     let value = |v: &str| -> Result<String, SelectorError> {
         let v = v.trim();
-        validate_value(v).map_err(|e| err(&e.reason))?;
+        validate_value(v).map_err(|e| err(e.reason()))?;
         Ok(v.to_string())
     };
     if let Some((k, v)) = t.split_once("!=") {
@@ -195,10 +226,25 @@ impl FromStr for Selector {
     type Err = SelectorError;
 
     fn from_str(text: &str) -> Result<Selector, SelectorError> {
+        // The limits are checked before any per-term work, so an oversized selector costs
+        // nothing but this length check and one pass over at most MAX_SELECTOR_BYTES bytes.
+        if text.len() > MAX_SELECTOR_BYTES {
+            return Err(SelectorError::TooLarge(format!(
+                "{} bytes; at most {MAX_SELECTOR_BYTES} bytes are allowed",
+                text.len()
+            )));
+        }
         if text.trim().is_empty() {
             return Ok(Selector::everything());
         }
-        let requirements = split_terms(text).into_iter().map(parse_term).collect::<Result<Vec<_>, _>>()?;
+        let terms = split_terms(text);
+        if terms.len() > MAX_SELECTOR_TERMS {
+            return Err(SelectorError::TooLarge(format!(
+                "{} terms; at most {MAX_SELECTOR_TERMS} are allowed (split the query, or label the devices you mean)",
+                terms.len()
+            )));
+        }
+        let requirements = terms.into_iter().map(parse_term).collect::<Result<Vec<_>, _>>()?;
         Ok(Selector { requirements })
     }
 }
@@ -227,7 +273,17 @@ mod tests {
 
     #[test]
     fn every_selector_the_documented_pattern_allows_parses() {
-        let pattern = regex::Regex::new(SELECTOR_PATTERN).unwrap();
+        // The counted repetitions (32 terms of up to 253 characters) compile to a large program.
+        let pattern = regex::RegexBuilder::new(SELECTOR_PATTERN).size_limit(1 << 30).build().unwrap();
+        let at_limits = (0..MAX_SELECTOR_TERMS).map(|i| format!("k{i} in (a,b)")).collect::<Vec<_>>().join(",");
+        assert!(pattern.is_match(&at_limits) && at_limits.parse::<Selector>().is_ok());
+        let over = format!("{at_limits},k=v");
+        assert!(!pattern.is_match(&over) && over.parse::<Selector>().is_err(), "33 terms");
+        let values = (0..MAX_SET_VALUES).map(|i| format!("v{i}")).collect::<Vec<_>>().join("|");
+        let list = format!("k in ({values})");
+        assert!(pattern.is_match(&list) && list.parse::<Selector>().is_ok());
+        let list = format!("k in ({values}|x)");
+        assert!(!pattern.is_match(&list) && list.parse::<Selector>().is_err(), "65 values");
         let written = [
             "",
             "site=berlin",
@@ -312,5 +368,34 @@ mod tests {
             }
             assert!(r.is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn rejects_selector_with_too_many_terms() {
+        let at_limit = (0..MAX_SELECTOR_TERMS).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+        assert_eq!(at_limit.parse::<Selector>().unwrap().requirements().len(), MAX_SELECTOR_TERMS);
+        for n in [MAX_SELECTOR_TERMS + 1, 100, 1000] {
+            let text = (0..n).map(|_| "a").collect::<Vec<_>>().join(",");
+            let err = text.parse::<Selector>().unwrap_err();
+            assert!(matches!(err, SelectorError::TooLarge(_)), "{n} terms: {err}");
+            assert!(err.to_string().contains(&format!("at most {MAX_SELECTOR_TERMS}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn rejects_selector_longer_than_the_byte_limit() {
+        let text = format!("k={}", "v".repeat(MAX_SELECTOR_BYTES));
+        let err = text.parse::<Selector>().unwrap_err();
+        assert!(err.to_string().contains(&format!("at most {MAX_SELECTOR_BYTES} bytes")), "{err}");
+        // A single very long key is refused by the key rule, not accepted.
+        assert!(format!("{}=v", "k".repeat(254)).parse::<Selector>().is_err());
+    }
+
+    #[test]
+    fn rejects_set_with_too_many_values() {
+        let list = |n: usize| (0..n).map(|i| format!("v{i}")).collect::<Vec<_>>().join("|");
+        assert!(format!("k in ({})", list(MAX_SET_VALUES)).parse::<Selector>().is_ok());
+        let err = format!("k notin ({})", list(MAX_SET_VALUES + 1)).parse::<Selector>().unwrap_err();
+        assert!(err.to_string().contains(&format!("at most {MAX_SET_VALUES}")), "{err}");
     }
 }

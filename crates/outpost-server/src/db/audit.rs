@@ -51,7 +51,7 @@ impl Db {
             q.push(" WHERE id < ").bind(c);
         }
         q.push(" ORDER BY id DESC LIMIT ").bind(limit + 1);
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.operator_pool()).await?;
         let items = rows.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(items, limit, |e| e.id.to_string()))
     }

@@ -42,7 +42,7 @@ impl Db {
         if !args.is_object() {
             return Err(DbError::Invalid("command args must be a JSON object".into()));
         }
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         let mut q = Sql::new("SELECT id FROM devices WHERE id = ");
         q.bind(device_id);
         if q.query().fetch_optional(&mut *tx).await?.is_none() {
@@ -145,7 +145,7 @@ impl Db {
             q.push(" AND id < ").bind(c);
         }
         q.push(" ORDER BY id DESC LIMIT ").bind(limit + 1);
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.operator_pool()).await?;
         let items = rows.iter().map(command).collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(items, limit, |c| c.id.to_string()))
     }

@@ -11,8 +11,8 @@ use outpost_proto::fleet::device::{Health, StateReport};
 use outpost_proto::fleet::selector::{validate_key, Labels, Selector};
 use outpost_proto::{ModelName, Version};
 use sqlx::any::AnyRow;
-use sqlx::AnyConnection;
 use sqlx::Row;
+use sqlx::{AnyConnection, AnyPool};
 use std::collections::HashMap;
 
 const DEVICE_SELECT: &str = "SELECT d.id, d.name, d.agent_version AS enrolled_agent_version, d.hardware, \
@@ -77,10 +77,27 @@ async fn device_exists(conn: &mut AnyConnection, id: &str) -> Result<bool, DbErr
     Ok(q.query().fetch_optional(conn).await?.is_some())
 }
 
+async fn existing_labels(pool: &AnyPool, id: &str) -> Result<Option<Labels>, DbError> {
+    let mut conn = pool.acquire().await?;
+    if !device_exists(&mut conn, id).await? {
+        return Ok(None);
+    }
+    labels_of(&mut conn, id).await.map(Some)
+}
+
+async fn override_of(pool: &AnyPool, id: &str) -> Result<Option<DeviceOverride>, DbError> {
+    let mut q = Sql::new("SELECT body FROM device_overrides WHERE device_id = ");
+    q.bind(id);
+    let Some(row) = q.query().fetch_optional(pool).await? else {
+        return Ok(None);
+    };
+    Ok(Some(stored_override(&row.try_get::<String, _>("body")?)?))
+}
+
 impl Db {
     /// One device with its last reported state; None when unknown.
     pub async fn get_device(&self, id: &str, now_ms: i64, th: Thresholds) -> Result<Option<Device>, DbError> {
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.operator_pool().acquire().await?;
         let mut q = Sql::new(DEVICE_SELECT);
         q.push(" WHERE d.id = ").bind(id);
         let Some(row) = q.query().fetch_optional(&mut *conn).await? else {
@@ -103,7 +120,6 @@ impl Db {
         th: Thresholds,
     ) -> Result<Page<Device>, DbError> {
         let limit = clamp_limit(limit);
-        let mut conn = self.pool().acquire().await?;
         let mut q = Sql::new(DEVICE_SELECT);
         q.push(" WHERE 1 = 1");
         if let Some(c) = cursor {
@@ -114,16 +130,26 @@ impl Db {
             push_status(&mut q, st, now_ms, th);
         }
         q.push(" ORDER BY d.id LIMIT ").bind(limit + 1);
-        let rows = q.query().fetch_all(&mut *conn).await?;
-        let mut labels: HashMap<String, Labels> = HashMap::new();
+        let (rows, mut labels) = self
+            .operator_deadline(async {
+                let mut conn = self.operator_conn().await?;
+                let rows = q.query().fetch_all(&mut *conn).await?;
+                let mut labels: HashMap<String, Labels> = HashMap::new();
+                if !rows.is_empty() {
+                    let mut q = Sql::new("SELECT device_id, key, value FROM device_labels WHERE device_id IN ");
+                    q.bind_list(rows.iter().map(|r| r.try_get::<String, _>("id")).collect::<Result<Vec<_>, _>>()?);
+                    for r in q.query().fetch_all(&mut *conn).await? {
+                        labels
+                            .entry(r.try_get("device_id")?)
+                            .or_default()
+                            .insert(r.try_get("key")?, r.try_get("value")?);
+                    }
+                }
+                conn.finish();
+                Ok::<_, DbError>((rows, labels))
+            })
+            .await?;
         let ids: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>("id")).collect::<Result<_, _>>()?;
-        if !ids.is_empty() {
-            let mut q = Sql::new("SELECT device_id, key, value FROM device_labels WHERE device_id IN ");
-            q.bind_list(ids.iter());
-            for r in q.query().fetch_all(&mut *conn).await? {
-                labels.entry(r.try_get("device_id")?).or_default().insert(r.try_get("key")?, r.try_get("value")?);
-            }
-        }
         let items = rows
             .iter()
             .zip(&ids)
@@ -132,13 +158,14 @@ impl Db {
         Ok(paginate(items, limit, |d| d.id.clone()))
     }
 
-    /// A device's labels; None when there is no such device.
+    /// A device's labels; None when there is no such device (operator API).
     pub async fn device_labels(&self, id: &str) -> Result<Option<Labels>, DbError> {
-        let mut conn = self.pool().acquire().await?;
-        if !device_exists(&mut conn, id).await? {
-            return Ok(None);
-        }
-        labels_of(&mut conn, id).await.map(Some)
+        existing_labels(self.operator_pool(), id).await
+    }
+
+    /// [`Db::device_labels`] for the device channel (desired state), on the device pool.
+    pub async fn channel_device_labels(&self, id: &str) -> Result<Option<Labels>, DbError> {
+        existing_labels(self.pool(), id).await
     }
 
     /// Sets and removes labels; returns the new labels, None when there is no such device.
@@ -153,7 +180,7 @@ impl Db {
         for k in &change.remove {
             validate_key(k).map_err(|e| DbError::Invalid(e.to_string()))?;
         }
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         if !device_exists(&mut tx, id).await? {
             return Ok(None);
         }
@@ -186,7 +213,7 @@ impl Db {
         actor: &str,
         now_ms: i64,
     ) -> Result<bool, DbError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         if !device_exists(&mut tx, id).await? {
             return Ok(false);
         }
@@ -210,14 +237,14 @@ impl Db {
         Ok(true)
     }
 
-    /// A device's override, None when it has none.
+    /// A device's override, None when it has none (operator API).
     pub async fn get_override(&self, id: &str) -> Result<Option<DeviceOverride>, DbError> {
-        let mut q = Sql::new("SELECT body FROM device_overrides WHERE device_id = ");
-        q.bind(id);
-        let Some(row) = q.query().fetch_optional(self.pool()).await? else {
-            return Ok(None);
-        };
-        Ok(Some(stored_override(&row.try_get::<String, _>("body")?)?))
+        override_of(self.operator_pool(), id).await
+    }
+
+    /// [`Db::get_override`] for the device channel (desired state), on the device pool.
+    pub async fn channel_override(&self, id: &str) -> Result<Option<DeviceOverride>, DbError> {
+        override_of(self.pool(), id).await
     }
 
     /// Stored (downsampled) reports of a device made at or after `since_ms`, oldest first.
@@ -225,7 +252,7 @@ impl Db {
         let mut q = Sql::new("SELECT report FROM device_reports WHERE device_id = ");
         q.bind(id).push(" AND at_ms >= ").bind(since_ms);
         q.push(" ORDER BY at_ms, id LIMIT ").bind(clamp_limit(limit));
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.operator_pool()).await?;
         rows.iter().map(|r| Ok(serde_json::from_str(&r.try_get::<String, _>("report")?)?)).collect()
     }
 

@@ -98,7 +98,7 @@ impl Db {
     /// Revokes a device for good; false when there is no such device. Revoking twice keeps the
     /// first revocation time and is not audited again.
     pub async fn revoke_device(&self, id: &str, actor: &str, now_ms: i64) -> Result<bool, DbError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         let mut q = Sql::new("SELECT revoked_ms FROM devices WHERE id = ");
         q.bind(id);
         let Some(row) = q.query().fetch_optional(&mut *tx).await? else {

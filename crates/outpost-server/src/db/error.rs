@@ -14,6 +14,10 @@ pub enum DbError {
     /// A referenced object does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// An operator statement ran past the operator query timeout (or was cancelled because its
+    /// client went away) and was stopped.
+    #[error("query timed out: {0}")]
+    Timeout(String),
     /// The request is malformed (bad label, bad selector, bad status).
     #[error("invalid: {0}")]
     Invalid(String),
@@ -48,7 +52,10 @@ impl From<sqlx::Error> for DbError {
                 // PostgreSQL's are five-character SQLSTATEs.
                 let sqlite_transient =
                     code.len() < 5 && code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 14));
-                if sqlstate_is_unavailable(&code) || sqlite_transient {
+                if code == "57014" {
+                    // query_canceled: statement_timeout, or our own cancel of an abandoned query.
+                    DbError::Timeout(format!("{msg} (code {code})"))
+                } else if sqlstate_is_unavailable(&code) || sqlite_transient {
                     DbError::Unavailable(format!("{msg} (code {code})"))
                 } else if code.len() == 5 && code.starts_with("22") {
                     // SQLSTATE class 22, data exception: a value the column cannot hold (a NUL

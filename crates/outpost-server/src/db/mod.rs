@@ -13,6 +13,9 @@
 //!
 //! Every mutation an operator or device makes writes its audit entry in the same transaction,
 //! so the audit log can never miss a change that happened.
+//!
+//! Two pools (see `pools`): `Db::pool` serves the device channel and background maintenance,
+//! `Db::operator_pool` the operator API, whose statements are bounded in time.
 
 mod audit;
 mod commands;
@@ -21,6 +24,7 @@ mod enroll;
 mod error;
 mod models;
 mod nonces;
+mod pools;
 mod reports;
 mod select;
 mod sql;
@@ -29,14 +33,17 @@ mod tokens;
 
 pub use error::DbError;
 pub use nonces::NonceRow;
+pub use pools::DbOptions;
 pub use tokens::{is_blank, RevokeOutcome};
 
 use outpost_proto::fleet::api::{Command, DeviceStatus};
 use outpost_proto::fleet::device::{HardwareProfile, StateReport};
 use outpost_proto::fleet::selector::Labels;
-use sqlx::any::{Any, AnyPoolOptions};
-use sqlx::{AnyPool, Executor, Transaction};
+use pools::{open_pool, OperatorConn};
+use sqlx::any::Any;
+use sqlx::{AnyPool, Transaction};
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,14 +69,21 @@ pub struct Thresholds {
 /// Default spacing of stored history reports per device: 5 minutes.
 pub const DEFAULT_HISTORY_INTERVAL_MS: i64 = 300_000;
 
-/// Handle to the database; cheap to clone (shares one pool).
+/// Handle to the database; cheap to clone (shares its pools).
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    /// The device channel's connections.
     pool: AnyPool,
+    /// The operator API's connections (statement timeout on PostgreSQL).
+    operator_pool: AnyPool,
+    /// Longest an operator statement may run.
+    operator_timeout: Duration,
+    /// Side connections that cancel abandoned operator queries (PostgreSQL).
+    canceller: Arc<pools::Canceller>,
     kind: DbKind,
     history_interval_ms: AtomicI64,
     /// Per device: hash of the model set last written to `device_models`, to skip rewrites.
@@ -181,8 +195,14 @@ fn sqlite_url(url: &str) -> String {
 }
 
 impl Db {
-    /// Connects, applies the pragmas (SQLite) and runs the migrations.
+    /// Connects with `max_connections` for the device channel and the default operator pool
+    /// (see [`DbOptions`]), applies the pragmas (SQLite) and runs the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        Db::connect_with(url, DbOptions { device_connections: max_connections, ..DbOptions::default() }).await
+    }
+
+    /// Connects both pools, applies the pragmas (SQLite) and runs the migrations once.
+    pub async fn connect_with(url: &str, options: DbOptions) -> Result<Db, DbError> {
         sqlx::any::install_default_drivers();
         let kind = if url.starts_with("sqlite:") {
             DbKind::Sqlite
@@ -193,30 +213,13 @@ impl Db {
                 "unsupported database URL {url:?}: use sqlite:<path> or postgres://user@host/db"
             )));
         };
-        // A short acquire timeout turns an unreachable database into a quick 503 instead of a
-        // hung request; the pool opens fresh connections once the database is back.
-        let mut options = AnyPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(3))
-            .test_before_acquire(true);
         let url = match kind {
-            DbKind::Sqlite => {
-                // foreign_keys=ON and busy_timeout=5s are sqlx's SQLite defaults; the journal
-                // settings are not, and cannot be given in the URL.
-                options = options.after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 5000").await?;
-                        Ok(())
-                    })
-                });
-                sqlite_url(url)
-            }
+            DbKind::Sqlite => sqlite_url(url),
             DbKind::Postgres => url.to_string(),
         };
-        let pool = options.connect(&url).await?;
+        // Migrations run on the device pool, which has no statement timeout: a migration over a
+        // large table may legitimately take longer than an operator query.
+        let pool = open_pool(kind, &url, options.device_connections, None).await?;
         let migrated = match kind {
             DbKind::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
             DbKind::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
@@ -225,9 +228,25 @@ impl Db {
             pool.close().await;
             return Err(e.into());
         }
+        // An in-memory SQLite database exists once per connection set: a second pool would see
+        // an empty database, so both sides share the one pool there.
+        let operator_pool = if url.contains(":memory:") {
+            pool.clone()
+        } else {
+            match open_pool(kind, &url, options.operator_connections, Some(options.operator_query_timeout)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    pool.close().await;
+                    return Err(e);
+                }
+            }
+        };
         Ok(Db {
             inner: Arc::new(Inner {
                 pool,
+                operator_pool,
+                operator_timeout: options.operator_query_timeout,
+                canceller: pools::Canceller::new(&url),
                 kind,
                 history_interval_ms: AtomicI64::new(DEFAULT_HISTORY_INTERVAL_MS),
                 model_hashes: Mutex::new(HashMap::new()),
@@ -256,11 +275,40 @@ impl Db {
 
     /// Closes every connection; later calls fail with [`DbError::Unavailable`].
     pub async fn close(&self) {
+        self.inner.operator_pool.close().await;
         self.inner.pool.close().await;
     }
 
+    /// The device channel's pool (enrollment, keys, reports, desired state, acknowledgements,
+    /// maintenance). Operator requests never take connections from it.
     fn pool(&self) -> &AnyPool {
         &self.inner.pool
+    }
+
+    /// The operator API's pool; on PostgreSQL its statements time out.
+    fn operator_pool(&self) -> &AnyPool {
+        &self.inner.operator_pool
+    }
+
+    /// An operator connection for an expensive statement, cancelled on the server when the
+    /// request is dropped before [`OperatorConn::finish`].
+    async fn operator_conn(&self) -> Result<OperatorConn, DbError> {
+        OperatorConn::acquire(&self.inner.operator_pool, self.inner.kind, &self.inner.canceller).await
+    }
+
+    /// Runs operator work under the operator deadline. On PostgreSQL the server's
+    /// statement_timeout normally answers first (this is a backstop a second later); on SQLite
+    /// this is the bound.
+    async fn operator_deadline<T>(&self, work: impl Future<Output = Result<T, DbError>>) -> Result<T, DbError> {
+        let limit = self.inner.operator_timeout;
+        let wait = match self.inner.kind {
+            DbKind::Sqlite => limit,
+            DbKind::Postgres => limit + Duration::from_secs(1),
+        };
+        match tokio::time::timeout(wait, work).await {
+            Ok(result) => result,
+            Err(_) => Err(DbError::Timeout(format!("the query ran longer than {} ms", limit.as_millis()))),
+        }
     }
 
     /// Begins a write transaction. SQLite gets `BEGIN IMMEDIATE` so that the write lock is
@@ -271,6 +319,19 @@ impl Db {
             DbKind::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
             DbKind::Postgres => self.inner.pool.begin().await?,
         })
+    }
+
+    /// [`Db::begin`] on the operator pool, under the operator deadline: on SQLite an operator
+    /// write waits here for the write lock (up to busy_timeout otherwise). sqlx rolls back a
+    /// `BEGIN` that completes after its caller gave up, so the connection stays clean.
+    async fn begin_operator(&self) -> Result<Transaction<'static, Any>, DbError> {
+        self.operator_deadline(async {
+            Ok(match self.inner.kind {
+                DbKind::Sqlite => self.inner.operator_pool.begin_with("BEGIN IMMEDIATE").await?,
+                DbKind::Postgres => self.inner.operator_pool.begin().await?,
+            })
+        })
+        .await
     }
 }
 

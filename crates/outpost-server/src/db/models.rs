@@ -35,6 +35,13 @@ fn model_cursor(cursor: &str) -> Result<(&str, &str), DbError> {
     cursor.split_once('@').ok_or_else(|| DbError::Invalid(format!("cursor {cursor:?} is not a valid page cursor")))
 }
 
+async fn all_assignments(pool: &sqlx::AnyPool) -> Result<Vec<Assignment>, DbError> {
+    let rows = sqlx::query("SELECT id, selector, model, version, created_by, created_ms FROM assignments ORDER BY id")
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(assignment).collect()
+}
+
 impl Db {
     /// Adds a model version to the registry; Conflict when that name@version exists.
     pub async fn publish_model(&self, m: &PublishModel, actor: &str, now_ms: i64) -> Result<ModelVersion, DbError> {
@@ -42,7 +49,7 @@ impl Db {
             return Err(DbError::Invalid("a model needs a name and a version".into()));
         }
         let metadata = if m.metadata.is_null() { serde_json::json!({}) } else { m.metadata.clone() };
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         let mut q = Sql::new("SELECT name FROM models WHERE name = ");
         q.bind(&m.name).push(" AND version = ").bind(&m.version);
         if q.query().fetch_optional(&mut *tx).await?.is_some() {
@@ -77,7 +84,7 @@ impl Db {
             q.push(" AND version > ").bind(version).push(")");
         }
         q.push(" ORDER BY name, version LIMIT ").bind(limit + 1);
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.operator_pool()).await?;
         let items = rows.iter().map(model_version).collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(items, limit, |m| format!("{}@{}", m.name, m.version)))
     }
@@ -86,7 +93,7 @@ impl Db {
     pub async fn model_versions(&self, name: &str) -> Result<Vec<ModelVersion>, DbError> {
         let mut q = Sql::new("SELECT name, version, metadata, published_by, published_ms FROM models WHERE name = ");
         q.bind(name).push(" ORDER BY published_ms, version");
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.operator_pool()).await?;
         rows.iter().map(model_version).collect()
     }
 
@@ -100,7 +107,7 @@ impl Db {
         let selector: Selector = a.selector.parse().map_err(|e| DbError::Invalid(format!("{e}")))?;
         // Stored in canonical form so equal selectors read the same.
         let selector = selector.to_string();
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         let mut q = Sql::new("SELECT name FROM models WHERE name = ");
         q.bind(&a.model).push(" AND version = ").bind(&a.version);
         if q.query().fetch_optional(&mut *tx).await?.is_none() {
@@ -123,18 +130,19 @@ impl Db {
         })
     }
 
-    /// Every assignment, oldest first.
+    /// Every assignment, oldest first (operator API).
     pub async fn list_assignments(&self) -> Result<Vec<Assignment>, DbError> {
-        let rows =
-            sqlx::query("SELECT id, selector, model, version, created_by, created_ms FROM assignments ORDER BY id")
-                .fetch_all(self.pool())
-                .await?;
-        rows.iter().map(assignment).collect()
+        all_assignments(self.operator_pool()).await
+    }
+
+    /// [`Db::list_assignments`] for the device channel (desired state), on the device pool.
+    pub async fn channel_assignments(&self) -> Result<Vec<Assignment>, DbError> {
+        all_assignments(self.pool()).await
     }
 
     /// Deletes an assignment; false when there is no such assignment.
     pub async fn delete_assignment(&self, id: i64, actor: &str, now_ms: i64) -> Result<bool, DbError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         let mut q =
             Sql::new("SELECT id, selector, model, version, created_by, created_ms FROM assignments WHERE id = ");
         q.bind(id);

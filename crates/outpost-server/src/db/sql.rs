@@ -105,6 +105,12 @@ impl Sql {
         self.push(")")
     }
 
+    /// The SQL text (for tests of the generated shape).
+    #[cfg(test)]
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
     /// The query, ready to run.
     pub(crate) fn query(&self) -> Query<'static, Any, AnyArguments> {
         let mut q = sqlx::query(AssertSqlSafe(self.text.clone()));

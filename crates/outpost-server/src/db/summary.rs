@@ -22,7 +22,6 @@ impl Db {
         now_ms: i64,
         th: Thresholds,
     ) -> Result<FleetSummary, DbError> {
-        let mut conn = self.pool().acquire().await?;
         // One grouping over the three per-device attributes; the combinations are few.
         let mut q = Sql::new("SELECT ");
         push_status_case(&mut q, now_ms, th);
@@ -32,21 +31,30 @@ impl Db {
         );
         push_selector(&mut q, selector);
         q.push(" GROUP BY 1, 2, 3");
+        let mut models = Sql::new(
+            "SELECT m.name, m.version, COUNT(DISTINCT m.device_id) AS n FROM device_models m \
+             JOIN devices d ON d.id = m.device_id WHERE 1 = 1",
+        );
+        push_selector(&mut models, selector);
+        models.push(" GROUP BY m.name, m.version");
+        let (groups, model_rows) = self
+            .operator_deadline(async {
+                let mut conn = self.operator_conn().await?;
+                let groups = q.query().fetch_all(&mut *conn).await?;
+                let model_rows = models.query().fetch_all(&mut *conn).await?;
+                conn.finish();
+                Ok::<_, DbError>((groups, model_rows))
+            })
+            .await?;
         let mut summary = FleetSummary::default();
-        for row in q.query().fetch_all(&mut *conn).await? {
+        for row in groups {
             let n = count(row.try_get("n")?);
             summary.devices += n;
             *summary.by_status.entry(row.try_get("st")?).or_default() += n;
             *summary.by_health.entry(row.try_get("health")?).or_default() += n;
             *summary.by_agent_version.entry(row.try_get("version")?).or_default() += n;
         }
-        let mut q = Sql::new(
-            "SELECT m.name, m.version, COUNT(DISTINCT m.device_id) AS n FROM device_models m \
-             JOIN devices d ON d.id = m.device_id WHERE 1 = 1",
-        );
-        push_selector(&mut q, selector);
-        q.push(" GROUP BY m.name, m.version");
-        for row in q.query().fetch_all(&mut *conn).await? {
+        for row in model_rows {
             let key = format!("{}@{}", row.try_get::<String, _>("name")?, row.try_get::<String, _>("version")?);
             summary.by_model_version.insert(key, count(row.try_get("n")?));
         }

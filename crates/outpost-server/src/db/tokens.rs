@@ -112,7 +112,7 @@ impl Db {
             created_ms: now_ms,
             revoked: false,
         };
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         let mut q = Sql::new("INSERT INTO enrollment_tokens (id, secret_hash, uses, used, expires_ms, labels, note, ");
         q.push("created_by, created_ms, revoked) VALUES (").bind(&token.id).push(", ").bind(secret_hash(&secret));
         q.push(", ").bind(i64::from(token.uses)).push(", 0, ").bind(token.expires_ms).push(", ");
@@ -137,7 +137,7 @@ impl Db {
             q.push(" WHERE id > ").bind(c);
         }
         q.push(" ORDER BY id LIMIT ").bind(limit + 1);
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.operator_pool()).await?;
         let items = rows.iter().map(enrollment_token).collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(items, limit, |t| t.id.clone()))
     }
@@ -156,7 +156,7 @@ impl Db {
         actor: &str,
         now_ms: i64,
     ) -> Result<bool, DbError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         let mut q = Sql::new(&format!("SELECT revoked FROM {table} WHERE id = "));
         q.bind(id);
         let Some(row) = q.query().fetch_optional(&mut *tx).await? else {
@@ -177,7 +177,7 @@ impl Db {
         if is_blank(&req.name) {
             return Err(DbError::Invalid("an API token needs a name".into()));
         }
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         let token = insert_api_token(&mut tx, req, actor, now_ms).await?;
         let details = serde_json::json!({"name": token.name, "role": token.role, "expires_ms": token.expires_ms});
         record(&mut tx, now_ms, actor, "api_token.create", &token.id, details).await?;
@@ -204,7 +204,7 @@ impl Db {
     pub async fn api_token_by_secret(&self, secret: &str) -> Result<Option<ApiToken>, DbError> {
         let mut q = Sql::new(&format!("SELECT {API_COLUMNS} FROM api_tokens WHERE secret_hash = "));
         q.bind(secret_hash(secret));
-        q.query().fetch_optional(self.pool()).await?.as_ref().map(api_token).transpose()
+        q.query().fetch_optional(self.operator_pool()).await?.as_ref().map(api_token).transpose()
     }
 
     /// API tokens by id; the cursor is the last token's id.
@@ -215,7 +215,7 @@ impl Db {
             q.push(" WHERE id > ").bind(c);
         }
         q.push(" ORDER BY id LIMIT ").bind(limit + 1);
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.operator_pool()).await?;
         let items = rows.iter().map(api_token).collect::<Result<Vec<_>, _>>()?;
         Ok(paginate(items, limit, |t| t.id.clone()))
     }
@@ -223,7 +223,7 @@ impl Db {
     /// Revokes an API token. Refuses to revoke the last active admin token, which would lock
     /// every operator out (recovery is then only `outpost server admin-token` on the server).
     pub async fn revoke_api_token(&self, id: &str, actor: &str, now_ms: i64) -> Result<RevokeOutcome, DbError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_operator().await?;
         // PostgreSQL: lock the active admin rows so that two admins revoking each other at the
         // same time cannot both succeed. SQLite's BEGIN IMMEDIATE already serialises writers.
         let lock = if self.kind() == super::DbKind::Postgres { " FOR UPDATE" } else { "" };

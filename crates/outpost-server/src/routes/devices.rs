@@ -64,7 +64,7 @@ async fn ensure_device(state: &SharedState, id: &str) -> Result<Labels, ApiError
         (status = 200, description = "One page of devices", body = Page<Device>),
         (status = 400, description = "Bad selector, status, cursor or limit", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
-        (status = 503, description = "database_unavailable", body = ErrorBody),
+        (status = 503, description = "database_unavailable or query_timeout", body = ErrorBody),
     ))]
 pub async fn list_devices(
     State(state): State<SharedState>,
@@ -329,7 +329,7 @@ pub async fn list_commands(
         (status = 200, description = "The summary", body = FleetSummary),
         (status = 400, description = "Bad selector", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
-        (status = 503, description = "database_unavailable", body = ErrorBody),
+        (status = 503, description = "database_unavailable or query_timeout", body = ErrorBody),
     ))]
 pub async fn fleet_summary(
     State(state): State<SharedState>,

@@ -118,6 +118,11 @@ impl TestServer {
         attach(&label, &url, &admin).await
     }
 
+    /// The HTTP client requests go through (shared connection pool).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Stops the server and waits for it.
     pub async fn stop(self) {
         self.server.shutdown().await.expect("clean shutdown");
