@@ -7,6 +7,8 @@ mod common;
 mod device_abuse;
 #[path = "api/doors.rs"]
 mod doors;
+#[path = "api/selector_attacks.rs"]
+mod selector_attacks;
 
 use common::server::TestServer;
 use common::signed::{fresh_nonce, now_ms, TestDevice};

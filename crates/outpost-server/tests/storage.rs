@@ -5,6 +5,8 @@ mod test_db;
 
 #[path = "storage/fixtures.rs"]
 mod fixtures;
+#[path = "storage/selector_sql.rs"]
+mod selector_sql;
 
 use fixtures::*;
 use outpost_proto::fleet::api::*;

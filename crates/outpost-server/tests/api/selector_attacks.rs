@@ -2,7 +2,7 @@
 //! PostgreSQL: oversized selectors, an operator flood while a device heartbeats, a query that
 //! outlives the operator timeout and one whose client went away.
 
-mod common;
+use crate::common;
 
 use common::server::TestServer;
 use common::signed::{now_ms, TestDevice};
@@ -77,6 +77,11 @@ async fn rejects_selector_with_too_many_terms() {
             for route in ["/v1/devices", "/v1/fleet/summary"] {
                 let path = format!("{route}?selector={}", encode(&terms(n)));
                 let r = s.op(Method::GET, &path, Some(&viewer), None).await;
+                if path.len() > outpost_server::serve::MAX_URI_BYTES {
+                    // Refused before it is parsed at all.
+                    assert_eq!((r.status, r.code()), (StatusCode::URI_TOO_LONG, "uri_too_long"), "{label} {route} {n}");
+                    continue;
+                }
                 assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "invalid_request"), "{label} {route} {n}");
                 let message = r.body["message"].as_str().unwrap_or_default();
                 assert!(message.contains("selector too large"), "{label}: {message}");

@@ -7,8 +7,7 @@
 //! is where the translations could differ (several terms on one key, `in` lists overlapping,
 //! empty values, absent labels).
 
-#[path = "common/db.rs"]
-mod test_db;
+use crate::test_db;
 
 use outpost_proto::fleet::api::CreateEnrollmentToken;
 use outpost_proto::fleet::api::LabelChange;
