@@ -6,6 +6,7 @@
 //! wake-ups ([`hub`]), the group-commit report writer ([`reports`]) and the routes ([`routes`]).
 
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod db;
 pub mod desired;
