@@ -157,7 +157,8 @@ app_latency_seconds_sum 0.5\napp_latency_seconds_count 2\napp_latency_seconds_bu
         assert!(text.contains("# HELP app_requests_total Requests \"seen\".\n# TYPE app_requests_total counter\n"));
         assert!(text.contains("app_requests_total{model=\"a # b\"} 3\n"), "{text}");
         assert!(text.contains("# TYPE app_latency_seconds histogram\n"));
-        assert!(text.contains("# HELP app_build_info Build.\n# TYPE app_build_info gauge\napp_build_info{version=\"1\"} 1\n"));
+        assert!(text
+            .contains("# HELP app_build_info Build.\n# TYPE app_build_info gauge\napp_build_info{version=\"1\"} 1\n"));
         assert!(text.contains("# TYPE app_up gauge\napp_up 1\n"));
         for gone in ["# EOF", "# UNIT", "_created", "trace_id"] {
             assert!(!text.contains(gone), "`{gone}` left in {text}");
@@ -171,7 +172,10 @@ app_latency_seconds_sum 0.5\napp_latency_seconds_count 2\napp_latency_seconds_bu
                                  version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
         assert_eq!(Exposition::negotiate(Some(prometheus_scrape)), OpenMetrics);
         assert_eq!(Exposition::negotiate(Some("application/openmetrics-text")), OpenMetrics);
-        assert_eq!(Exposition::negotiate(Some("text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.5")), Prometheus);
+        assert_eq!(
+            Exposition::negotiate(Some("text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.5")),
+            Prometheus
+        );
         assert_eq!(Exposition::negotiate(Some("application/openmetrics-text; version=2.0.0")), Prometheus);
         assert_eq!(Exposition::negotiate(Some("application/openmetrics-text;q=0")), Prometheus);
         assert_eq!(Exposition::negotiate(Some("*/*")), Prometheus);

@@ -290,7 +290,10 @@ fn generate_one(spec: &IoSpec, rng: &mut SplitMix) -> Result<Tensor, RuntimeErro
     // Shapes come from the model file: a fixed dimension in the billions must fail, not abort.
     let element_bytes = spec.dtype.size_of().unwrap_or(std::mem::size_of::<String>());
     if n.saturating_mul(element_bytes) > MAX_GENERATED_BYTES {
-        return Err(bad(format!("shape {shape:?} needs more than {} MiB of generated input", MAX_GENERATED_BYTES >> 20)));
+        return Err(bad(format!(
+            "shape {shape:?} needs more than {} MiB of generated input",
+            MAX_GENERATED_BYTES >> 20
+        )));
     }
     fn build<T: Datum>(shape: &[usize], data: Vec<T>) -> Result<Tensor, String> {
         tract_ndarray::ArrayD::from_shape_vec(shape, data).map(Tensor::from).map_err(|e| e.to_string())

@@ -238,7 +238,10 @@ fn read_tar(path: &Path) -> Result<Contents, RuntimeError> {
         }
         let size = entry.size();
         let mut bytes = Vec::with_capacity(usize::try_from(size.min(archive_len)).unwrap_or(0));
-        (&mut entry).take(size).read_to_end(&mut bytes).map_err(|e| package_err(path, format!("`{name}` truncated: {e}")))?;
+        (&mut entry)
+            .take(size)
+            .read_to_end(&mut bytes)
+            .map_err(|e| package_err(path, format!("`{name}` truncated: {e}")))?;
         if name == MANIFEST_FILE {
             manifest = Some(String::from_utf8(bytes).map_err(|_| package_err(path, "manifest.toml is not UTF-8"))?);
         } else {

@@ -138,7 +138,11 @@ pub fn tensor_from_bytes(name: &str, dtype: DType, shape: &[usize], bytes: &[u8]
         if expected > bytes.len() / 4 {
             return Err(bad(
                 name,
-                format!("shape {shape:?} needs {expected} BYTES elements, the {} bytes of data hold at most {}", bytes.len(), bytes.len() / 4),
+                format!(
+                    "shape {shape:?} needs {expected} BYTES elements, the {} bytes of data hold at most {}",
+                    bytes.len(),
+                    bytes.len() / 4
+                ),
             ));
         }
         let mut items = Vec::with_capacity(expected);

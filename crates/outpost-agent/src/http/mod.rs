@@ -13,16 +13,16 @@ pub mod predict;
 
 use crate::metrics::Metrics;
 use crate::store::ModelStore;
-use budget::BodyBudget;
-use predict::PredictGate;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use budget::BodyBudget;
 use outpost_proto::exposition::Exposition;
 use outpost_proto::oip::ErrorResponse;
 use outpost_runtime::{LoadedModel, RuntimeError};
+use predict::PredictGate;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tower_http::decompression::RequestDecompressionLayer;

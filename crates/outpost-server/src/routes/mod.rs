@@ -69,9 +69,8 @@ pub async fn readyz(State(state): State<SharedState>) -> Result<Json<HealthBody>
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text 0.0.4, or OpenMetrics 1.0.0 when `Accept` prefers `application/openmetrics-text`", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<SharedState>, headers: axum::http::HeaderMap) -> Response {
-    let format = outpost_proto::exposition::Exposition::negotiate(
-        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
-    );
+    let format =
+        outpost_proto::exposition::Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     ([(header::CONTENT_TYPE, format.content_type())], format.render(&state.metrics.encode())).into_response()
 }
 
@@ -132,7 +131,10 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(crate::budget::BodyBudget::for_bodies_of(max_body), crate::budget::limit_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::budget::BodyBudget::for_bodies_of(max_body),
+            crate::budget::limit_bodies,
+        ))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .with_state(state)
 }
