@@ -202,7 +202,7 @@ fn tar_entry_claiming_a_huge_size_is_refused_without_reserving_it() {
 
     let before = vm_peak_kib();
     let err = Package::open(&path).unwrap_err();
-    assert!(err.to_string().contains("truncated"), "{err}");
+    assert!(matches!(err, RuntimeError::Package { .. }), "{err}");
     // The old reader reserved the 2 GiB the header claims before reading a byte of it.
     if let (Some(before), Some(after)) = (before, vm_peak_kib()) {
         assert!(after.saturating_sub(before) < 1 << 20, "virtual peak grew by {} MiB", (after - before) >> 10);
