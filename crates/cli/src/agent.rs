@@ -34,6 +34,9 @@ pub struct AgentArgs {
     /// Largest request body in bytes [default: 67108864].
     #[arg(long, env = "OUTPOST_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    /// Bytes of request bodies held at once across all requests [default: 67108864].
+    #[arg(long, env = "OUTPOST_MAX_INFLIGHT_BODY_BYTES")]
+    max_inflight_body_bytes: Option<usize>,
     /// Force a backend for every model: tract or onnxruntime.
     #[arg(long, env = "OUTPOST_BACKEND")]
     backend: Option<String>,
@@ -87,6 +90,7 @@ impl AgentArgs {
             queue_capacity,
             threads,
             max_body_bytes,
+            max_inflight_body_bytes,
             poll_interval_ms,
             data_dir
         );

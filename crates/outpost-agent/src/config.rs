@@ -26,6 +26,9 @@ pub struct AgentConfig {
     pub threads: usize,
     /// Largest request body accepted, after decompression, in bytes.
     pub max_body_bytes: usize,
+    /// Bytes of request bodies (after decompression) held at once across all requests; a body
+    /// that does not fit gets 503 with `Retry-After`. At least `max_body_bytes`.
+    pub max_inflight_body_bytes: usize,
     /// Force a backend (`tract` or `onnxruntime`) instead of each manifest's choice.
     pub backend: Option<String>,
     /// Path of `libonnxruntime.so` for the onnxruntime backend.
@@ -55,6 +58,7 @@ impl Default for AgentConfig {
             queue_capacity: 64,
             threads: 1,
             max_body_bytes: 64 << 20,
+            max_inflight_body_bytes: 64 << 20,
             backend: None,
             ort_library: None,
             selftest: true,

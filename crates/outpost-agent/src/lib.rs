@@ -85,7 +85,14 @@ impl Agent {
         let metrics = Arc::new(Metrics::new());
         let budget = MemoryBudget::new(config.memory_budget_mb.saturating_mul(1 << 20));
         let store = Arc::new(ModelStore::new(options, budget, metrics.clone()));
-        let state = Arc::new(ApiState { store: store.clone(), metrics, scanned: AtomicBool::new(false) });
+        let state = Arc::new(ApiState {
+            store: store.clone(),
+            metrics,
+            scanned: AtomicBool::new(false),
+            max_body_bytes: config.max_body_bytes,
+            bodies: http::budget::BodyBudget::new(config.max_inflight_body_bytes),
+            predict: http::predict::PredictGate::new(config.sessions, config.queue_capacity),
+        });
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| AgentError::Bind { addr: config.listen, source })?;
@@ -133,7 +140,7 @@ impl Agent {
             }
             None => None,
         };
-        let app = http::router(state.clone(), config.max_body_bytes);
+        let app = http::router(state.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -195,6 +202,12 @@ fn load_options(config: &AgentConfig) -> Result<LoadOptions, AgentError> {
     };
     if config.sessions == 0 || config.queue_capacity == 0 {
         return Err(AgentError::Config("sessions and queue_capacity must be at least 1".into()));
+    }
+    if config.max_inflight_body_bytes < config.max_body_bytes {
+        return Err(AgentError::Config(format!(
+            "max_inflight_body_bytes ({}) must be at least max_body_bytes ({}), or no body of the largest size fits",
+            config.max_inflight_body_bytes, config.max_body_bytes
+        )));
     }
     Ok(LoadOptions {
         backend,

@@ -215,7 +215,7 @@ impl Metrics {
         self.models_loaded.set(n as i64);
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics 1.0.0 text of every series (see `outpost_proto::exposition` for 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());

@@ -185,6 +185,8 @@ fn bench_one(onnx: &[u8], cfg: &BenchConfig, backend: BackendKind, threads: usiz
 
 /// Seed of the generated inputs: fixed, so two runs (and two devices) time the same work.
 const SEED: u64 = 0x6f75_7470_6f73_7421;
+/// Largest generated input tensor, in bytes.
+const MAX_GENERATED_BYTES: usize = 1 << 30;
 
 /// Warm-up, then timed runs; returns each timed run's latency in milliseconds.
 fn time_runs(engine: &dyn Engine, inputs: &[Tensor], cfg: &BenchConfig) -> Result<Vec<f64>, String> {
@@ -285,6 +287,14 @@ fn generate_one(spec: &IoSpec, rng: &mut SplitMix) -> Result<Tensor, RuntimeErro
     let shape = shape_to_usize(&spec.name, &dims)?;
     let n: usize = shape.iter().product();
     let bad = |e: String| RuntimeError::BadInput { tensor: spec.name.clone(), reason: e };
+    // Shapes come from the model file: a fixed dimension in the billions must fail, not abort.
+    let element_bytes = spec.dtype.size_of().unwrap_or(std::mem::size_of::<String>());
+    if n.saturating_mul(element_bytes) > MAX_GENERATED_BYTES {
+        return Err(bad(format!(
+            "shape {shape:?} needs more than {} MiB of generated input",
+            MAX_GENERATED_BYTES >> 20
+        )));
+    }
     fn build<T: Datum>(shape: &[usize], data: Vec<T>) -> Result<Tensor, String> {
         tract_ndarray::ArrayD::from_shape_vec(shape, data).map(Tensor::from).map_err(|e| e.to_string())
     }
@@ -492,6 +502,14 @@ mod tests {
         let x = crate::tensor::values::<f32>(&a[0]).unwrap();
         assert!(x.iter().all(|v| (-1.0..1.0).contains(v)) && x.iter().any(|v| *v < 0.0));
         assert!(crate::tensor::values::<i64>(&a[1]).unwrap().iter().all(|v| (0..10).contains(v)));
+    }
+
+    #[test]
+    fn model_input_with_billions_of_elements_is_refused_without_allocating() {
+        // 2^31 f64 values (16 GiB) pass the element-count check of `shape_to_usize`.
+        let specs = [IoSpec { name: "x".into(), dtype: DType::F64, shape: vec![Some(1 << 31)] }];
+        let err = generate_inputs(&specs, 1).unwrap_err().to_string();
+        assert!(err.contains("MiB of generated input"), "{err}");
     }
 
     /// One dumped input: name, numpy dtype, shape, data file name, data.

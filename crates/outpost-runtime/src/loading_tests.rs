@@ -180,3 +180,31 @@ fn measuring_backends_keeps_one_and_says_why() {
     let x = crate::Tensor::from_shape(&[1, 64], &[0.5f32; 64]).unwrap();
     assert_eq!(model.infer_blocking(vec![x]).unwrap().result.unwrap()[0].shape(), &[1, 32]);
 }
+
+/// The process's peak virtual size in KiB (Linux).
+fn vm_peak_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmPeak:"))?.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+#[test]
+fn tar_entry_claiming_a_huge_size_is_refused_without_reserving_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("liar.opkg");
+    let mut header = tar::Header::new_gnu();
+    header.set_path("model.onnx").unwrap();
+    header.set_size(crate::package::MAX_FILE_BYTES - 1);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(&path, bytes).unwrap();
+
+    let before = vm_peak_kib();
+    let err = Package::open(&path).unwrap_err();
+    assert!(matches!(err, RuntimeError::Package { .. }), "{err}");
+    // The old reader reserved the 2 GiB the header claims before reading a byte of it.
+    if let (Some(before), Some(after)) = (before, vm_peak_kib()) {
+        assert!(after.saturating_sub(before) < 1 << 20, "virtual peak grew by {} MiB", (after - before) >> 10);
+    }
+}

@@ -217,6 +217,8 @@ fn read_tar_manifest(path: &Path) -> Result<Option<String>, RuntimeError> {
 
 fn read_tar(path: &Path) -> Result<Contents, RuntimeError> {
     let f = fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
+    // An entry cannot hold more than the archive does, whatever its header claims.
+    let archive_len = f.metadata().map_err(|e| RuntimeError::io(path, e))?.len();
     let mut archive = tar::Archive::new(f);
     let mut manifest = None;
     let mut files = BTreeMap::new();
@@ -234,8 +236,12 @@ fn read_tar(path: &Path) -> Result<Contents, RuntimeError> {
         if entry.size() > MAX_FILE_BYTES {
             return Err(package_err(path, format!("entry `{name}` is larger than {MAX_FILE_BYTES} bytes")));
         }
-        let mut bytes = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut bytes).map_err(|e| package_err(path, format!("`{name}` truncated: {e}")))?;
+        let size = entry.size();
+        let mut bytes = Vec::with_capacity(usize::try_from(size.min(archive_len)).unwrap_or(0));
+        (&mut entry)
+            .take(size)
+            .read_to_end(&mut bytes)
+            .map_err(|e| package_err(path, format!("`{name}` truncated: {e}")))?;
         if name == MANIFEST_FILE {
             manifest = Some(String::from_utf8(bytes).map_err(|_| package_err(path, "manifest.toml is not UTF-8"))?);
         } else {

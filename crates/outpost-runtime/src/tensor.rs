@@ -133,9 +133,24 @@ pub fn tensor_from_json(name: &str, dtype: DType, shape: &[usize], data: &Value)
 pub fn tensor_from_bytes(name: &str, dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor, RuntimeError> {
     let expected: usize = shape.iter().product();
     if dtype == DType::Bytes {
+        // Each element takes at least its 4-byte length, so the data bounds the count; the shape
+        // (from the request) must not size the allocation before it is checked against the data.
+        if expected > bytes.len() / 4 {
+            return Err(bad(
+                name,
+                format!(
+                    "shape {shape:?} needs {expected} BYTES elements, the {} bytes of data hold at most {}",
+                    bytes.len(),
+                    bytes.len() / 4
+                ),
+            ));
+        }
         let mut items = Vec::with_capacity(expected);
         let mut rest = bytes;
         while !rest.is_empty() {
+            if items.len() == expected {
+                return Err(bad(name, format!("shape {shape:?} needs {expected} elements, data has more")));
+            }
             let (len, tail) =
                 rest.split_first_chunk::<4>().ok_or_else(|| bad(name, "truncated BYTES element length"))?;
             let len = u32::from_le_bytes(*len) as usize;
@@ -294,6 +309,17 @@ mod tests {
         assert!(err.to_string().contains("16 bytes"));
         let err = tensor_from_bytes("s", DType::Bytes, &[1], &[9, 0, 0, 0, b'a']).unwrap_err();
         assert!(err.to_string().contains("runs past"));
+    }
+
+    #[test]
+    fn bytes_elements_are_counted_against_the_data_before_reserving() {
+        // 2^32 elements is within the shape limit; reserving a String for each would take 96 GiB.
+        let shape = shape_to_usize("s", &[1 << 32]).unwrap();
+        let data = [1, 0, 0, 0, b'a', 1, 0, 0, 0, b'b'];
+        let err = tensor_from_bytes("s", DType::Bytes, &shape, &data).unwrap_err().to_string();
+        assert!(err.contains("hold at most 2"), "{err}");
+        let err = tensor_from_bytes("s", DType::Bytes, &[1], &data).unwrap_err().to_string();
+        assert!(err.contains("needs 1 elements, data has more"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! routes ([`routes`]).
 
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod db;
 pub mod desired;

@@ -82,7 +82,7 @@ impl Metrics {
         Metrics { registry, requests, latency, reports_received, batch_size, write_latency, long_polls_waiting }
     }
 
-    /// Prometheus text exposition of every metric.
+    /// OpenMetrics 1.0.0 text of every metric (`outpost_proto::exposition` gives 0.0.4).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

@@ -218,6 +218,20 @@ mod tests {
     }
 
     #[test]
+    fn bytes_tensor_with_huge_shape_is_refused_without_allocating() {
+        // A model with a dynamic BYTES input; the request claims 2^32 strings and sends two. The
+        // old decoder reserved 2^32 `String`s (96 GiB) first, which aborts the process.
+        let specs = [IoSpec { name: "s".into(), dtype: DType::Bytes, shape: vec![None] }];
+        let header = br#"{"inputs":[{"name":"s","shape":[4294967296],"datatype":"BYTES","parameters":{"binary_data_size":10}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&[1, 0, 0, 0, b'a', 1, 0, 0, 0, b'b']);
+        let parsed = parse_request(&body, Some(header.len())).unwrap();
+        let err = decode_inputs(&parsed, &specs).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(err.message.contains("input `s`") && err.message.contains("hold at most 2"), "{}", err.message);
+    }
+
+    #[test]
     fn json_inputs_accept_nested_arrays() {
         let body = br#"{"inputs":[{"name":"a","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4]]},
             {"name":"b","shape":[1],"datatype":"INT64","data":[5]}]}"#;

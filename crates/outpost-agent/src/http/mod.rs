@@ -2,21 +2,27 @@
 //! so `tritonclient` works unchanged), the v1 pipeline endpoint and Prometheus metrics.
 //!
 //! Handlers never run a model on an async thread: inference is queued to the model's session
-//! pool and awaited through a oneshot channel, pipelines run under `spawn_blocking`.
+//! pool and awaited through a oneshot channel, pipelines run under `spawn_blocking` behind a
+//! bounded gate. Request bodies are read by [`budget`] under a per-request limit and a byte budget
+//! shared by all requests, before any handler sees them.
 
+pub mod budget;
 pub mod codec;
 mod oip;
-mod predict;
+pub mod predict;
 
 use crate::metrics::Metrics;
 use crate::store::ModelStore;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use budget::BodyBudget;
+use outpost_proto::exposition::Exposition;
 use outpost_proto::oip::ErrorResponse;
 use outpost_runtime::{LoadedModel, RuntimeError};
+use predict::PredictGate;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tower_http::decompression::RequestDecompressionLayer;
@@ -30,6 +36,12 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Set once the model directory has been scanned at start-up.
     pub scanned: AtomicBool,
+    /// Largest request body, after decompression, in bytes.
+    pub max_body_bytes: usize,
+    /// Bytes of request bodies held at once, across all requests.
+    pub bodies: Arc<BodyBudget>,
+    /// Bounds the raw-data pipelines running and waiting.
+    pub predict: PredictGate,
 }
 
 impl ApiState {
@@ -39,8 +51,10 @@ impl ApiState {
     }
 }
 
-/// Builds the router; `max_body_bytes` bounds request bodies after decompression.
-pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
+/// Builds the router. Bodies are decompressed as they stream in and read under the state's
+/// limits ([`budget::limit_bodies`]) before routing.
+pub fn router(state: Arc<ApiState>) -> Router {
+    let max_body_bytes = state.max_body_bytes;
     Router::new()
         .route("/v2/health/live", get(oip::live))
         .route("/v2/health/ready", get(oip::ready))
@@ -56,11 +70,14 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Outermost last: decompression streams into the budgeted reader, which sees inflated bytes.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), budget::limit_bodies))
         .layer(RequestDecompressionLayer::new().gzip(true).deflate(true))
         .with_state(state)
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<Arc<ApiState>>) -> Response {
+/// `/metrics` in the format the `Accept` header asks for (see [`Exposition::negotiate`]).
+async fn metrics(axum::extract::State(state): axum::extract::State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let slots = state.store.slots();
     for (name, slot) in &slots {
         if let Some(model) = &slot.active {
@@ -68,8 +85,8 @@ async fn metrics(axum::extract::State(state): axum::extract::State<Arc<ApiState>
         }
     }
     state.metrics.models_loaded(slots.values().filter(|s| s.is_ready()).count());
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
-        .into_response()
+    let format = Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    ([(header::CONTENT_TYPE, format.content_type())], format.render(&state.metrics.render())).into_response()
 }
 
 /// An error answer: an HTTP status and `{"error": "…"}`.
@@ -108,7 +125,7 @@ impl From<RuntimeError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(ErrorResponse { error: self.message })).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        if matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
             resp.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
         }
         resp

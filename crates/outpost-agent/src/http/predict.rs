@@ -1,5 +1,9 @@
 //! `POST /v1/models/{m}/predict`: raw data in (an image, a WAV, a JSON sensor series), the
 //! model's declared pipeline, typed results out.
+//!
+//! Decoding an image may take a few hundred MiB and a pipeline holds a blocking thread for its
+//! whole run, so pipelines pass a [`PredictGate`] first, the way inference passes a session pool's
+//! queue: `sessions` pipelines run at once, `queue_capacity` more wait, and any beyond get 429.
 
 use super::{body_error, resolve, ApiError, ApiState};
 use axum::body::Bytes;
@@ -10,6 +14,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Semaphore;
+
+/// Bounds the pipelines in flight across the agent: how many run and how many may wait.
+#[derive(Debug)]
+pub struct PredictGate {
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+    waiting: usize,
+}
+
+impl PredictGate {
+    /// `running` pipelines at once (at least one) and `waiting` more queued.
+    pub fn new(running: usize, waiting: usize) -> PredictGate {
+        let running = running.max(1);
+        PredictGate {
+            admitted: Arc::new(Semaphore::new(running.saturating_add(waiting))),
+            running: Arc::new(Semaphore::new(running)),
+            waiting,
+        }
+    }
+}
 
 pub async fn predict(
     State(state): State<Arc<ApiState>>,
@@ -17,16 +42,7 @@ pub async fn predict(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let result = async {
-        let model = resolve(&state, &name, None)?;
-        let body = body.map_err(body_error)?;
-        let run = tokio::task::spawn_blocking(move || model.predict_blocking(&body));
-        let response = run
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("pipeline task failed: {e}")))??;
-        Ok::<_, ApiError>(response)
-    }
-    .await;
+    let result = run(&state, &name, body).await;
     let status = result.as_ref().map_or_else(|e| e.status, |_| StatusCode::OK);
     if state.store.slot(&name).is_some() {
         state.metrics.request(&name, "predict", status.as_u16(), started.elapsed());
@@ -35,4 +51,35 @@ pub async fn predict(
         Ok(r) => Json(r).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn run(
+    state: &ApiState,
+    name: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<outpost_proto::prediction::PredictResponse, ApiError> {
+    let model = resolve(state, name, None)?;
+    let body = body.map_err(body_error)?;
+    let gate = &state.predict;
+    let admitted = gate.admitted.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("predict queue full ({} pipelines waiting); retry shortly", gate.waiting),
+        )
+    })?;
+    let running = gate
+        .running
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down"))?;
+    // The permits move into the task: a pipeline whose client went away still counts until it ends.
+    let task = tokio::task::spawn_blocking(move || {
+        let _permits = (admitted, running);
+        model.predict_blocking(&body)
+    });
+    let response = task
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("pipeline task failed: {e}")))??;
+    Ok(response)
 }

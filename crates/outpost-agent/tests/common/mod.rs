@@ -39,8 +39,28 @@ pub fn slow_onnx() -> Vec<u8> {
     encode(&g.finish("slow").expect("valid graph"))
 }
 
+/// `x: FLOAT [1, 512]` through many 512x512 matrix products: slow enough (per window of a
+/// sensor series) to keep pipelines busy.
+pub fn slow_window_onnx() -> Vec<u8> {
+    let mut g = GraphBuilder::new("slow_window");
+    let mut v = g.input_f32("x", &[Dim::Fixed(1), Dim::Fixed(512)]);
+    let w: Vec<f64> = (0..512 * 512).map(|i| ((i % 7) as f64 - 3.0) / 512.0).collect();
+    let w = g.constant_f32("w", &[512, 512], &w);
+    for i in 0..12 {
+        v = g.node("MatMul", &[&v, &w], &format!("h{i}"), vec![]);
+    }
+    g.node("Identity", &[&v], "y", vec![]);
+    g.output_f32("y", &[Dim::Fixed(1), Dim::Fixed(512)]);
+    encode(&g.finish("slow window").expect("valid graph"))
+}
+
 /// A manifest for a regression model with the given graph inputs/outputs.
 pub fn manifest(name: &str, version: &str, onnx: &[u8]) -> Manifest {
+    manifest_with(name, version, onnx, "")
+}
+
+/// [`manifest`] with extra TOML tables (a `[pre]` pipeline, say).
+pub fn manifest_with(name: &str, version: &str, onnx: &[u8], extra: &str) -> Manifest {
     let report =
         outpost_runtime::backend::load_engine(outpost_runtime::backend::BackendKind::Tract, onnx, &Default::default())
             .expect("fixture model loads");
@@ -56,6 +76,7 @@ pub fn manifest(name: &str, version: &str, onnx: &[u8]) -> Manifest {
     for s in report.outputs() {
         text += &spec(s).replace("[[x]]", "[[outputs]]");
     }
+    text += extra;
     text += "[files]\n\"model.onnx\" = \"0000000000000000000000000000000000000000000000000000000000000000\"\n";
     Manifest::from_toml(&text).expect("fixture manifest parses")
 }
@@ -74,6 +95,15 @@ fn toml_shape(shape: &[Dim]) -> String {
 /// Writes `<dir>/<name>-<version>.opkg` and returns its path.
 pub fn write_package(dir: &Path, name: &str, version: &str, onnx: &[u8]) -> PathBuf {
     let pkg = Package::from_parts(manifest(name, version, onnx), vec![("model.onnx".into(), onnx.to_vec())]).unwrap();
+    let path = dir.join(format!("{name}-{version}.opkg"));
+    pkg.write_opkg(&path).unwrap();
+    path
+}
+
+/// Writes a package whose manifest carries `extra` TOML tables and returns its path.
+pub fn write_package_with(dir: &Path, name: &str, version: &str, onnx: &[u8], extra: &str) -> PathBuf {
+    let manifest = manifest_with(name, version, onnx, extra);
+    let pkg = Package::from_parts(manifest, vec![("model.onnx".into(), onnx.to_vec())]).unwrap();
     let path = dir.join(format!("{name}-{version}.opkg"));
     pkg.write_opkg(&path).unwrap();
     path

@@ -67,10 +67,11 @@ pub async fn readyz(State(state): State<SharedState>) -> Result<Json<HealthBody>
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<SharedState>) -> Response {
-    let body = state.metrics.encode();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    responses((status = 200, description = "Prometheus text 0.0.4, or OpenMetrics 1.0.0 when `Accept` prefers `application/openmetrics-text`", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<SharedState>, headers: axum::http::HeaderMap) -> Response {
+    let format =
+        outpost_proto::exposition::Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    ([(header::CONTENT_TYPE, format.content_type())], format.render(&state.metrics.encode())).into_response()
 }
 
 /// This document.
@@ -130,6 +131,10 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::budget::BodyBudget::for_bodies_of(max_body),
+            crate::budget::limit_bodies,
+        ))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .layer(axum::middleware::from_fn(crate::serve::limits))
         .with_state(state)
