@@ -66,6 +66,20 @@ async fn parallel_gzip_bombs_stay_within_the_request_budget() {
     agent.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn unknown_content_encoding_gets_a_json_415() {
+    let dir = tempfile::tempdir().unwrap();
+    write_package(dir.path(), "affine", "1", &affine_onnx(2.0));
+    let agent = start(dir.path(), |_| {}).await;
+    let url = format!("http://{}/v2/models/affine/infer", agent.addr);
+    for encoding in ["br", "zstd", "gzip, br"] {
+        let a = call("POST", url.clone(), vec![("Content-Encoding", encoding.into())], Some(affine_request())).await;
+        assert_eq!(a.status, 415, "{encoding}");
+        assert!(a.json()["error"].as_str().unwrap().contains("Content-Encoding"), "{encoding}");
+    }
+    agent.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn predict_flood_is_bounded_with_429() {
     let dir = tempfile::tempdir().unwrap();

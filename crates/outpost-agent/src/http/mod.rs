@@ -73,7 +73,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // Outermost last: decompression streams into the budgeted reader, which sees inflated bytes.
         .layer(axum::middleware::from_fn_with_state(state.clone(), budget::limit_bodies))
         .layer(RequestDecompressionLayer::new().gzip(true).deflate(true))
+        .layer(axum::middleware::from_fn(known_encodings))
         .with_state(state)
+}
+
+/// Refuses a body in an encoding the decompression layer does not read with a JSON 415 (the
+/// layer's own answer has no body, which clients cannot show).
+async fn known_encodings(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let unknown = req.headers().get_all(header::CONTENT_ENCODING).iter().find(|v| {
+        let v = v.to_str().unwrap_or("").trim();
+        !(v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("deflate") || v.eq_ignore_ascii_case("identity"))
+    });
+    if let Some(v) = unknown {
+        let message = format!("unsupported Content-Encoding {v:?}; send gzip, deflate or an uncompressed body");
+        return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, message).into_response();
+    }
+    next.run(req).await
 }
 
 /// `/metrics` in the format the `Accept` header asks for (see [`Exposition::negotiate`]).

@@ -1,7 +1,7 @@
 //! Attacks on the server's resources, on SQLite and PostgreSQL: many large bodies held open at
 //! once, and `/metrics` read by `promtool` in the format the client asks for.
 
-mod common;
+use crate::common;
 
 use common::db::test_databases;
 use common::server::TestServer;
