@@ -5,7 +5,8 @@ run), and the agent's peak RSS during a gzip-bomb burst.
 
 Loads (each against a fresh server):
   baseline        the device alone
-  selector flood  P viewer clients listing devices with a selector of T terms, back to back
+  selector flood  P viewer clients listing devices with a selector of T terms (32: the most
+                  the server accepts, so every request reaches the database), back to back
   history flood   one enrolled device posting batches of far-future reports as fast as it can
   gzip bombs      N parallel 1 MB gzip bodies (each expanding to 64 MiB) against an agent
 """
@@ -33,8 +34,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 BIN = sys.argv[1]
 DURATION = float(os.environ.get("DURATION", 20))
 PARALLEL = int(os.environ.get("PARALLEL", 16))
-TERMS = int(os.environ.get("TERMS", 100))
+TERMS = int(os.environ.get("TERMS", 32))
 BOMBS = int(os.environ.get("BOMBS", 32))
+FLEET = int(os.environ.get("FLEET", 200))
 DATABASE = os.environ.get("DATABASE", "postgres")
 PG = os.environ.get("PG", "postgres://postgres@127.0.0.1:5432/test")
 
@@ -119,7 +121,7 @@ class Server:
         return http(method, self.url + path, body, headers)
 
     def enroll_token(self):
-        status, body = self.op("POST", "/v1/enrollment-tokens", {"uses": 100})
+        status, body = self.op("POST", "/v1/enrollment-tokens", {"uses": FLEET + 10})
         assert status == 201, (status, body)
         return json.loads(body)["secret"]
 
@@ -153,7 +155,7 @@ def under_load(label, load):
         token = server.enroll_token()
         device = Device(server.url)
         device.enroll(token)
-        for _ in range(20):  # a small fleet for the selector to scan
+        for _ in range(FLEET):  # a fleet for the selector to scan
             Device(server.url).enroll(token)
         stop = threading.Event()
         beats, counters = [], {"requests": 0, "statuses": {}}
@@ -167,9 +169,11 @@ def under_load(label, load):
             w.join(timeout=120)
         ok = [ms for ms, status in beats if status == 200]
         failed = sum(1 for _, status in beats if status != 200)
+        attacker = counters.get("device")
         return {"label": label, "p50": statistics.median(ok) if ok else float("nan"), "p99": p99(ok),
                 "beats": len(beats), "failed": failed, "attack_requests": counters["requests"],
-                "attack_statuses": counters["statuses"], "history_rows": history_rows(server, device)}
+                "attack_statuses": counters["statuses"],
+                "history_rows": history_rows(server, attacker) if attacker else None}
     finally:
         server.stop()
 
@@ -200,6 +204,7 @@ def selector_flood(server, token, stop, counters):
 def history_flood(server, token, stop, counters):
     attacker = Device(server.url)
     attacker.enroll(token)
+    counters["device"] = attacker
 
     def client():
         seq = 0
@@ -263,15 +268,15 @@ rows = [base,
         under_load("history flood (one device, batches of 2000 future-dated reports)", history_flood)]
 
 print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, {DATABASE}, {DURATION:.0f} s per load; "
-      f"one legitimate device heartbeats every 100 ms through each load.\n")
+      f"{FLEET} enrolled devices; one legitimate device heartbeats every 100 ms through each load.\n")
 print("| load | heartbeats | failed | p50 ms | p99 ms | p99 vs baseline | attack requests (statuses) | "
-      "history rows of the legitimate device |")
+      "history rows stored for the attacker |")
 print("|---|---:|---:|---:|---:|---:|---|---:|")
 for r in rows:
     ratio = r["p99"] / base["p99"] if base["p99"] else float("nan")
     statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["attack_statuses"].items())) or "–"
     print(f"| {r['label']} | {r['beats']} | {r['failed']} | {r['p50']:.1f} | {r['p99']:.1f} | {ratio:.2f}x | "
-          f"{r['attack_requests']} ({statuses}) | {r['history_rows']} |")
+          f"{r['attack_requests']} ({statuses}) | {'–' if r['history_rows'] is None else r['history_rows']} |")
 
 g = gzip_bombs()
 statuses = ", ".join(f"{k}: {v}" for k, v in sorted(g["statuses"].items()))

@@ -7,7 +7,7 @@
 #
 # usage: bench/attack.sh
 #   DATABASE (postgres | sqlite; default postgres), PG (postgres://postgres@127.0.0.1:5432/test),
-#   DURATION (20 s per load), PARALLEL (16 selector clients), TERMS (100), BOMBS (32)
+#   DURATION (20 s per load), PARALLEL (16 selector clients), TERMS (32), FLEET (200 devices), BOMBS (32)
 # Output: a markdown table on stdout, also written to target/bench/attack.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
