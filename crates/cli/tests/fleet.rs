@@ -230,15 +230,20 @@ fn revoking_the_last_admin_is_refused_and_admin_token_recovers_locally() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
     let line = lines.find(|l| l.contains("listening on")).expect("listen line");
-    let _server = Proc(child);
-    let next = lines.next().unwrap_or_default();
-    assert!(!next.contains("bootstrap admin token"), "restart pointed at a revoked token: {next}");
-    std::thread::spawn(move || lines.for_each(drop));
+    let server = Proc(child);
+    // The rest of stdout, read until the server exits (a blocking read would wait forever).
+    let rest = std::thread::spawn(move || lines.collect::<Vec<_>>());
     let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
     let (ok, _, err) = cli(&url, &admin, &["device", "list"]);
     assert!(!ok && err.contains("401"), "the revoked bootstrap token still works: {err}");
     let listed = json(&url, &recovered, &["token", "list", "--api"]);
     assert!(listed["items"].as_array().unwrap().iter().any(|t| t["name"] == "recovery-admin"), "{listed}");
+    drop(server);
+    let printed = rest.join().unwrap();
+    assert!(
+        !printed.iter().any(|l| l.contains("bootstrap admin token")),
+        "restart pointed at a revoked token: {printed:?}"
+    );
 
     // No data dir, no database: a clear error instead of a new empty database.
     let out = Command::new(bin())
