@@ -182,6 +182,8 @@ async fn a_full_queue_answers_429_instead_of_waiting() {
     let agent = start(dir.path(), |c| {
         c.queue_capacity = 1;
         c.selftest = false;
+        // This test is about the inference queue, not the request-body budget.
+        c.max_inflight_body_bytes = 1 << 30;
     })
     .await;
     let url = format!("http://{}/v2/models/slow/infer", agent.addr);
@@ -189,7 +191,9 @@ async fn a_full_queue_answers_429_instead_of_waiting() {
         "inputs": [{"name": "x", "shape": [256, 512], "datatype": "FP32", "data": vec![0.1f32; 256 * 512]}]
     }))
     .unwrap();
-    let calls: Vec<_> = (0..12).map(|_| tokio::spawn(call("POST", url.clone(), vec![], Some(body.clone())))).collect();
+    // Enough callers that some arrive while one runs and one waits, even when a loaded machine
+    // spreads their arrivals out (12 were sometimes served one after another in CI).
+    let calls: Vec<_> = (0..32).map(|_| tokio::spawn(call("POST", url.clone(), vec![], Some(body.clone())))).collect();
     let mut statuses = Vec::new();
     for c in calls {
         let a = c.await.unwrap();
