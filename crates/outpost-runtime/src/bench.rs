@@ -147,7 +147,8 @@ fn bench_one(onnx: &[u8], cfg: &BenchConfig, backend: BackendKind, threads: usiz
         symbols: cfg.symbols.clone(),
         threads,
         ort_library: cfg.ort_library.clone(),
-        input_shapes: cfg.input_shapes.clone(),
+        input_shapes: cfg.input_shapes.iter().map(|(k, v)| (k.clone(), v.iter().map(|d| Some(*d)).collect())).collect(),
+        symbol_bounds: BTreeMap::new(),
     };
     let started = Instant::now();
     let engine = match fenced(|| backend::load_engine(backend, onnx, &opts).map_err(|e| e.to_string())) {

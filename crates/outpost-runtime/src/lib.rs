@@ -19,7 +19,10 @@ pub mod model;
 pub mod package;
 pub mod pipeline;
 pub mod pool;
+pub mod record;
+pub mod rewrite;
 pub mod selftest;
+pub mod shapes;
 pub mod tensor;
 
 #[cfg(test)]

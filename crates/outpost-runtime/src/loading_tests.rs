@@ -121,7 +121,11 @@ fn a_model_over_the_memory_budget_is_refused_with_the_figures() {
 fn golden_vectors_that_do_not_reproduce_fail_the_load_naming_case_and_output() {
     let x = NamedTensor { name: "x".into(), dtype: DType::F32, shape: vec![1, 64], data: vec![0.5.into(); 64] };
     let y = NamedTensor { name: "y".into(), dtype: DType::F32, shape: vec![1, 32], data: vec![123.0.into(); 32] };
-    let golden = SelfTest { cases: vec![GoldenCase { inputs: vec![x], outputs: vec![y] }] };
+    let golden = SelfTest {
+        cases: vec![GoldenCase { inputs: vec![x], outputs: vec![y] }],
+        synthetic: vec![],
+        recorded_with: None,
+    };
     let mut m = manifest("mlp");
     m.selftest = Some(outpost_proto::manifest::SelfTestRef { file: "selftest.json".into(), atol: 1e-4, rtol: 1e-3 });
     let files = vec![("model.onnx".into(), mlp()), ("selftest.json".into(), serde_json::to_vec(&golden).unwrap())];

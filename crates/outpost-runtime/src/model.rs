@@ -5,6 +5,7 @@ use crate::backend::{self, BackendKind, Engine, EngineOptions, IoSpec};
 use crate::pipeline::{self, PipelineError};
 use crate::pool::{Completed, Reply, SessionPool};
 use crate::selftest::{self, SelfTestReport};
+use crate::shapes::InputRules;
 use crate::{Package, RuntimeError, Tensor};
 use outpost_proto::manifest::{BackendChoice, PostProcess};
 use outpost_proto::prediction::{PredictResponse, StageTimings};
@@ -122,37 +123,87 @@ pub struct LoadedModel {
     pub fallback_reason: Option<String>,
     pool: SessionPool,
     post: Option<PostProcess>,
+    rules: InputRules,
+    inputs: Vec<IoSpec>,
     _reservation: Reservation,
 }
 
 impl LoadedModel {
     /// Compiles, budgets, self-tests and starts the sessions of a verified package.
+    ///
+    /// Under `backend = "auto"` each backend is tried in turn (the one `pack` measured faster
+    /// first): one that cannot load the model, does not fit the budget or fails the self-test
+    /// gives way to the next, and the reasons are kept in `fallback_reason`.
     pub fn load(pkg: &Package, opts: &LoadOptions, budget: &MemoryBudget) -> Result<LoadedModel, RuntimeError> {
         let started = Instant::now();
         let manifest = pkg.manifest.clone();
         let name = manifest.model.name.clone();
+        let rules = InputRules::from_manifest(&manifest);
         let engine_opts = EngineOptions {
             model_name: format!("{}@{}", name, manifest.model.version),
             symbols: manifest.symbols.clone(),
             threads: opts.threads,
             ort_library: opts.ort_library.clone(),
-            input_shapes: pinned_input_shapes(&manifest),
+            input_shapes: rules.pinned(),
+            symbol_bounds: rules.upper_bounds(),
         };
-        let (engine, fallback_reason) = compile(pkg.model_bytes(), &manifest, opts, &engine_opts)?;
-        let needed = engine.memory().total(opts.sessions.max(1));
-        let reservation = budget.reserve(&engine_opts.model_name, needed)?;
-        let selftest = match pkg.selftest()? {
-            Some(test) if opts.run_selftest => {
-                let st = manifest.selftest.as_ref().map(|s| (s.atol, s.rtol)).unwrap_or((1e-4, 1e-3));
-                Some(selftest::run(&engine_opts.model_name, engine.as_ref(), &test, st.0, st.1)?)
+        let golden = if opts.run_selftest { pkg.selftest()? } else { None };
+        let tolerance = manifest.selftest.as_ref().map(|s| (s.atol, s.rtol)).unwrap_or((1e-4, 1e-3));
+        let candidates = candidates(&manifest, opts);
+        let mut refused: Vec<String> = Vec::new();
+        let mut chosen = None;
+        for (i, kind) in candidates.iter().enumerate() {
+            let last = i + 1 == candidates.len();
+            match try_backend(*kind, pkg.model_bytes(), &engine_opts, opts, budget, golden.as_ref(), tolerance) {
+                Ok(ok) => {
+                    chosen = Some(ok);
+                    break;
+                }
+                // Only a model-level problem justifies another backend; a budget or I/O error
+                // would fail the same way there.
+                Err(e) if !last && falls_back(&e) => refused.push(format!("{kind}: {e}")),
+                Err(e) if refused.is_empty() => return Err(e),
+                Err(e) => {
+                    refused.push(format!("{kind}: {e}"));
+                    return Err(RuntimeError::Model {
+                        model: engine_opts.model_name.clone(),
+                        reason: format!("no backend can serve it ({})", refused.join("; ")),
+                    });
+                }
             }
-            _ => None,
+        }
+        let (engine, reservation, selftest) = chosen.ok_or_else(|| RuntimeError::Model {
+            model: engine_opts.model_name.clone(),
+            reason: "no backend to try".into(),
+        })?;
+        let mut fallback_reason = (!refused.is_empty()).then(|| refused.join("; "));
+        if let Some(r) = &fallback_reason {
+            tracing::warn!(model = %engine_opts.model_name, backend = %engine.kind(), reason = %r, "serving on a fallback backend");
+        }
+        let engine = if opts.measure_backends && opts.backend.is_none() && manifest.model.backend == BackendChoice::Auto
+        {
+            let other = candidates.iter().copied().find(|k| *k != engine.kind());
+            match other.map(|k| backend::load_engine(k, pkg.model_bytes(), &engine_opts)) {
+                Some(Ok(second)) => {
+                    let (faster, why) = faster(engine, second, &engine_opts.model_name);
+                    fallback_reason = Some(why);
+                    faster
+                }
+                Some(Err(e)) => {
+                    fallback_reason = Some(format!("measured: the other backend is unavailable ({e})"));
+                    engine
+                }
+                None => engine,
+            }
+        } else {
+            engine
         };
         let post = match &manifest.post {
             Some(p) => Some(p.clone()),
             None => pipeline::default_post(&manifest).ok(),
         };
         let pool = SessionPool::new(&engine_opts.model_name, engine.clone(), opts.sessions, opts.queue_capacity)?;
+        let inputs = rules.refine(engine.inputs());
         Ok(LoadedModel {
             model_sha256: manifest.files.get(&manifest.model.file).cloned().unwrap_or_default(),
             manifest,
@@ -162,8 +213,26 @@ impl LoadedModel {
             fallback_reason,
             pool,
             post,
+            rules,
+            inputs,
             _reservation: reservation,
         })
+    }
+
+    /// Graph inputs as requests must send them: the engine's specs with the dimensions the
+    /// manifest pins filled in (`None` where a size varies per request).
+    pub fn inputs(&self) -> &[IoSpec] {
+        &self.inputs
+    }
+
+    /// Graph outputs.
+    pub fn outputs(&self) -> &[IoSpec] {
+        self.engine.outputs()
+    }
+
+    /// The manifest's rules for input shapes.
+    pub fn rules(&self) -> &InputRules {
+        &self.rules
     }
 
     /// Model name.
@@ -188,14 +257,23 @@ impl LoadedModel {
 
     /// Checks inputs and queues one inference; `reply` is called on a worker thread.
     pub fn infer(&self, inputs: Vec<Tensor>, reply: Reply) -> Result<(), RuntimeError> {
-        backend::check_inputs(self.engine.inputs(), &inputs)?;
+        self.check(&inputs)?;
         self.pool.submit(inputs, reply)
     }
 
     /// Runs one inference and waits for it.
     pub fn infer_blocking(&self, inputs: Vec<Tensor>) -> Result<Completed, RuntimeError> {
-        backend::check_inputs(self.engine.inputs(), &inputs)?;
+        self.check(&inputs)?;
         self.pool.run_blocking(inputs)
+    }
+
+    /// The manifest's sizes and bounds (the more telling message), then count, dtype and shape
+    /// as the engine sees them.
+    fn check(&self, inputs: &[Tensor]) -> Result<(), RuntimeError> {
+        if inputs.len() == self.inputs.len() {
+            self.rules.check(&self.inputs, inputs)?;
+        }
+        backend::check_inputs(&self.inputs, inputs)
     }
 
     /// Runs the manifest's pipeline on raw data (image, WAV, sensor JSON): pre-process, infer
@@ -249,59 +327,51 @@ impl LoadedModel {
     }
 }
 
-/// Input shapes the manifest fixes completely (every dimension a number or a pinned symbol).
-pub fn pinned_input_shapes(manifest: &Manifest) -> std::collections::BTreeMap<String, Vec<usize>> {
-    use outpost_proto::manifest::Dim;
-    manifest
-        .inputs
-        .iter()
-        .filter_map(|t| {
-            let dims: Option<Vec<usize>> = t
-                .shape
-                .iter()
-                .map(|d| match d {
-                    Dim::Fixed(n) => usize::try_from(*n).ok(),
-                    Dim::Symbol(s) => manifest.symbols.get(s).and_then(|v| usize::try_from(*v).ok()),
-                })
-                .collect();
-            dims.map(|d| (t.name.clone(), d))
-        })
-        .collect()
+/// Backends to try, in order: a forced or explicit choice alone; under `auto` the one `pack`
+/// preferred (tract when it said nothing), then the other.
+fn candidates(manifest: &Manifest, opts: &LoadOptions) -> Vec<BackendKind> {
+    if let Some(kind) = opts.backend {
+        return vec![kind];
+    }
+    match (manifest.model.backend, manifest.model.preferred) {
+        (BackendChoice::Tract, _) => vec![BackendKind::Tract],
+        (BackendChoice::Onnxruntime, _) => vec![BackendKind::Onnxruntime],
+        (BackendChoice::Auto, Some(BackendChoice::Onnxruntime)) => vec![BackendKind::Onnxruntime, BackendKind::Tract],
+        (BackendChoice::Auto, _) => vec![BackendKind::Tract, BackendKind::Onnxruntime],
+    }
 }
 
-/// Compiles on the chosen backend; under `auto`, falls back to the other backend when the first
-/// cannot load the model, and says why.
-fn compile(
+/// Whether another backend might succeed where this error happened.
+fn falls_back(e: &RuntimeError) -> bool {
+    matches!(
+        e,
+        RuntimeError::Model { .. }
+            | RuntimeError::BackendUnavailable { .. }
+            | RuntimeError::SelfTest { .. }
+            | RuntimeError::Inference { .. }
+    )
+}
+
+type Trial = (Arc<dyn Engine>, Reservation, Option<SelfTestReport>);
+
+/// Compiles on one backend, reserves its memory and runs the self-test.
+fn try_backend(
+    kind: BackendKind,
     onnx: &[u8],
-    manifest: &Manifest,
-    opts: &LoadOptions,
     engine_opts: &EngineOptions,
-) -> Result<(Arc<dyn Engine>, Option<String>), RuntimeError> {
-    let preferred = opts.backend.or(match manifest.model.backend {
-        BackendChoice::Tract => Some(BackendKind::Tract),
-        BackendChoice::Onnxruntime => Some(BackendKind::Onnxruntime),
-        BackendChoice::Auto => None,
-    });
-    if let Some(kind) = preferred {
-        return backend::load_engine(kind, onnx, engine_opts).map(|e| (e, None));
-    }
-    match backend::load_engine(BackendKind::Tract, onnx, engine_opts) {
-        Ok(tract) if opts.measure_backends => match backend::load_engine(BackendKind::Onnxruntime, onnx, engine_opts) {
-            Ok(ort) => Ok(faster(tract, ort, &engine_opts.model_name)),
-            Err(e) => Ok((tract, Some(format!("measured: onnxruntime unavailable ({e})")))),
-        },
-        Ok(e) => Ok((e, None)),
-        Err(tract_err @ RuntimeError::Model { .. }) => {
-            match backend::load_engine(BackendKind::Onnxruntime, onnx, engine_opts) {
-                Ok(e) => {
-                    tracing::warn!(model = %engine_opts.model_name, error = %tract_err, "tract cannot load the model; using onnxruntime");
-                    Ok((e, Some(tract_err.to_string())))
-                }
-                Err(_) => Err(tract_err),
-            }
-        }
-        Err(other) => Err(other),
-    }
+    opts: &LoadOptions,
+    budget: &MemoryBudget,
+    golden: Option<&outpost_proto::manifest::SelfTest>,
+    (atol, rtol): (f64, f64),
+) -> Result<Trial, RuntimeError> {
+    let engine = backend::load_engine(kind, onnx, engine_opts)?;
+    let needed = engine.memory().total(opts.sessions.max(1));
+    let reservation = budget.reserve(&engine_opts.model_name, needed)?;
+    let report = match golden {
+        Some(test) => Some(selftest::run(&engine_opts.model_name, engine.as_ref(), test, atol, rtol)?),
+        None => None,
+    };
+    Ok((engine, reservation, report))
 }
 
 /// Median single-run time of `engine` on generated inputs, or `None` when it cannot run them.
@@ -320,15 +390,15 @@ fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec]) -> Option<Duration> 
     times.get(times.len() / 2).copied()
 }
 
-/// Keeps the engine with the lower median latency on this device.
-fn faster(tract: Arc<dyn Engine>, ort: Arc<dyn Engine>, model: &str) -> (Arc<dyn Engine>, Option<String>) {
-    let specs = tract.inputs().to_vec();
-    let (t, o) = (median_run(tract.as_ref(), &specs), median_run(ort.as_ref(), &specs));
-    let reason = format!("measured p50: tract {t:?}, onnxruntime {o:?}");
+/// Keeps the engine with the lower median latency on this device, and says what was measured.
+fn faster(a: Arc<dyn Engine>, b: Arc<dyn Engine>, model: &str) -> (Arc<dyn Engine>, String) {
+    let specs = a.inputs().to_vec();
+    let (ta, tb) = (median_run(a.as_ref(), &specs), median_run(b.as_ref(), &specs));
+    let reason = format!("measured p50: {} {ta:?}, {} {tb:?}", a.kind(), b.kind());
     tracing::info!(%model, %reason, "picked the faster backend");
-    match (t, o) {
-        (Some(t), Some(o)) if o < t => (ort, Some(reason)),
-        (None, Some(_)) => (ort, Some(reason)),
-        _ => (tract, Some(reason)),
+    match (ta, tb) {
+        (Some(ta), Some(tb)) if tb < ta => (b, reason),
+        (None, Some(_)) => (b, reason),
+        _ => (a, reason),
     }
 }

@@ -348,6 +348,7 @@ fn manifest(pca: &SpectralPca, threshold: f32, reference: ReferenceStats) -> Man
             ),
             file: "model.onnx".to_string(),
             backend: Default::default(),
+            preferred: None,
         },
         inputs: vec![TensorSpec {
             name: INPUT.to_string(),
@@ -356,6 +357,7 @@ fn manifest(pca: &SpectralPca, threshold: f32, reference: ReferenceStats) -> Man
         }],
         outputs: vec![TensorSpec { name: OUTPUT.to_string(), dtype: DType::F32, shape: vec![batch()] }],
         symbols: BTreeMap::from([(BATCH.to_string(), 1)]),
+        ranges: BTreeMap::new(),
         labels: Vec::new(),
         pre: Some(PreProcess::Sensor(SensorPre {
             channels: CHANNELS,

@@ -27,6 +27,9 @@ pub struct ServedModel {
     pub active_version: Option<String>,
     /// Version and reason of the last package that failed, when one did.
     pub failure: Option<(Option<String>, String)>,
+    /// Why the serving version runs on the backend it does, when it is not the package's first
+    /// choice (e.g. onnxruntime is not installed on this device).
+    pub backend_note: Option<String>,
 }
 
 /// The store's models as [`ServedModel`]s.
@@ -37,6 +40,10 @@ pub fn served_models(store: &ModelStore) -> Vec<ServedModel> {
         .map(|(name, slot)| ServedModel {
             name,
             active_version: slot.active.as_ref().map(|m| m.version().to_string()),
+            backend_note: slot
+                .active
+                .as_ref()
+                .and_then(|m| m.fallback_reason.as_ref().map(|r| format!("serving on {}; {r}", m.backend()))),
             failure: slot.failure.map(|f| (f.version, f.reason)),
         })
         .collect()
@@ -80,7 +87,7 @@ pub fn model_reports(
     for model in served {
         let mut window = windows.get(&model.name).cloned().unwrap_or_default();
         let (state, version, reason) = match (&model.active_version, &model.failure) {
-            (Some(v), _) => ("ready", v.clone(), None),
+            (Some(v), _) => ("ready", v.clone(), model.backend_note.clone()),
             (None, Some((v, reason))) => ("failed", v.clone().unwrap_or_default(), Some(reason.clone())),
             (None, None) => ("loading", String::new(), None),
         };
@@ -176,6 +183,7 @@ mod tests {
             name: name.into(),
             active_version: version.map(String::from),
             failure: failure.map(|r| (Some("9".to_string()), r.to_string())),
+            backend_note: None,
         }
     }
 

@@ -59,6 +59,12 @@ fn metadata(state: &ApiState, model: &LoadedModel) -> ModelMetadata {
     if let Some(reason) = &model.fallback_reason {
         p.insert("backend_fallback_reason".into(), json!(reason));
     }
+    // KServe metadata has -1 for a dynamic size; the bounds the manifest sets say more.
+    if !m.ranges.is_empty() {
+        let ranges: serde_json::Map<String, serde_json::Value> =
+            m.ranges.iter().map(|(k, r)| (k.clone(), json!({"min": r.min, "max": r.max}))).collect();
+        p.insert("dynamic_dims".into(), serde_json::Value::Object(ranges));
+    }
     if let Some(f) = state.store.slot(model.name()).and_then(|s| s.failure) {
         p.insert("last_load_error".into(), json!(f.reason));
     }
@@ -66,7 +72,7 @@ fn metadata(state: &ApiState, model: &LoadedModel) -> ModelMetadata {
         name: model.name().to_string(),
         versions: vec![model.version().to_string()],
         platform: model.backend().platform().to_string(),
-        inputs: tensors(model.engine.inputs()),
+        inputs: tensors(model.inputs()),
         outputs: tensors(model.engine.outputs()),
         parameters: Some(p),
     }
@@ -207,7 +213,7 @@ async fn infer_inner(
         ),
     };
     let parsed = codec::parse_request(&body, header_len)?;
-    let inputs = codec::decode_inputs(&parsed, model.engine.inputs())?;
+    let inputs = codec::decode_inputs(&parsed, model.inputs())?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     model.infer(inputs, Box::new(move |done| drop(tx.send(done))))?;
     let done = rx

@@ -33,6 +33,11 @@ pub struct Manifest {
     /// Values pinned for symbolic dimensions (`batch = 1`, `height = 640`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub symbols: BTreeMap<String, i64>,
+    /// Symbolic dimensions that stay dynamic, with the sizes a request may use
+    /// (`sequence = { min = 1, max = 512 }`). A symbol neither pinned nor listed here is free:
+    /// any size from 1 up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ranges: BTreeMap<String, DimRange>,
     /// Class labels, indexed by class id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
@@ -71,6 +76,10 @@ pub struct ModelInfo {
     /// Which inference backend to use.
     #[serde(default)]
     pub backend: BackendChoice,
+    /// Under `backend = "auto"`: the backend `model pack` measured fastest among those that
+    /// loaded the model and matched the reference outputs; devices try it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred: Option<BackendChoice>,
 }
 
 fn default_model_file() -> String {
@@ -149,6 +158,77 @@ impl fmt::Display for Dim {
     }
 }
 
+/// Sizes a dynamic dimension accepts, both ends inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DimRange {
+    /// Smallest size (at least 1).
+    #[serde(default = "one")]
+    pub min: i64,
+    /// Largest size; unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl Default for DimRange {
+    fn default() -> Self {
+        DimRange { min: 1, max: None }
+    }
+}
+
+impl DimRange {
+    /// Whether `size` is within the range.
+    pub fn contains(&self, size: i64) -> bool {
+        size >= self.min && self.max.is_none_or(|m| size <= m)
+    }
+}
+
+impl fmt::Display for DimRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.max {
+            Some(max) => write!(f, "{}..={max}", self.min),
+            None => write!(f, "{}..", self.min),
+        }
+    }
+}
+
+impl std::str::FromStr for DimRange {
+    type Err = String;
+    /// `1..=512`, `16..` or `..=4096`.
+    fn from_str(s: &str) -> Result<DimRange, String> {
+        let bad = || format!("`{s}` is not a range like 1..=512 or 16..");
+        let (lo, hi) = s.split_once("..").ok_or_else(bad)?;
+        let min = if lo.trim().is_empty() { 1 } else { lo.trim().parse().map_err(|_| bad())? };
+        let hi = hi.trim();
+        let max = match hi.strip_prefix('=') {
+            Some(h) => Some(h.trim().parse().map_err(|_| bad())?),
+            None if hi.is_empty() => None,
+            None => Some(hi.parse::<i64>().map_err(|_| bad())? - 1),
+        };
+        let range = DimRange { min, max };
+        range.check().map_err(|e| format!("`{s}`: {e}"))?;
+        Ok(range)
+    }
+}
+
+impl DimRange {
+    fn check(&self) -> Result<(), String> {
+        if self.min < 1 {
+            return Err(format!("min {} is below 1", self.min));
+        }
+        if let Some(max) = self.max {
+            if max < self.min {
+                return Err(format!("max {max} is below min {}", self.min));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where the golden self-test vectors are and how close outputs must be.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +255,13 @@ fn default_rtol() -> f64 {
 pub struct SelfTest {
     /// Test cases.
     pub cases: Vec<GoldenCase>,
+    /// Inputs whose values were generated rather than taken from real samples (`pack --inputs`):
+    /// the test then proves the arithmetic, not that the model is useful on real data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub synthetic: Vec<String>,
+    /// Backend whose outputs were recorded (`tract` or `onnxruntime`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_with: Option<String>,
 }
 
 /// One golden input/output pair.
@@ -303,6 +390,20 @@ impl Manifest {
         if let Some(st) = &self.selftest {
             if !self.files.contains_key(&st.file) {
                 return Err(invalid("selftest.file", format!("`{}` is not listed in [files]", st.file)));
+            }
+        }
+        for (symbol, range) in &self.ranges {
+            range.check().map_err(|e| invalid(&format!("ranges.{symbol}"), e))?;
+            if self.symbols.contains_key(symbol) {
+                return Err(invalid(
+                    &format!("ranges.{symbol}"),
+                    "the symbol is also pinned in [symbols]; keep one".into(),
+                ));
+            }
+        }
+        for (symbol, value) in &self.symbols {
+            if *value < 1 {
+                return Err(invalid(&format!("symbols.{symbol}"), format!("{value} is below 1")));
             }
         }
         let output_names: Vec<&str> = self.outputs.iter().map(|o| o.name.as_str()).collect();

@@ -96,9 +96,11 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Path of `libonnxruntime.so`; searched in the usual places when absent.
     pub ort_library: Option<PathBuf>,
-    /// Concrete shapes for inputs, by name: pins dimensions an exporter left unnamed (`?`),
-    /// which symbols cannot reach.
-    pub input_shapes: BTreeMap<String, Vec<usize>>,
+    /// Input shapes to pin, by name, `None` where a dimension stays dynamic: reaches
+    /// dimensions an exporter left unnamed (`?`), which symbols cannot.
+    pub input_shapes: BTreeMap<String, Vec<Option<usize>>>,
+    /// Largest sizes of dynamic symbols, for the memory estimate (free symbols count as 1).
+    pub symbol_bounds: BTreeMap<String, i64>,
 }
 
 impl Default for EngineOptions {
@@ -109,6 +111,7 @@ impl Default for EngineOptions {
             threads: 1,
             ort_library: None,
             input_shapes: BTreeMap::new(),
+            symbol_bounds: BTreeMap::new(),
         }
     }
 }
@@ -154,6 +157,8 @@ pub fn load_engine(kind: BackendKind, onnx: &[u8], opts: &EngineOptions) -> Resu
     // Parsers index into untrusted graphs; a panic there must become an error naming the model,
     // not take the agent down.
     let load = || -> Result<Arc<dyn Engine>, RuntimeError> {
+        let onnx = crate::rewrite::prepare(&opts.model_name, onnx)?;
+        let onnx = onnx.as_ref();
         match kind {
             BackendKind::Tract => Ok(Arc::new(tract::TractEngine::load(onnx, opts)?)),
             #[cfg(feature = "onnxruntime")]

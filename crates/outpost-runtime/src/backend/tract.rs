@@ -9,11 +9,11 @@
 use super::{Engine, EngineOptions, IoSpec, MemoryEstimate, Session};
 use crate::tensor::dtype_of;
 use crate::{RuntimeError, Tensor};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::model::memory::eval_tmp_memory_usage;
-use tract_onnx::tract_hir::internal::{DimLike, Factoid};
+use tract_onnx::tract_hir::internal::{DimFact, DimLike, Factoid, GenericFactoid, ShapeFactoid};
 
 /// A model optimised by tract.
 #[derive(Debug)]
@@ -74,20 +74,34 @@ fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Resul
     }
     for (ix, outlet) in model.inputs.clone().iter().enumerate() {
         let name = model.node(outlet.node).name.clone();
-        if let Some(shape) = opts.input_shapes.get(&name) {
-            let fact = model.input_fact(ix).map_err(|e| model_err(opts, "input", e))?.clone();
-            let rank_ok = fact.shape.rank().concretize().is_none_or(|r| r as usize == shape.len());
-            if !rank_ok {
-                return Err(model_err(
-                    opts,
-                    "pinning input shapes",
-                    format!("input `{name}` does not have rank {}", shape.len()),
-                ));
-            }
-            let fact =
-                InferenceFact::dt_shape(fact.datum_type.concretize().unwrap_or(DatumType::F32), shape.as_slice());
-            model.set_input_fact(ix, fact).map_err(|e| model_err(opts, "pinning input shapes", e))?;
+        let Some(shape) = opts.input_shapes.get(&name) else { continue };
+        let fact = model.input_fact(ix).map_err(|e| model_err(opts, "input", e))?.clone();
+        let rank_ok = fact.shape.rank().concretize().is_none_or(|r| r as usize == shape.len());
+        if !rank_ok {
+            return Err(model_err(
+                opts,
+                "pinning input shapes",
+                format!("input `{name}` does not have rank {}", shape.len()),
+            ));
         }
+        let dims: TVec<DimFact> = shape
+            .iter()
+            .enumerate()
+            .map(|(axis, pinned)| match pinned {
+                Some(n) => GenericFactoid::Only(TDim::Val(*n as i64)),
+                // Keep the graph's own symbol; an unnamed dimension gets the name the manifest
+                // uses for it, so it stays one symbol across the graph.
+                None => match fact.shape.dim(axis) {
+                    Some(GenericFactoid::Only(d)) => GenericFactoid::Only(d),
+                    _ => GenericFactoid::Only(TDim::Sym(
+                        model.symbols.sym(&crate::shapes::anonymous_symbol(&name, axis)),
+                    )),
+                },
+            })
+            .collect();
+        let mut new_fact = fact.clone();
+        new_fact.shape = ShapeFactoid::closed(dims);
+        model.set_input_fact(ix, new_fact).map_err(|e| model_err(opts, "pinning input shapes", e))?;
     }
     Ok(model)
 }
@@ -141,19 +155,26 @@ impl TractEngine {
         let run_opts = RunOptions { executor: executor.clone(), ..Default::default() };
         let plan = TypedSimplePlan::new_with_options(optimized, &run_opts)
             .map_err(|e| model_err(opts, "planning failed", format!("{e:#}")))?;
-        let activations = peak_activation_bytes(&plan);
+        let activations = peak_activation_bytes(&plan, &opts.symbol_bounds);
         let memory = MemoryEstimate { weights_bytes: onnx.len() as u64, activations_bytes: activations };
         Ok(TractEngine { plan, inputs, outputs, memory, executor, name: opts.model_name.clone() })
     }
 }
 
-/// Peak bytes of live intermediate tensors along the plan's execution order; symbolic sizes
-/// count as unknown and are left out (the budget check then relies on the weights).
-fn peak_activation_bytes(plan: &TypedSimplePlan) -> u64 {
+/// Peak bytes of live intermediate tensors along the plan's execution order, with dynamic
+/// dimensions at their upper bounds and free ones at 1 (a floor: the request size limit is
+/// what bounds them).
+fn peak_activation_bytes(plan: &TypedSimplePlan, bounds: &BTreeMap<String, i64>) -> u64 {
     let model = plan.model();
     let order = plan.order_without_consts();
+    let mut values = SymbolValues::default();
+    for sym in model.symbols.all_symbols() {
+        values.set(&sym, bounds.get(&sym.to_string()).copied().unwrap_or(1));
+    }
     eval_tmp_memory_usage(model, order, |_| true)
-        .map(|steps| steps.iter().filter_map(|(_, mem)| mem.to_i64().ok()).max().unwrap_or(0).max(0) as u64)
+        .map(|steps| {
+            steps.iter().filter_map(|(_, mem)| mem.eval(&values).to_i64().ok()).max().unwrap_or(0).max(0) as u64
+        })
         .unwrap_or(0)
 }
 

@@ -214,6 +214,9 @@ pub fn inspect_file(path: &Path, symbols: &BTreeMap<String, i64>) -> Result<Mode
 
 fn inspect_named(name: &str, onnx: &[u8], symbols: &BTreeMap<String, i64>) -> Result<ModelReport, RuntimeError> {
     let model_err = |reason: String| RuntimeError::Model { model: name.to_string(), reason };
+    // The graph as the backends will see it (a ZipMap output becomes a probability tensor).
+    let prepared = crate::rewrite::prepare(name, onnx)?;
+    let onnx = prepared.as_ref();
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &onnx[..])
         .map_err(|e| model_err(format!("not an ONNX model (the protobuf does not decode; truncated?): {e:#}")))?;

@@ -179,10 +179,10 @@ fn check_request_size(what: &str, items: usize, per_item: usize) -> Result<(), P
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub(super) fn manifest(task: &str, labels: &[&str]) -> Manifest {
+    pub(crate) fn manifest(task: &str, labels: &[&str]) -> Manifest {
         let labels: Vec<String> = labels.iter().map(|l| format!("\"{l}\"")).collect();
         let text = format!(
             r#"
