@@ -319,11 +319,11 @@ fn generate_one(spec: &IoSpec, rng: &mut SplitMix) -> Result<Tensor, RuntimeErro
     tensor.map_err(bad)
 }
 
-/// One entry of `inputs.json` written by `bench/ort_bench.py --dump-inputs DIR`.
+/// One entry of a dump index (`inputs.json`, `outputs.json`).
 #[derive(Debug, Deserialize)]
-struct DumpedInput {
+struct DumpedTensor {
     name: String,
-    /// numpy dtype name: `float32`, `int64`, `bool`, ...
+    /// numpy dtype name: `float32`, `int64`, `bool`, ..., or `str` for strings.
     dtype: String,
     shape: Vec<i64>,
     /// Raw little-endian C-order data, a file name inside the dump directory.
@@ -332,15 +332,24 @@ struct DumpedInput {
 
 /// Reads inputs dumped by `bench/ort_bench.py --dump-inputs DIR`, in the model's input order.
 ///
-/// The dump is `DIR/inputs.json`, a list of `{"name", "dtype", "shape", "file"}` in the model's
-/// input order (`dtype` a numpy name such as `float32` or `int64`), and for each entry `DIR/<file>`
-/// holding the raw little-endian, C-order elements (`bool` as one byte each). Per-input
-/// `DIR/<name>.json` files are also written by the script but not needed here.
+/// The dump is `DIR/inputs.json` in the layout [`load_dump`] reads. Per-input `DIR/<name>.json`
+/// files are also written by the script but not needed here.
 pub fn load_raw_inputs(dir: &Path) -> Result<Vec<Tensor>, RuntimeError> {
-    let index_path = dir.join("inputs.json");
-    let index = std::fs::read(&index_path).map_err(|e| RuntimeError::io(&index_path, e))?;
-    let entries: Vec<DumpedInput> =
-        serde_json::from_slice(&index).map_err(|e| RuntimeError::io(&index_path, std::io::Error::from(e)))?;
+    Ok(load_dump(dir, "inputs.json")?.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Reads the named tensors of a dump, in index order.
+///
+/// `DIR/<index>` is a JSON list of `{"name", "dtype", "shape", "file"}` (`dtype` a numpy name such
+/// as `float32` or `int64`), and for each entry `DIR/<file>` holds the raw little-endian, C-order
+/// elements (`bool` as one byte each; `str` in the Open Inference Protocol BYTES layout, a 4-byte
+/// little-endian length before each element). `bench/ort_bench.py --dump-inputs` writes
+/// `inputs.json`; `scripts/test-models/sklearn.py` writes `inputs.json` and `outputs.json`.
+pub fn load_dump(dir: &Path, index: &str) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+    let index_path = dir.join(index);
+    let bytes = std::fs::read(&index_path).map_err(|e| RuntimeError::io(&index_path, e))?;
+    let entries: Vec<DumpedTensor> =
+        serde_json::from_slice(&bytes).map_err(|e| RuntimeError::io(&index_path, std::io::Error::from(e)))?;
     let mut tensors = Vec::with_capacity(entries.len());
     for entry in entries {
         let bad = |reason: String| RuntimeError::BadInput {
@@ -356,7 +365,8 @@ pub fn load_raw_inputs(dir: &Path) -> Result<Vec<Tensor>, RuntimeError> {
         let shape = shape_to_usize(&entry.name, &entry.shape)?;
         let data_path = dir.join(&entry.file);
         let bytes = std::fs::read(&data_path).map_err(|e| RuntimeError::io(&data_path, e))?;
-        tensors.push(tensor_from_bytes(&entry.name, dtype, &shape, &bytes)?);
+        let tensor = tensor_from_bytes(&entry.name, dtype, &shape, &bytes)?;
+        tensors.push((entry.name, tensor));
     }
     Ok(tensors)
 }
@@ -375,6 +385,7 @@ fn numpy_dtype(name: &str) -> Option<DType> {
         "float16" => DType::F16,
         "float32" => DType::F32,
         "float64" => DType::F64,
+        "str" => DType::Bytes,
         _ => return None,
     })
 }
@@ -518,12 +529,33 @@ mod tests {
 
     /// Writes a dump the way `bench/ort_bench.py --dump-inputs` does.
     fn write_dump(dir: &Path, entries: &[Dumped]) {
+        write_index(dir, "inputs.json", entries);
+    }
+
+    fn write_index(dir: &Path, index_name: &str, entries: &[Dumped]) {
         let mut index = Vec::new();
         for (name, dtype, shape, file, data) in entries {
             std::fs::write(dir.join(file), data).unwrap();
             index.push(serde_json::json!({"name": name, "dtype": dtype, "shape": shape, "file": file}));
         }
-        std::fs::write(dir.join("inputs.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        std::fs::write(dir.join(index_name), serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_dump_of_outputs_loads_named_tensors_strings_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels: Vec<u8> =
+            ["cat", "dog"].iter().flat_map(|s| [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat()).collect();
+        let p: Vec<u8> = [0.25f32, 0.75].iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_index(
+            dir.path(),
+            "outputs.json",
+            &[("label", "str", &[2], "l.bin", &labels), ("p", "float32", &[1, 2], "p.bin", &p)],
+        );
+        let t = load_dump(dir.path(), "outputs.json").unwrap();
+        assert_eq!((t[0].0.as_str(), t[1].0.as_str()), ("label", "p"));
+        assert_eq!(crate::tensor::values::<String>(&t[0].1).unwrap(), ["cat", "dog"]);
+        assert_eq!(crate::tensor::values::<f32>(&t[1].1).unwrap(), [0.25, 0.75]);
     }
 
     #[test]

@@ -15,6 +15,13 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::model::memory::eval_tmp_memory_usage;
 use tract_onnx::tract_hir::internal::{DimFact, DimLike, Factoid, GenericFactoid, ShapeFactoid};
 
+/// tract's ONNX parser with the scikit-learn operators of [`super::ml`] registered.
+pub fn framework() -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    super::ml::register(&mut onnx.op_register);
+    onnx
+}
+
 /// A model optimised by tract.
 #[derive(Debug)]
 pub struct TractEngine {
@@ -36,7 +43,7 @@ fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Resul
     // `value_info` hints written by exporters) contradict the pinned inputs, so those
     // declarations are dropped and tract infers them from the pinned inputs instead.
     let pinning = !opts.symbols.is_empty() || !opts.input_shapes.is_empty();
-    let framework = tract_onnx::onnx().with_ignore_output_shapes(ignore_output_shapes || pinning);
+    let framework = framework().with_ignore_output_shapes(ignore_output_shapes || pinning);
     let mut proto = framework
         .proto_model_for_read(&mut &onnx[..])
         .map_err(|e| model_err(opts, "not a valid ONNX protobuf", format!("{e:#}")))?;
@@ -148,6 +155,7 @@ impl TractEngine {
                 opts.symbols.iter().map(|(k, v)| (typed.symbols.sym(k), TDim::Val(*v))).collect();
             typed.set_symbols(&subs).map_err(|e| model_err(opts, "pinning symbols", format!("{e:#}")))?
         };
+        let typed = super::ml::int64_outputs(typed).map_err(|e| model_err(opts, "int64 outputs", format!("{e:#}")))?;
         let inputs = io_specs(&typed, &typed.inputs, opts)?;
         let optimized = typed.into_optimized().map_err(|e| model_err(opts, "optimisation failed", format!("{e:#}")))?;
         let outputs = io_specs(&optimized, &optimized.outputs, opts)?;

@@ -224,7 +224,7 @@ fn inspect_named(name: &str, onnx: &[u8], symbols: &BTreeMap<String, i64>) -> Re
     let graph = proto.graph.as_ref().ok_or_else(|| model_err("not an ONNX model: it has no graph".into()))?;
 
     let census = Census::of(graph);
-    let known = tract_onnx::onnx().op_register;
+    let known = crate::backend::tract::framework().op_register;
     let unsupported_ops: Vec<String> =
         census.ops.keys().filter(|op| !known.0.contains_key(op.as_str())).cloned().collect();
     let mut op_histogram: Vec<OpCount> =
@@ -486,7 +486,7 @@ fn typed_model_with(
     symbols: &BTreeMap<String, i64>,
     ignore_output_shapes: bool,
 ) -> Result<TypedModel, String> {
-    let framework = tract_onnx::onnx().with_ignore_output_shapes(ignore_output_shapes);
+    let framework = crate::backend::tract::framework().with_ignore_output_shapes(ignore_output_shapes);
     let mut model = framework.model_for_proto_model(proto).map_err(|e| format!("cannot build the graph: {e:#}"))?;
     let mut values = SymbolValues::default();
     for (name, value) in symbols {
