@@ -67,7 +67,8 @@ pub fn run(a: PackArgs) -> Result<()> {
     let symbols: BTreeMap<String, i64> = a.symbols.iter().cloned().collect();
     let report = inspect::inspect(&onnx, &symbols).with_context(|| format!("inspecting {}", a.onnx.display()))?;
     if !report.unsupported_ops.is_empty() {
-        eprintln!("note: tract lacks {:?}; the package will need the onnxruntime backend", report.unsupported_ops);
+        let lacks = inspect::unsupported::summary(&report.unsupported_ops);
+        eprintln!("note: tract lacks {lacks}; the package will need the onnxruntime backend");
     }
     let name = match &a.name {
         Some(n) => n.clone(),
@@ -239,8 +240,9 @@ fn make_selftest(
     let engine = backend::load_engine(kind, onnx, &opts).context("loading the model to record self-test vectors")?;
     let mut session = engine.session()?;
     let mut out = Vec::new();
+    let ranges = outpost_runtime::indices::index_ranges(onnx);
     for seed in 0..cases as u64 {
-        let inputs = bench::generate_inputs(engine.inputs(), 1000 + seed)?;
+        let inputs = bench::generate_inputs(engine.inputs(), &ranges, 1000 + seed)?;
         let outputs = session.run(inputs.clone())?;
         let named = |specs: &[backend::IoSpec], ts: &[outpost_runtime::Tensor]| -> Result<Vec<_>> {
             specs.iter().zip(ts).map(|(s, t)| Ok(selftest::to_named(&s.name, t)?)).collect()

@@ -2,6 +2,7 @@
 //! memory budget.
 
 use crate::backend::{self, BackendKind, Engine, EngineOptions, IoSpec};
+use crate::indices::IndexRange;
 use crate::pipeline::{self, PipelineError};
 use crate::pool::{Completed, Reply, SessionPool};
 use crate::selftest::{self, SelfTestReport};
@@ -287,7 +288,7 @@ fn compile(
     }
     match backend::load_engine(BackendKind::Tract, onnx, engine_opts) {
         Ok(tract) if opts.measure_backends => match backend::load_engine(BackendKind::Onnxruntime, onnx, engine_opts) {
-            Ok(ort) => Ok(faster(tract, ort, &engine_opts.model_name)),
+            Ok(ort) => Ok(faster(tract, ort, &crate::indices::index_ranges(onnx), &engine_opts.model_name)),
             Err(e) => Ok((tract, Some(format!("measured: onnxruntime unavailable ({e})")))),
         },
         Ok(e) => Ok((e, None)),
@@ -304,9 +305,11 @@ fn compile(
     }
 }
 
+type IndexRanges = std::collections::BTreeMap<String, IndexRange>;
+
 /// Median single-run time of `engine` on generated inputs, or `None` when it cannot run them.
-fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec]) -> Option<Duration> {
-    let inputs = crate::bench::generate_inputs(input_shapes, 11).ok()?;
+fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec], ranges: &IndexRanges) -> Option<Duration> {
+    let inputs = crate::bench::generate_inputs(input_shapes, ranges, 11).ok()?;
     let mut session = engine.session().ok()?;
     let mut times = Vec::with_capacity(25);
     for i in 0..28 {
@@ -321,9 +324,14 @@ fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec]) -> Option<Duration> 
 }
 
 /// Keeps the engine with the lower median latency on this device.
-fn faster(tract: Arc<dyn Engine>, ort: Arc<dyn Engine>, model: &str) -> (Arc<dyn Engine>, Option<String>) {
+fn faster(
+    tract: Arc<dyn Engine>,
+    ort: Arc<dyn Engine>,
+    ranges: &IndexRanges,
+    model: &str,
+) -> (Arc<dyn Engine>, Option<String>) {
     let specs = tract.inputs().to_vec();
-    let (t, o) = (median_run(tract.as_ref(), &specs), median_run(ort.as_ref(), &specs));
+    let (t, o) = (median_run(tract.as_ref(), &specs, ranges), median_run(ort.as_ref(), &specs, ranges));
     let reason = format!("measured p50: tract {t:?}, onnxruntime {o:?}");
     tracing::info!(%model, %reason, "picked the faster backend");
     match (t, o) {
