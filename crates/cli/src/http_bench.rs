@@ -33,7 +33,8 @@ pub fn run(package: &Path, iterations: usize, json_out: bool) -> Result<()> {
     };
     let agent = rt.block_on(Agent::start(config))?;
     let model = agent.state.store.get(&name).context("the agent did not load the package")?;
-    let inputs = bench::generate_inputs(model.engine.inputs(), 7)?;
+    let ranges = outpost_runtime::indices::index_ranges(pkg.model_bytes());
+    let inputs = bench::generate_inputs(model.engine.inputs(), &ranges, 7)?;
     let mut body_inputs = Vec::new();
     for (spec, t) in model.engine.inputs().iter().zip(&inputs) {
         body_inputs.push(json!({"name": spec.name, "shape": t.shape(), "datatype": spec.dtype.to_string(), "data": tensor::tensor_to_json(t)?}));

@@ -129,8 +129,23 @@ fn load_model(path: &Path) -> Result<(Vec<u8>, BTreeMap<String, i64>)> {
 
 fn inspect_cmd(a: InspectArgs) -> Result<()> {
     let (onnx, mut symbols) = load_model(&a.file)?;
+    let given: Vec<String> = a.symbols.iter().map(|(k, _)| k.clone()).collect();
     symbols.extend(a.symbols);
     let report = inspect::inspect(&onnx, &symbols).with_context(|| format!("inspecting {}", a.file.display()))?;
+    // A misspelt symbol pins nothing and changes no figure; say so rather than let it pass.
+    let known: std::collections::BTreeSet<&str> = report
+        .inputs
+        .iter()
+        .flat_map(|t| t.shape.iter().flatten())
+        .filter_map(|d| match d {
+            outpost_proto::manifest::Dim::Symbol(s) if s != "?" => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    for name in given.iter().filter(|g| !known.contains(&g.as_str())) {
+        let named: Vec<&str> = known.iter().copied().collect();
+        eprintln!("note: --symbol {name}: no input dimension has that name (named ones: {})", named.join(", "));
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -2,17 +2,20 @@
 //! and the evidence behind [`recommend`], which picks the faster backend for a model.
 //!
 //! The method is kept comparable with `bench/ort_bench.py` (the reference measurement with the
-//! onnxruntime Python wheel): same default warm-up and iteration counts, same generated inputs
-//! (floats uniform in [-1, 1), integers in [0, 10), random bools, variable dims set to 1), and
-//! byte-identical inputs when the script's `--dump-inputs` directory is read with
-//! [`load_raw_inputs`]. Two differences are deliberate: percentiles here are nearest-rank (an
-//! observed sample, never an interpolation between two), and the seeded generator is ours, so
-//! generated values differ from numpy's — use a dump when exact inputs matter.
+//! onnxruntime Python wheel): same default warm-up and iteration counts, similar generated inputs
+//! (floats uniform in [-1, 1), random bools, variable dims set to 1), and byte-identical inputs
+//! when the script's `--dump-inputs` directory is read with [`load_raw_inputs`]. Three differences
+//! are deliberate: percentiles here are nearest-rank (an observed sample, never an interpolation
+//! between two); integers are drawn from the input's [index range](crate::indices) and are 0 when
+//! it has none, where the script draws from [0, 10) (which overruns a two-row token-type table);
+//! and the seeded generator is ours, so generated values differ from numpy's — use a dump when
+//! exact inputs matter.
 //!
 //! A backend that cannot load the model is a result with `error` set, not a failed bench: "ONNX
 //! Runtime is not installed here" is a useful answer for a device.
 
 use crate::backend::{self, check_inputs, BackendKind, Engine, EngineOptions, IoSpec};
+use crate::indices::{index_ranges, IndexRange};
 use crate::inspect::fenced;
 use crate::tensor::{shape_to_usize, tensor_from_bytes};
 use crate::{RuntimeError, Tensor};
@@ -21,8 +24,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tract_onnx::prelude::{tract_ndarray, Datum};
-use tract_onnx::tract_core::internal::f16;
+
+mod generate;
+pub use generate::{generate_inputs, generate_inputs_in};
 
 /// What to measure and how long.
 #[derive(Debug, Clone)]
@@ -129,15 +133,22 @@ fn backend_name<S: Serializer>(kind: &BackendKind, s: S) -> Result<S::Ok, S::Err
 /// Measures `onnx` on every configured backend and thread count, in that order.
 pub fn bench(onnx: &[u8], cfg: &BenchConfig) -> Vec<BenchResult> {
     let mut results = Vec::with_capacity(cfg.backends.len() * cfg.threads.len());
+    let ranges = index_ranges(onnx);
     for &backend in &cfg.backends {
         for &threads in &cfg.threads {
-            results.push(bench_one(onnx, cfg, backend, threads.max(1)));
+            results.push(bench_one(onnx, cfg, &ranges, backend, threads.max(1)));
         }
     }
     results
 }
 
-fn bench_one(onnx: &[u8], cfg: &BenchConfig, backend: BackendKind, threads: usize) -> BenchResult {
+fn bench_one(
+    onnx: &[u8],
+    cfg: &BenchConfig,
+    ranges: &BTreeMap<String, IndexRange>,
+    backend: BackendKind,
+    threads: usize,
+) -> BenchResult {
     let mut result =
         BenchResult { backend, threads, load_ms: None, latency: None, memory: MemoryUse::default(), error: None };
     result.memory.peak_rss_reset = reset_peak_rss();
@@ -172,7 +183,7 @@ fn bench_one(onnx: &[u8], cfg: &BenchConfig, backend: BackendKind, threads: usiz
                     None => s.clone(),
                 })
                 .collect();
-            generate_inputs(&specs, SEED)
+            generate_inputs(&specs, ranges, SEED)
         }
     };
     let samples = inputs.map_err(|e| e.to_string()).and_then(|inputs| fenced(|| time_runs(&*engine, &inputs, cfg)));
@@ -186,8 +197,6 @@ fn bench_one(onnx: &[u8], cfg: &BenchConfig, backend: BackendKind, threads: usiz
 
 /// Seed of the generated inputs: fixed, so two runs (and two devices) time the same work.
 const SEED: u64 = 0x6f75_7470_6f73_7421;
-/// Largest generated input tensor, in bytes.
-const MAX_GENERATED_BYTES: usize = 1 << 30;
 
 /// Warm-up, then timed runs; returns each timed run's latency in milliseconds.
 fn time_runs(engine: &dyn Engine, inputs: &[Tensor], cfg: &BenchConfig) -> Result<Vec<f64>, String> {
@@ -256,67 +265,6 @@ pub fn recommend(results: &[BenchResult]) -> Option<BackendKind> {
     pool.into_iter()
         .reduce(|best, next| if next.1.p50_ms < best.1.p50_ms { next } else { best })
         .map(|(r, _)| r.backend)
-}
-
-/// splitmix64: tiny, seedable and good enough for benchmark inputs; no dependency needed.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn signed_unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-}
-
-/// Deterministic inputs for `specs`: floats uniform in [-1, 1), integers in [0, 10), random bools,
-/// strings `"x"`; dimensions that vary per request are set to 1.
-pub fn generate_inputs(specs: &[IoSpec], seed: u64) -> Result<Vec<Tensor>, RuntimeError> {
-    let mut rng = SplitMix(seed);
-    specs.iter().map(|spec| generate_one(spec, &mut rng)).collect()
-}
-
-fn generate_one(spec: &IoSpec, rng: &mut SplitMix) -> Result<Tensor, RuntimeError> {
-    let dims: Vec<i64> = spec.shape.iter().map(|d| d.map_or(1, |d| d as i64)).collect();
-    let shape = shape_to_usize(&spec.name, &dims)?;
-    let n: usize = shape.iter().product();
-    let bad = |e: String| RuntimeError::BadInput { tensor: spec.name.clone(), reason: e };
-    // Shapes come from the model file: a fixed dimension in the billions must fail, not abort.
-    let element_bytes = spec.dtype.size_of().unwrap_or(std::mem::size_of::<String>());
-    if n.saturating_mul(element_bytes) > MAX_GENERATED_BYTES {
-        return Err(bad(format!(
-            "shape {shape:?} needs more than {} MiB of generated input",
-            MAX_GENERATED_BYTES >> 20
-        )));
-    }
-    fn build<T: Datum>(shape: &[usize], data: Vec<T>) -> Result<Tensor, String> {
-        tract_ndarray::ArrayD::from_shape_vec(shape, data).map(Tensor::from).map_err(|e| e.to_string())
-    }
-    // Small non-negative integers are valid indices, lengths and class ids in most models.
-    let int = |rng: &mut SplitMix| rng.next() % 10;
-    let tensor = match spec.dtype {
-        DType::F32 => build(&shape, (0..n).map(|_| rng.signed_unit() as f32).collect()),
-        DType::F64 => build(&shape, (0..n).map(|_| rng.signed_unit()).collect()),
-        DType::F16 => build(&shape, (0..n).map(|_| f16::from_f64(rng.signed_unit())).collect()),
-        DType::Bool => build(&shape, (0..n).map(|_| rng.next() & 1 == 1).collect()),
-        DType::U8 => build(&shape, (0..n).map(|_| int(rng) as u8).collect()),
-        DType::U16 => build(&shape, (0..n).map(|_| int(rng) as u16).collect()),
-        DType::U32 => build(&shape, (0..n).map(|_| int(rng) as u32).collect()),
-        DType::U64 => build(&shape, (0..n).map(|_| int(rng)).collect()),
-        DType::I8 => build(&shape, (0..n).map(|_| int(rng) as i8).collect()),
-        DType::I16 => build(&shape, (0..n).map(|_| int(rng) as i16).collect()),
-        DType::I32 => build(&shape, (0..n).map(|_| int(rng) as i32).collect()),
-        DType::I64 => build(&shape, (0..n).map(|_| int(rng) as i64).collect()),
-        DType::Bytes => build(&shape, vec!["x".to_string(); n]),
-    };
-    tensor.map_err(bad)
 }
 
 /// One entry of a dump index (`inputs.json`, `outputs.json`).
@@ -498,30 +446,6 @@ mod tests {
         assert_eq!(recommend(&r), Some(Tract));
         assert_eq!(recommend(&[result(Tract, 2, Some(3.0)), result(Onnxruntime, 4, Some(1.0))]), Some(Onnxruntime));
         assert_eq!(recommend(&[result(Onnxruntime, 1, None)]), None);
-    }
-
-    #[test]
-    fn generated_inputs_are_deterministic_within_range_and_fill_variable_dims_with_one() {
-        let specs = [
-            IoSpec { name: "x".into(), dtype: DType::F32, shape: vec![None, Some(64)] },
-            IoSpec { name: "ids".into(), dtype: DType::I64, shape: vec![Some(8)] },
-            IoSpec { name: "mask".into(), dtype: DType::Bool, shape: vec![] },
-        ];
-        let a = generate_inputs(&specs, 1).unwrap();
-        assert_eq!(a, generate_inputs(&specs, 1).unwrap());
-        assert_ne!(a, generate_inputs(&specs, 2).unwrap());
-        assert_eq!((a[0].shape(), a[1].shape(), a[2].shape()), (&[1, 64][..], &[8][..], &[][..]));
-        let x = crate::tensor::values::<f32>(&a[0]).unwrap();
-        assert!(x.iter().all(|v| (-1.0..1.0).contains(v)) && x.iter().any(|v| *v < 0.0));
-        assert!(crate::tensor::values::<i64>(&a[1]).unwrap().iter().all(|v| (0..10).contains(v)));
-    }
-
-    #[test]
-    fn model_input_with_billions_of_elements_is_refused_without_allocating() {
-        // 2^31 f64 values (16 GiB) pass the element-count check of `shape_to_usize`.
-        let specs = [IoSpec { name: "x".into(), dtype: DType::F64, shape: vec![Some(1 << 31)] }];
-        let err = generate_inputs(&specs, 1).unwrap_err().to_string();
-        assert!(err.contains("MiB of generated input"), "{err}");
     }
 
     /// One dumped input: name, numpy dtype, shape, data file name, data.

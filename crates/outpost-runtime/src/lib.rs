@@ -9,11 +9,14 @@
 //!   requests is refused quickly (the caller answers 429) instead of piling up.
 //! - [`pipeline`] turns raw images, WAV audio and sensor windows into tensors and outputs into
 //!   typed predictions, as declared in the manifest.
+//! - [`indices`] finds which integer inputs index a table and how far, for generated inputs and
+//!   for refusing out-of-range ids with a client error.
 //! - [`model`] ties these together into a loaded, self-tested model within a memory budget.
 
 pub mod backend;
 pub mod bench;
 pub mod error;
+pub mod indices;
 pub mod inspect;
 pub mod model;
 pub mod package;
@@ -27,6 +30,8 @@ pub mod tensor;
 
 #[cfg(test)]
 mod loading_tests;
+#[cfg(test)]
+mod test_graphs;
 
 pub use error::RuntimeError;
 pub use model::{LoadOptions, LoadedModel};

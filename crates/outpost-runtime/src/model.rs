@@ -2,6 +2,7 @@
 //! memory budget.
 
 use crate::backend::{self, BackendKind, Engine, EngineOptions, IoSpec};
+use crate::indices::IndexRange;
 use crate::pipeline::{self, PipelineError};
 use crate::pool::{Completed, Reply, SessionPool};
 use crate::selftest::{self, SelfTestReport};
@@ -125,6 +126,7 @@ pub struct LoadedModel {
     post: Option<PostProcess>,
     rules: InputRules,
     inputs: Vec<IoSpec>,
+    index_ranges: IndexRanges,
     _reservation: Reservation,
 }
 
@@ -148,6 +150,9 @@ impl LoadedModel {
             symbol_bounds: rules.upper_bounds(),
         };
         let golden = if opts.run_selftest { pkg.selftest()? } else { None };
+        // Requests' integer indices are checked against the tables they index, so a token id
+        // past the vocabulary is the client's error, not a backend panic.
+        let index_ranges = crate::indices::index_ranges(pkg.model_bytes());
         let tolerance = manifest.selftest.as_ref().map(|s| (s.atol, s.rtol)).unwrap_or((1e-4, 1e-3));
         let candidates = candidates(&manifest, opts);
         let mut refused: Vec<String> = Vec::new();
@@ -185,7 +190,7 @@ impl LoadedModel {
             let other = candidates.iter().copied().find(|k| *k != engine.kind());
             match other.map(|k| backend::load_engine(k, pkg.model_bytes(), &engine_opts)) {
                 Some(Ok(second)) => {
-                    let (faster, why) = faster(engine, second, &engine_opts.model_name);
+                    let (faster, why) = faster(engine, second, &index_ranges, &engine_opts.model_name);
                     fallback_reason = Some(why);
                     faster
                 }
@@ -215,6 +220,7 @@ impl LoadedModel {
             post,
             rules,
             inputs,
+            index_ranges,
             _reservation: reservation,
         })
     }
@@ -273,7 +279,12 @@ impl LoadedModel {
         if inputs.len() == self.inputs.len() {
             self.rules.check(&self.inputs, inputs)?;
         }
-        backend::check_inputs(&self.inputs, inputs)
+        backend::check_inputs(&self.inputs, inputs)?;
+        if !self.index_ranges.is_empty() {
+            let named: Vec<(&str, &Tensor)> = self.inputs.iter().map(|s| s.name.as_str()).zip(inputs).collect();
+            crate::indices::check_indices(&self.index_ranges, &named)?;
+        }
+        Ok(())
     }
 
     /// Runs the manifest's pipeline on raw data (image, WAV, sensor JSON): pre-process, infer
@@ -374,9 +385,11 @@ fn try_backend(
     Ok((engine, reservation, report))
 }
 
+type IndexRanges = std::collections::BTreeMap<String, IndexRange>;
+
 /// Median single-run time of `engine` on generated inputs, or `None` when it cannot run them.
-fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec]) -> Option<Duration> {
-    let inputs = crate::bench::generate_inputs(input_shapes, 11).ok()?;
+fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec], ranges: &IndexRanges) -> Option<Duration> {
+    let inputs = crate::bench::generate_inputs(input_shapes, ranges, 11).ok()?;
     let mut session = engine.session().ok()?;
     let mut times = Vec::with_capacity(25);
     for i in 0..28 {
@@ -391,9 +404,9 @@ fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec]) -> Option<Duration> 
 }
 
 /// Keeps the engine with the lower median latency on this device, and says what was measured.
-fn faster(a: Arc<dyn Engine>, b: Arc<dyn Engine>, model: &str) -> (Arc<dyn Engine>, String) {
+fn faster(a: Arc<dyn Engine>, b: Arc<dyn Engine>, ranges: &IndexRanges, model: &str) -> (Arc<dyn Engine>, String) {
     let specs = a.inputs().to_vec();
-    let (ta, tb) = (median_run(a.as_ref(), &specs), median_run(b.as_ref(), &specs));
+    let (ta, tb) = (median_run(a.as_ref(), &specs, ranges), median_run(b.as_ref(), &specs, ranges));
     let reason = format!("measured p50: {} {ta:?}, {} {tb:?}", a.kind(), b.kind());
     tracing::info!(%model, %reason, "picked the faster backend");
     match (ta, tb) {

@@ -9,6 +9,7 @@
 
 use crate::backend::{self, BackendKind, Engine, EngineOptions, IoSpec};
 use crate::error::panic_message;
+use crate::indices::IndexRange;
 use crate::selftest;
 use crate::shapes::{DimRule, InputRules};
 use crate::{RuntimeError, Tensor};
@@ -202,6 +203,7 @@ fn generate_cases(
     onnx: &[u8],
 ) -> Result<Vec<Vec<Tensor>>, RuntimeError> {
     let specs = engine.inputs();
+    let ranges = crate::indices::index_ranges(onnx);
     let mut cases = Vec::with_capacity(count);
     let mut next_rung = 0;
     let mut last_error = String::new();
@@ -210,7 +212,7 @@ fn generate_cases(
         let mut made = None;
         let mut rung = next_rung;
         while rung < LADDER.len() && made.is_none() {
-            let inputs = generated(specs, rules, batch, LADDER[rung], SEED + case as u64, onnx)?;
+            let inputs = generated(specs, rules, batch, LADDER[rung], SEED + case as u64, &ranges)?;
             match run_once(engine, &inputs) {
                 Ok(_) => made = Some(inputs),
                 Err(e) => last_error = e,
@@ -269,7 +271,7 @@ fn generated(
     batch: usize,
     size: usize,
     seed: u64,
-    onnx: &[u8],
+    ranges: &BTreeMap<String, IndexRange>,
 ) -> Result<Vec<Tensor>, RuntimeError> {
     let concrete: Vec<IoSpec> = specs
         .iter()
@@ -292,6 +294,5 @@ fn generated(
             IoSpec { shape, ..spec.clone() }
         })
         .collect();
-    let _ = onnx;
-    crate::bench::generate_inputs(&concrete, seed)
+    crate::bench::generate_inputs(&concrete, ranges, seed)
 }

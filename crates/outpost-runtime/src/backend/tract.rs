@@ -55,14 +55,14 @@ fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Resul
     let mut model = framework
         .model_for_proto_model(&proto)
         .map_err(|e| model_err(opts, "cannot build the graph", format!("{e:#}")))?;
-    let unsupported: Vec<String> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op.name().contains("Unimplemented"))
-        .map(|n| format!("{} ({})", n.name, n.op.name()))
-        .collect();
+    let unsupported = proto
+        .graph
+        .as_ref()
+        .map(|g| crate::inspect::unsupported::unsupported_ops(g, &framework.op_register))
+        .unwrap_or_default();
     if !unsupported.is_empty() {
-        return Err(model_err(opts, "unsupported operators", unsupported.join(", ")));
+        let reason = crate::inspect::unsupported::unsupported_message(&unsupported);
+        return Err(RuntimeError::Model { model: opts.model_name.clone(), reason });
     }
     if !opts.symbols.is_empty() {
         let mut values = SymbolValues::default();

@@ -27,6 +27,7 @@ use tract_onnx::pb::{GraphProto, ModelProto, TensorProto, ValueInfoProto};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::Cost;
 use tract_onnx::tract_hir::internal::Factoid;
+pub use unsupported::UnsupportedOp;
 
 /// Everything `outpost model inspect` reports about one ONNX model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,8 +56,8 @@ pub struct ModelReport {
     pub parameters_by_dtype: BTreeMap<String, ParameterStats>,
     /// Nodes per operator type, subgraphs included, most frequent first.
     pub op_histogram: Vec<OpCount>,
-    /// Operator types tract has no implementation for, subgraphs included.
-    pub unsupported_ops: Vec<String>,
+    /// Operator types tract has no implementation for, subgraphs included, most used first.
+    pub unsupported_ops: Vec<UnsupportedOp>,
     /// Operator types carrying subgraphs (`If`, `Loop`, `Scan`) and how many such nodes.
     pub subgraph_ops: BTreeMap<String, usize>,
     /// Estimated floating-point operations of one inference, or why there is no estimate.
@@ -156,7 +157,8 @@ impl fmt::Display for ModelReport {
         let nodes: usize = self.op_histogram.iter().map(|o| o.count).sum();
         let ops: Vec<String> = self.op_histogram.iter().map(|o| format!("{} {}", o.op_type, o.count)).collect();
         writeln!(f, "{:<12} {nodes} nodes: {}", "operators", ops.join(", "))?;
-        let unsupported = if self.unsupported_ops.is_empty() { "none".into() } else { self.unsupported_ops.join(", ") };
+        let unsupported =
+            if self.unsupported_ops.is_empty() { "none".into() } else { unsupported::summary(&self.unsupported_ops) };
         writeln!(f, "{:<12} {unsupported}", "unsupported")?;
         let subgraphs: Vec<String> = self.subgraph_ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
         writeln!(f, "{:<12} {}", "subgraphs", if subgraphs.is_empty() { "none".into() } else { subgraphs.join(", ") })?;
@@ -225,8 +227,7 @@ fn inspect_named(name: &str, onnx: &[u8], symbols: &BTreeMap<String, i64>) -> Re
 
     let census = Census::of(graph);
     let known = crate::backend::tract::framework().op_register;
-    let unsupported_ops: Vec<String> =
-        census.ops.keys().filter(|op| !known.0.contains_key(op.as_str())).cloned().collect();
+    let unsupported_ops = unsupported::unsupported_ops(graph, &known);
     let mut op_histogram: Vec<OpCount> =
         census.ops.iter().map(|(op_type, count)| OpCount { op_type: op_type.clone(), count: *count }).collect();
     op_histogram.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.op_type.cmp(&b.op_type)));
@@ -236,9 +237,8 @@ fn inspect_named(name: &str, onnx: &[u8], symbols: &BTreeMap<String, i64>) -> Re
         graph.input.iter().filter(|v| !initializer_names.contains(v.name.as_str())).map(tensor_info).collect();
 
     // tract panics (index out of bounds) on an output nobody produces; say so instead of asking it.
-    let blocker = dangling_output(graph).or_else(|| {
-        (!unsupported_ops.is_empty()).then(|| format!("unsupported operators: {}", unsupported_ops.join(", ")))
-    });
+    let blocker = dangling_output(graph)
+        .or_else(|| (!unsupported_ops.is_empty()).then(|| unsupported::unsupported_message(&unsupported_ops)));
     let (flops, tract_loads) = match blocker {
         Some(reason) => (Err(reason.clone()), Err(reason)),
         None => {
@@ -416,9 +416,11 @@ fn dangling_output(graph: &GraphProto) -> Option<String> {
 
 /// Types the graph with symbols pinned and sums tract's per-node cost hints.
 ///
-/// Symbols of the inputs that the caller did not pin are taken as 1 *before* typing, as the
-/// bench does, so that shape-dependent graphs resolve; symbols that appear later (data-dependent
-/// sizes) are taken as 1 when a node's cost is evaluated. Both are listed in `assumed_one`.
+/// Symbols of the inputs that the caller did not pin, and unnamed input dimensions, are taken as
+/// 1 *before* typing, as the bench does, so that shape-dependent graphs resolve (tract cannot
+/// prove every symbolic size equal that a concrete one makes equal); symbols that appear later
+/// (data-dependent sizes) are taken as 1 when a node's cost is evaluated. All are listed in
+/// `assumed_one`.
 fn estimate_flops(
     proto: &ModelProto,
     inputs: &[TensorInfo],
@@ -430,16 +432,16 @@ fn estimate_flops(
     for info in inputs {
         for dim in info.shape.iter().flatten() {
             if let Dim::Symbol(s) = dim {
-                let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if plain && !pinned.contains_key(s) {
+                if is_symbol_name(s) && !pinned.contains_key(s) {
                     pinned.insert(s.clone(), 1);
                     assumed.insert(s.clone());
                 }
             }
         }
     }
-    let model =
+    let (model, unnamed) =
         typed_model(proto, &pinned).or_else(|first| typed_model_with(proto, &pinned, true).map_err(|_| first))?;
+    assumed.extend(unnamed);
     let mut total: u64 = 0;
     for node in model.nodes() {
         let facts = model.node_input_facts(node.id).map_err(|e| format!("node `{}`: {e:#}", node.name))?;
@@ -461,6 +463,14 @@ fn estimate_flops(
     Ok(FlopEstimate { total, assumed_one: assumed.into_iter().collect(), excludes_subgraphs: has_subgraphs })
 }
 
+/// Whether a `dim_param` is one symbol as tract reads it (`batch`, Paddle's
+/// `p2o.DynamicDimension.0`) rather than an expression (`2*seq`) or the unnamed `?`.
+fn is_symbol_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
 /// The value of a cost, taking any symbol still free as 1.
 fn concrete(dim: &TDim, assumed: &mut BTreeSet<String>) -> Option<u64> {
     if let Ok(n) = dim.to_i64() {
@@ -474,37 +484,55 @@ fn concrete(dim: &TDim, assumed: &mut BTreeSet<String>) -> Option<u64> {
     dim.eval(&values).to_i64().ok().and_then(|n| u64::try_from(n).ok())
 }
 
-fn typed_model(proto: &ModelProto, symbols: &BTreeMap<String, i64>) -> Result<TypedModel, String> {
+fn typed_model(proto: &ModelProto, symbols: &BTreeMap<String, i64>) -> Result<(TypedModel, Vec<String>), String> {
     typed_model_with(proto, symbols, false)
 }
 
 /// Parse, pin input symbols, type and declutter: the same first steps as the tract backend, so the
 /// estimate describes the graph tract would run (before kernel selection, which changes the
 /// bookkeeping but not the arithmetic).
+///
+/// Input dimensions without a size or a name (`?`; Paddle exports have them) cannot be pinned by
+/// name and leave tract nothing to type from, so they are taken as 1 too; they are returned as
+/// `input[axis]` for the report.
 fn typed_model_with(
     proto: &ModelProto,
     symbols: &BTreeMap<String, i64>,
     ignore_output_shapes: bool,
-) -> Result<TypedModel, String> {
+) -> Result<(TypedModel, Vec<String>), String> {
     let framework = crate::backend::tract::framework().with_ignore_output_shapes(ignore_output_shapes);
     let mut model = framework.model_for_proto_model(proto).map_err(|e| format!("cannot build the graph: {e:#}"))?;
     let mut values = SymbolValues::default();
     for (name, value) in symbols {
         values.set(&model.symbols.sym(name), *value);
     }
+    let mut unnamed = Vec::new();
     for ix in 0..model.inputs.len() {
         let mut fact = model.input_fact(ix).map_err(|e| format!("input {ix}: {e:#}"))?.clone();
-        if let Some(dims) = fact.shape.concretize() {
-            let pinned: TVec<TDim> = dims.iter().map(|d| d.eval(&values)).collect();
-            fact.shape = pinned.into();
-            model.set_input_fact(ix, fact).map_err(|e| format!("pinning symbols: {e:#}"))?;
+        if fact.shape.is_open() {
+            continue;
         }
+        let input = &model.node(model.inputs[ix].node).name;
+        let mut pinned: TVec<TDim> = tvec!();
+        for (axis, dim) in fact.shape.dims().enumerate() {
+            pinned.push(match dim.concretize() {
+                Some(d) => d.eval(&values),
+                None => {
+                    unnamed.push(format!("{input}[{axis}]"));
+                    TDim::Val(1)
+                }
+            });
+        }
+        fact.shape = pinned.into();
+        model.set_input_fact(ix, fact).map_err(|e| format!("pinning symbols: {e:#}"))?;
     }
     let typed = model.into_typed().map_err(|e| format!("type analysis failed: {e:#}"))?;
     let subs: HashMap<Symbol, TDim> = symbols.iter().map(|(k, v)| (typed.symbols.sym(k), TDim::Val(*v))).collect();
     let typed = typed.set_symbols(&subs).map_err(|e| format!("pinning symbols: {e:#}"))?;
-    typed.into_decluttered().map_err(|e| format!("simplification failed: {e:#}"))
+    typed.into_decluttered().map(|t| (t, unnamed)).map_err(|e| format!("simplification failed: {e:#}"))
 }
+
+pub mod unsupported;
 
 // Tiny ONNX models built from tract's protobuf types, shared with the bench tests.
 #[cfg(test)]

@@ -47,7 +47,7 @@ fn an_operator_tract_lacks_is_listed_and_the_load_check_fails_without_error() {
         ..Default::default()
     });
     let r = inspect(&encode(&m), &no_symbols()).unwrap();
-    assert_eq!(r.unsupported_ops, ["NotARealOp"]);
+    assert_eq!(unsupported::summary(&r.unsupported_ops), "NotARealOp ×1 (ai.onnx)");
     assert!(r.tract_loads.as_ref().unwrap_err().contains("NotARealOp"));
     assert!(r.flops.is_err());
 }
@@ -77,7 +77,7 @@ fn operators_inside_if_branches_are_counted_and_checked() {
     });
     let r = inspect(&encode(&m), &no_symbols()).unwrap();
     assert_eq!(r.subgraph_ops, BTreeMap::from([("If".to_string(), 1)]));
-    assert_eq!(r.unsupported_ops, ["NotARealOp"]);
+    assert_eq!(unsupported::summary(&r.unsupported_ops), "NotARealOp ×1 (ai.onnx)");
     assert_eq!(r.op_histogram.iter().map(|o| o.count).sum::<usize>(), 3);
     assert_eq!(r.inputs[0].dtype, "BOOL");
 }
@@ -125,4 +125,124 @@ fn json_report_spells_outcomes_as_ok_flags() {
     assert_eq!(json["inputs"][0]["shape"], serde_json::json!(["batch", 64]));
     let text = r.to_string();
     assert!(text.contains("MatMul 1") && text.contains("[batch, 64]") && text.contains("loads"), "{text}");
+}
+
+/// Paddle's exporter names dimensions `p2o.DynamicDimension.N`. This graph repeats the shape
+/// arithmetic of PaddleOCR's detector — two stride-2 convolutions, a 2× upsampling, an `Add` and a
+/// `Concat` of the two paths — whose sizes agree for every concrete height but which tract cannot
+/// prove equal while the height is a symbol.
+fn paddle_like() -> Vec<u8> {
+    use crate::test_graphs::{self as g, D};
+    let conv = |x: &str, y: &str| {
+        g::node("Conv", &[x, "w"], &[y], vec![g::ints("strides", &[2, 1]), g::ints("pads", &[1, 0, 1, 0])])
+    };
+    let scales = TensorProto {
+        name: "scales".into(),
+        dims: vec![4],
+        data_type: DataType::Float as i32,
+        float_data: vec![1.0, 1.0, 2.0, 1.0],
+        ..Default::default()
+    };
+    let dims = [D::S("p2o.DynamicDimension.0"), D::N(1), D::S("p2o.DynamicDimension.1"), D::N(1)];
+    g::encode(GraphProto {
+        node: vec![
+            conv("x", "c1"),
+            conv("c1", "c2"),
+            g::node("Resize", &["c2", "", "scales"], &["up"], vec![]),
+            g::node("Add", &["c1", "up"], &["sum"], vec![]),
+            g::node("Concat", &["sum", "up"], &["y"], vec![g::int("axis", 1)]),
+        ],
+        initializer: vec![g::table("w", &[1, 1, 3, 1]), scales],
+        input: vec![g::value("x", DataType::Float, &dims)],
+        output: vec![g::value("y", DataType::Float, &[D::Unnamed, D::Unnamed, D::Unnamed, D::Unnamed])],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn dotted_symbol_names_are_assumed_or_pinned_like_plain_ones() {
+    let onnx = paddle_like();
+    let (d0, d1) = ("p2o.DynamicDimension.0".to_string(), "p2o.DynamicDimension.1".to_string());
+    let unpinned = inspect(&onnx, &no_symbols()).unwrap().flops.unwrap();
+    assert_eq!(unpinned.assumed_one, [d0.clone(), d1.clone()]);
+    let batch = inspect(&onnx, &BTreeMap::from([(d0.clone(), 1)])).unwrap().flops.unwrap();
+    assert_eq!((batch.total, batch.assumed_one), (unpinned.total, vec![d1.clone()]));
+    let tall = inspect(&onnx, &BTreeMap::from([(d0, 1), (d1, 64)])).unwrap();
+    let tall_flops = tall.flops.unwrap();
+    assert!(tall_flops.assumed_one.is_empty() && tall_flops.total > 16 * unpinned.total, "{tall_flops:?}");
+    assert_eq!(tall.tract_loads, Ok(()));
+}
+
+#[test]
+fn unnamed_input_dims_are_taken_as_one_and_named_in_the_report() {
+    use crate::test_graphs::{self as g, D};
+    let onnx = g::encode(GraphProto {
+        node: vec![g::node("MatMul", &["x", "W"], &["y"], vec![])],
+        initializer: vec![g::table("W", &[64, 32])],
+        input: vec![g::value("x", DataType::Float, &[D::Unnamed, D::N(64)])],
+        output: vec![g::value("y", DataType::Float, &[D::Unnamed, D::N(32)])],
+        ..Default::default()
+    });
+    let flops = inspect(&onnx, &no_symbols()).unwrap().flops.unwrap();
+    assert_eq!((flops.total, flops.assumed_one), (2 * 64 * 32, vec!["x[0]".to_string()]));
+}
+
+/// The real exports, when `scripts/fetch-models.sh` has fetched them.
+#[test]
+fn paddle_ocr_exports_estimate_with_and_without_pinned_symbols() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/models");
+    for (file, pins) in [
+        ("ppocr-det.onnx", vec![("p2o.DynamicDimension.0", 1)]),
+        (
+            "ppocr-det.onnx",
+            vec![("p2o.DynamicDimension.0", 1), ("p2o.DynamicDimension.1", 640), ("p2o.DynamicDimension.2", 640)],
+        ),
+        ("ppocr-rec.onnx", vec![("p2o.DynamicDimension.0", 1), ("p2o.DynamicDimension.1", 320)]),
+    ] {
+        let path = dir.join(file);
+        if !path.exists() {
+            eprintln!("{} absent (scripts/fetch-models.sh fetches it); skipped", path.display());
+            continue;
+        }
+        for symbols in [no_symbols(), pins.iter().map(|(k, v)| (k.to_string(), *v)).collect()] {
+            let r = inspect_file(&path, &symbols).unwrap();
+            let flops = r.flops.unwrap_or_else(|e| panic!("{file} with {symbols:?}: {e}"));
+            assert!(flops.total > 0 && symbols.keys().all(|s| !flops.assumed_one.contains(s)), "{flops:?}");
+        }
+    }
+}
+
+#[test]
+fn a_forest_of_unsupported_nodes_is_named_once_per_type_with_its_count_domain_and_a_way_out() {
+    use crate::backend::tract::TractEngine;
+    use crate::test_graphs::{self as g, D};
+    let in_domain = |domain: &str, n: NodeProto| NodeProto { domain: domain.into(), ..n };
+    let mut nodes: Vec<NodeProto> = (0..100)
+        .map(|i| in_domain("ai.onnx.ml", g::node("NotARealTree", &["x"], &[&format!("t{i}")], vec![])))
+        .collect();
+    nodes.push(in_domain("com.example", g::node("AlsoMissing", &["x"], &["s"], vec![])));
+    nodes.push(g::node("Relu", &["x"], &["y"], vec![]));
+    let onnx = g::encode(GraphProto {
+        node: nodes,
+        input: vec![g::value("x", DataType::Float, &[D::N(1), D::N(4)])],
+        output: vec![g::value("y", DataType::Float, &[D::N(1), D::N(4)])],
+        ..Default::default()
+    });
+    let expected = "unsupported operators: NotARealTree ×100 (ai.onnx.ml), AlsoMissing ×1 (com.example); use the \
+                    onnxruntime backend (`--backend onnxruntime`, or `auto` with libonnxruntime available) or \
+                    re-export without them";
+    let opts = EngineOptions { model_name: "forest".into(), ..Default::default() };
+    let err = TractEngine::load(&onnx, &opts).unwrap_err();
+    assert_eq!(err.to_string(), format!("model `forest`: {expected}"));
+    let r = inspect(&onnx, &no_symbols()).unwrap();
+    assert_eq!(r.tract_loads.as_ref().unwrap_err(), expected);
+    let listed: Vec<(&str, &str, usize)> =
+        r.unsupported_ops.iter().map(|o| (o.op_type.as_str(), o.domain.as_str(), o.count)).collect();
+    assert_eq!(listed, [("NotARealTree", "ai.onnx.ml", 100), ("AlsoMissing", "com.example", 1)]);
+    assert!(r.to_string().contains("unsupported  NotARealTree ×100 (ai.onnx.ml), AlsoMissing ×1 (com.example)\n"));
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(
+        json["unsupported_ops"][0],
+        serde_json::json!({"op_type": "NotARealTree", "domain": "ai.onnx.ml", "count": 100})
+    );
 }

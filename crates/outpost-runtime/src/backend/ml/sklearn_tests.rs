@@ -78,7 +78,8 @@ fn check_model(dir: &Path) -> Result<f32, String> {
         let expected = load_dump(&case, "outputs.json").map_err(|e| e.to_string())?;
         // Pinned to the case's shapes: this test is about the operators; serving the unnamed
         // batch dynamically is covered by the real-model tests.
-        let input_shapes = inputs.iter().map(|(n, t)| (n.clone(), t.shape().iter().map(|d| Some(*d)).collect())).collect();
+        let input_shapes =
+            inputs.iter().map(|(n, t)| (n.clone(), t.shape().iter().map(|d| Some(*d)).collect())).collect();
         let opts = EngineOptions { model_name: model.clone(), input_shapes, ..Default::default() };
         let engine = TractEngine::load(&bytes, &opts).map_err(|e| e.to_string())?;
         let mut session = engine.session().map_err(|e| e.to_string())?;
