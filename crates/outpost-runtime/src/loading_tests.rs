@@ -140,7 +140,7 @@ fn golden_vectors_that_do_not_reproduce_fail_the_load_naming_case_and_output() {
 fn wrong_tensors_are_bad_input_naming_the_tensor() {
     let model = LoadedModel::load(&package(mlp()), &LoadOptions::default(), &budget()).unwrap();
     let cases = [
-        (crate::Tensor::from_shape(&[1, 63], &[0f32; 63]).unwrap(), "expected shape"),
+        (crate::Tensor::from_shape(&[1, 63], &[0f32; 63]).unwrap(), "dimension 1 must be 64, got 63"),
         (crate::Tensor::from_shape(&[1, 64], &[0i64; 64]).unwrap(), "expected datatype FP32"),
     ];
     for (t, needle) in cases {
