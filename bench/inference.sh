@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # outpost vs onnxruntime (the pip package) on the same models and the same input bytes, in one
 # run: p50/p99 at 1 and 2 intra-op threads, printed as ratios (outpost / onnxruntime; < 1 means
-# outpost is faster). Then the local API's HTTP overhead, agent RSS and binary size.
+# outpost is faster). The models are the pinned real ones (scripts/fetch-models.sh) and the
+# generated ones users bring (scripts/make-test-models.sh: BERT-style encoder, its int8 and
+# onnxruntime-fused forms, a quantised CNN+LSTM, scikit-learn pipelines when present). Then the
+# cost of dynamic shapes (the encoder with its dims pinned vs left open), the local API's HTTP
+# overhead, agent RSS and binary size.
 #
 # usage: bench/inference.sh [--quick]
 #   --quick   fewer iterations (smoke test, noisier numbers)
@@ -12,6 +16,8 @@ QUICK=0
 [ "${1:-}" = "--quick" ] && QUICK=1
 
 scripts/fetch-models.sh --ort >&2
+scripts/make-test-models.sh >&2
+G=target/models/generated
 export ORT_DYLIB_PATH="$PWD/target/onnxruntime/lib/libonnxruntime.so"
 cargo build --release --locked -p outpost >&2
 BIN="$PWD/target/release/outpost"
@@ -34,7 +40,22 @@ MODELS=(
   "ppocr-det|target/models/ppocr-det.onnx|x=1x3x736x736||30"
   "silero-vad-16k|target/models/silero-vad-16k.onnx|input=1x576||3000"
   "silero-vad|target/models/silero-vad.onnx|input=1x576|--value sr=16000|3000"
+  "oww-melspec|target/models/oww-melspec.onnx|input=1x16000||1000"
+  "oww-embedding|target/models/oww-embedding.onnx|input_1=1x76x32x1||1000"
+  # Random ids in [0, 10) are in the vocabulary; a full mask and one segment keep them realistic.
+  "encoder|$G/encoder/model.onnx|input_ids=1x32 attention_mask=1x32 token_type_ids=1x32|--value attention_mask=1 --value token_type_ids=0|1000"
+  "encoder-int8|$G/encoder-int8/model.onnx|input_ids=1x32 attention_mask=1x32 token_type_ids=1x32|--value attention_mask=1 --value token_type_ids=0|1000"
+  "encoder-ortopt|$G/encoder-ortopt/model.onnx|input_ids=1x32 attention_mask=1x32 token_type_ids=1x32|--value attention_mask=1 --value token_type_ids=0|1000"
+  "ocr-lstm-int8|$G/ocr-lstm-int8/model.onnx|x=1x1x32x160||1000"
 )
+# Two scikit-learn pipelines (the first two sklearn-* by name, or BENCH_SKLEARN="id id"), in their
+# tensor-output form when the generator wrote one: ZipMap's sequence-of-maps is not a tensor.
+sk_ids=${BENCH_SKLEARN:-$(find "$G" -maxdepth 1 -type d -name 'sklearn-*' -printf '%f\n' 2>/dev/null | sort | head -n 2 | tr '\n' ' ')}
+for id in $sk_ids; do
+  f="$G/$id/model-tensor.onnx"
+  [ -f "$f" ] || f="$G/$id/model.onnx"
+  [ -f "$f" ] && MODELS+=("$id|$f|||2000")
+done
 
 for entry in "${MODELS[@]}"; do
   IFS='|' read -r id file shapes extra iters <<<"$entry"
@@ -51,6 +72,18 @@ for entry in "${MODELS[@]}"; do
     "$BIN" model bench "$file" --inputs "$inputs" --threads "$t" --backend both --iterations "$iters" \
       --warmup "$warm" --max-seconds 60 --json > "$WORK/runs/$id.$t.outpost.jsonl" 2>"$WORK/runs/$id.$t.log" || true
   done
+done
+
+# Dynamic shapes: the encoder at batch 1 x sequence 32, the same input bytes, once with both dims
+# pinned at load and once left open (the shape comes with the request), on each backend.
+echo "== dynamic-shape overhead: encoder, sequence 32" >&2
+dyn_iters=$(( QUICK ? 100 : 1000 ))
+for mode in dynamic pinned; do
+  pins=()
+  [ "$mode" = pinned ] && pins=(--symbol sequence=32 --symbol batch=1)
+  "$BIN" model bench "$G/encoder/model.onnx" "${pins[@]}" --inputs "$WORK/inputs/encoder" --threads 1 \
+    --backend both --iterations "$dyn_iters" --warmup $(( dyn_iters / 10 )) --max-seconds 60 --json \
+    > "$WORK/runs/dynshape.$mode.jsonl" 2>"$WORK/runs/dynshape.$mode.log" || true
 done
 
 echo "== HTTP overhead, RSS, binary size" >&2
@@ -90,8 +123,9 @@ def load(id, t):
 ids = []
 for f in sorted(glob.glob(f"{work}/runs/*.1.ort.json")):
     ids.append(os.path.basename(f)[: -len(".1.ort.json")])
-order = ["vibration-anomaly", "yolov8n-320", "ppocr-cls", "ppocr-rec", "ppocr-det", "silero-vad-16k", "silero-vad"]
-ids.sort(key=lambda i: order.index(i) if i in order else 99)
+order = ["vibration-anomaly", "yolov8n-320", "ppocr-cls", "ppocr-rec", "ppocr-det", "silero-vad-16k", "silero-vad",
+         "oww-melspec", "oww-embedding", "encoder", "encoder-int8", "encoder-ortopt", "ocr-lstm-int8"]
+ids.sort(key=lambda i: (order.index(i) if i in order else 99, i))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 print(f"Measured {__import__('datetime').date.today()} on {cpu} ({os.cpu_count()} cores), onnxruntime 1.31.1 (pip) as reference.")
 print("Ratios are outpost / onnxruntime-python p50 (p99); below 1.00 outpost is faster. `best` is the backend")
@@ -117,6 +151,25 @@ for id in ids:
             p, best = min(cands)
             best_ratio = f"{p/ort['p50_ms']:.2f}"
         print(f"| {id} | {t} | {ort['p50_ms']:.3f} / {ort['p99_ms']:.3f} | {tr} | {tr_ratio} | {ox} | {ox_ratio} | {best} | {best_ratio} |")
+def bench_lines(path):
+    try:
+        return {r["backend"]: r for r in map(json.loads, open(path)) if "backend" in r}
+    except FileNotFoundError:
+        return {}
+dyn, pinned = bench_lines(f"{work}/runs/dynshape.dynamic.jsonl"), bench_lines(f"{work}/runs/dynshape.pinned.jsonl")
+if dyn or pinned:
+    print("\nDynamic-shape overhead: encoder at batch 1 × sequence 32, 1 thread, same input bytes; `pinned` fixes both")
+    print("dims at load (`--symbol sequence=32 --symbol batch=1`), `dynamic` leaves them open. Ratio dynamic / pinned p50.\n")
+    print("| backend | pinned p50 / p99 ms | dynamic p50 / p99 ms | dynamic / pinned |")
+    print("|---|---:|---:|---:|")
+    for b in ("tract", "onnxruntime"):
+        p, d = pinned.get(b), dyn.get(b)
+        def fmt(r):
+            if r is None or r.get("p50_ms") is None:
+                return "fails: " + ((r or {}).get("error") or "n/a").split(":")[0][:40]
+            return f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f}"
+        ok = all(r is not None and r.get("p50_ms") for r in (p, d))
+        print(f"| {b} | {fmt(p)} | {fmt(d)} | {d['p50_ms'] / p['p50_ms']:.2f} |" if ok else f"| {b} | {fmt(p)} | {fmt(d)} | - |")
 http = [json.loads(l) for l in open(f"{work}/runs/http.jsonl")]
 h = next((r for r in http if r.get("kind") == "http"), None)
 if h:

@@ -27,6 +27,8 @@ MODELS=(
   "ppocr-rec|rapidocr-onnxruntime==1.4.4|rapidocr_onnxruntime-1.4.4-py3-none-any.whl|971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf|rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx|48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b"
   "silero-vad|silero-vad==6.2.3|silero_vad-6.2.3-py3-none-any.whl|7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8|silero_vad/data/silero_vad.onnx|1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
   "silero-vad-16k|silero-vad==6.2.3|silero_vad-6.2.3-py3-none-any.whl|7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8|silero_vad/data/silero_vad_openvino_16k.onnx|7776b81ad1b0350c15d7f1555943b9232eb53e9ca5d989c6d0cea9ebc8664d87"
+  "oww-melspec|openwakeword==0.4.0|openwakeword-0.4.0-py3-none-any.whl|2c353f49a35d384507403efde3db439353d8281a52d08a0e42a5b493e5145075|openwakeword/resources/models/melspectrogram.onnx|ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f"
+  "oww-embedding|openwakeword==0.4.0|openwakeword-0.4.0-py3-none-any.whl|2c353f49a35d384507403efde3db439353d8281a52d08a0e42a5b493e5145075|openwakeword/resources/models/embedding_model.onnx|ba754db3cd768a524c655ea90655ee5e6055a43b8dfd29366a11e93716ae9e51"
 )
 
 # onnxruntime: 1.31.x is what ort 2.0.0-rc.15 targets (it needs API >= 17).

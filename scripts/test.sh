@@ -27,6 +27,10 @@ if command -v psql >/dev/null; then
     END LOOP; END \$\$;" || echo "(PostgreSQL not reachable: the PostgreSQL tests will say so)"
 fi
 
+echo "== generated test models (the models users bring; cached under target/models/generated)"
+scripts/make-test-models.sh
+export OUTPOST_TEST_MODELS="$PWD/target/models/generated"
+
 echo "== cargo test"
 cargo test --workspace --locked
 
