@@ -110,6 +110,24 @@ fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Resul
         new_fact.shape = ShapeFactoid::closed(dims);
         model.set_input_fact(ix, new_fact).map_err(|e| model_err(opts, "pinning input shapes", e))?;
     }
+    // Dimensions an exporter left unnamed (`?`) are unknown to tract's type analysis, which then
+    // cannot type the input at all; each becomes a symbol of its own, the name the manifest uses.
+    for (ix, outlet) in model.inputs.clone().iter().enumerate() {
+        let name = model.node(outlet.node).name.clone();
+        let fact = model.input_fact(ix).map_err(|e| model_err(opts, "input", e))?.clone();
+        let Some(rank) = fact.shape.rank().concretize() else { continue };
+        let open: Vec<usize> =
+            (0..rank as usize).filter(|axis| !matches!(fact.shape.dim(*axis), Some(GenericFactoid::Only(_)))).collect();
+        if open.is_empty() {
+            continue;
+        }
+        let mut new_fact = fact.clone();
+        for axis in open {
+            let sym = model.symbols.sym(&crate::shapes::anonymous_symbol(&name, axis));
+            new_fact.shape.set_dim(axis, TDim::Sym(sym));
+        }
+        model.set_input_fact(ix, new_fact).map_err(|e| model_err(opts, "naming unnamed dimensions", e))?;
+    }
     Ok(model)
 }
 
