@@ -74,6 +74,15 @@ pub fn run(
                     expected.shape
                 )));
             }
+            // Labels (a classifier's string classes) must be equal, not close.
+            if let Ok(labels) = crate::tensor::values::<String>(actual) {
+                for (i, (a, e)) in labels.iter().zip(&expected.data).enumerate() {
+                    if e.as_str() != Some(a.as_str()) {
+                        return Err(fail(format!("case {ci}: output `{}`[{i}] is {a:?}, expected {e}", expected.name)));
+                    }
+                }
+                continue;
+            }
             let actual = actual.cast_to::<f64>().map_err(|e| fail(e.to_string()))?;
             let actual = crate::tensor::values::<f64>(&actual).map_err(|e| fail(e.to_string()))?;
             for (i, (a, e)) in actual.iter().zip(&expected.data).enumerate() {

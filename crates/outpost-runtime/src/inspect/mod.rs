@@ -390,7 +390,8 @@ fn tensor_info(v: &ValueInfoProto) -> TensorInfo {
             s.dim
                 .iter()
                 .map(|d| match &d.value {
-                    Some(DimValue::DimValue(n)) => Dim::Fixed(*n),
+                    // Some exporters (Paddle) write -1 or 0 for a size they do not know.
+                    Some(DimValue::DimValue(n)) if *n > 0 => Dim::Fixed(*n),
                     Some(DimValue::DimParam(p)) if !p.is_empty() => Dim::Symbol(p.clone()),
                     _ => Dim::Symbol("?".into()),
                 })
