@@ -318,10 +318,9 @@ fn hint(error: &str, a: &PackArgs) -> String {
     if error.contains("onnxruntime") && (error.contains("cannot load ONNX Runtime") || error.contains("unavailable")) {
         hints.push("install libonnxruntime (scripts/fetch-models.sh --ort) and set ORT_DYLIB_PATH".to_string());
     }
-    if error.contains("no generated input runs") || error.contains("Gather") || error.contains("index") {
-        if a.inputs.is_empty() {
-            hints.push("give real sample inputs with --inputs DIR".into());
-        }
+    let inputs_help = error.contains("no generated input runs") || error.contains("Gather") || error.contains("index");
+    if inputs_help && a.inputs.is_empty() {
+        hints.push("give real sample inputs with --inputs DIR".into());
     }
     if hints.is_empty() {
         String::new()

@@ -66,10 +66,13 @@ pub struct Recording {
     pub preferred: BackendKind,
 }
 
+/// An engine, or why the backend could not load the model.
+type Loaded = Result<Arc<dyn Engine>, String>;
+
 /// Loads `onnx` on each backend, records golden vectors and times the backends that agree.
 pub fn record(onnx: &[u8], opts: &RecordOptions) -> Result<Recording, RuntimeError> {
     let model = opts.engine.model_name.clone();
-    let mut engines: Vec<(BackendKind, Result<Arc<dyn Engine>, String>)> = opts
+    let mut engines: Vec<(BackendKind, Loaded)> = opts
         .backends
         .iter()
         .map(|kind| (*kind, backend::load_engine(*kind, onnx, &opts.engine).map_err(|e| reason(&e))))
