@@ -13,12 +13,10 @@
 //! any other load error, a run failure, a panic or a wrong answer is a failure. All models are
 //! checked before the test fails, and a table of what loaded where is printed either way.
 
-use outpost_proto::DType;
 use outpost_runtime::backend::{self, BackendKind, EngineOptions};
 use outpost_runtime::bench::{self, load_raw_inputs};
-use outpost_runtime::tensor::{dtype_of, tensor_from_bytes, values};
+use outpost_runtime::tensor::{dtype_of, values};
 use outpost_runtime::{RuntimeError, Tensor};
-use serde::Deserialize;
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -74,49 +72,9 @@ fn case_dirs(model_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// One entry of `outputs.json`.
-#[derive(Debug, Deserialize)]
-struct Dumped {
-    name: String,
-    dtype: String,
-    shape: Vec<usize>,
-    file: String,
-}
-
-fn numpy_dtype(name: &str) -> Option<DType> {
-    Some(match name {
-        "bool" => DType::Bool,
-        "uint8" => DType::U8,
-        "uint16" => DType::U16,
-        "uint32" => DType::U32,
-        "uint64" => DType::U64,
-        "int8" => DType::I8,
-        "int16" => DType::I16,
-        "int32" => DType::I32,
-        "int64" => DType::I64,
-        "float16" => DType::F16,
-        "float32" => DType::F32,
-        "float64" => DType::F64,
-        // Strings (scikit-learn labels) in the OIP BYTES layout: u32 length before each element.
-        "str" => DType::Bytes,
-        _ => return None,
-    })
-}
-
 /// The recorded outputs of a case, by name, in graph order.
 fn load_outputs(case: &Path) -> Result<Vec<(String, Tensor)>, String> {
-    let index = case.join("outputs.json");
-    let text = std::fs::read(&index).map_err(|e| format!("{}: {e}", index.display()))?;
-    let entries: Vec<Dumped> = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", index.display()))?;
-    entries
-        .into_iter()
-        .map(|d| {
-            let dtype = numpy_dtype(&d.dtype)
-                .ok_or_else(|| format!("{}: output `{}` has dtype {}", index.display(), d.name, d.dtype))?;
-            let bytes = std::fs::read(case.join(&d.file)).map_err(|e| format!("{}/{}: {e}", case.display(), d.file))?;
-            let t = tensor_from_bytes(&d.name, dtype, &d.shape, &bytes).map_err(|e| e.to_string())?;
-            Ok((d.name, t))
-        })
-        .collect()
+    bench::load_dump(case, "outputs.json").map_err(|e| e.to_string())
 }
 
 /// Why `got` differs from `want` beyond the tolerance, or `None`; also returns the max |Δ|.
