@@ -79,7 +79,7 @@ done
 echo "== dynamic-shape overhead: encoder, sequence 32" >&2
 dyn_iters=$(( QUICK ? 100 : 1000 ))
 for mode in dynamic pinned; do
-  pins=()
+  pins=(--dynamic)
   [ "$mode" = pinned ] && pins=(--symbol sequence=32 --symbol batch=1)
   "$BIN" model bench "$G/encoder/model.onnx" "${pins[@]}" --inputs "$WORK/inputs/encoder" --threads 1 \
     --backend both --iterations "$dyn_iters" --warmup $(( dyn_iters / 10 )) --max-seconds 60 --json \

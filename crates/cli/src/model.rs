@@ -85,6 +85,10 @@ pub struct BenchArgs {
     /// Directory of raw inputs (from bench/ort_bench.py --dump-inputs) instead of generated ones.
     #[arg(long)]
     inputs: Option<PathBuf>,
+    /// With --inputs: keep the model's dynamic dimensions dynamic (as a package packed without
+    /// pins serves them) instead of pinning them to the dump's shapes.
+    #[arg(long)]
+    dynamic: bool,
     /// Path of libonnxruntime.so.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_library: Option<PathBuf>,
@@ -172,7 +176,8 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         Some(dir) => {
             // The dump's index names each input, so tract can pin every dimension to it.
             let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("inputs.json"))?)?;
-            for entry in index.as_array().into_iter().flatten() {
+            let pins = if a.dynamic { None } else { index.as_array() };
+            for entry in pins.into_iter().flatten() {
                 let shape: Option<Vec<usize>> = entry["shape"]
                     .as_array()
                     .map(|d| d.iter().filter_map(|x| x.as_u64()).map(|x| x as usize).collect());
