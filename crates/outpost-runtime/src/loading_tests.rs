@@ -212,3 +212,22 @@ fn tar_entry_claiming_a_huge_size_is_refused_without_reserving_it() {
         assert!(after.saturating_sub(before) < 1 << 20, "virtual peak grew by {} MiB", (after - before) >> 10);
     }
 }
+
+#[test]
+fn auto_falls_back_when_the_preferred_backend_is_missing_and_an_explicit_choice_does_not() {
+    use crate::backend::BackendKind;
+    use outpost_proto::manifest::BackendChoice;
+    let missing = LoadOptions { ort_library: Some("/nonexistent/libonnxruntime.so".into()), ..LoadOptions::default() };
+    let mut m = manifest("mlp");
+    m.model.preferred = Some(BackendChoice::Onnxruntime);
+    let pkg = Package::from_parts(m.clone(), vec![("model.onnx".into(), mlp())]).unwrap();
+    let model = LoadedModel::load(&pkg, &missing, &budget()).unwrap();
+    assert_eq!(model.backend(), BackendKind::Tract);
+    let reason = model.fallback_reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("onnxruntime:") && reason.contains("/nonexistent"), "{reason}");
+
+    m.model.backend = BackendChoice::Onnxruntime;
+    let pkg = Package::from_parts(m, vec![("model.onnx".into(), mlp())]).unwrap();
+    let err = LoadedModel::load(&pkg, &missing, &budget()).unwrap_err();
+    assert!(matches!(err, RuntimeError::BackendUnavailable { .. }), "{err}");
+}

@@ -239,4 +239,14 @@ mod tests {
         let names: Vec<_> = reports.iter().map(|r| (r.name.as_str(), r.state.as_str())).collect();
         assert_eq!(names, [("a", "ready"), ("b", "failed")]);
     }
+
+    #[test]
+    fn a_model_serving_on_a_fallback_backend_says_why_in_its_report() {
+        let mut m = served("encoder", Some("2"), None);
+        m.backend_note = Some("serving on tract; onnxruntime: backend onnxruntime unavailable".into());
+        let (reports, health) = model_reports(&[m], &HashMap::new(), &[]);
+        assert_eq!(reports[0].state, "ready");
+        assert!(reports[0].reason.as_deref().is_some_and(|r| r.contains("unavailable")));
+        assert_eq!(health, Health::Ok);
+    }
 }
