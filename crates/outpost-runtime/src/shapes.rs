@@ -56,7 +56,9 @@ impl InputRules {
                         Dim::Fixed(n) => DimRule::Fixed(usize::try_from(*n).unwrap_or(0)),
                         Dim::Symbol(s) => {
                             let name = if is_unnamed(s) { anonymous_symbol(&t.name, axis) } else { s.clone() };
-                            match manifest.symbols.get(&name) {
+                            // Packages made before dimensions were named pinned `? = 1` itself.
+                            let pin = manifest.symbols.get(&name).or_else(|| manifest.symbols.get(s));
+                            match pin {
                                 Some(v) => DimRule::Fixed(usize::try_from(*v).unwrap_or(0)),
                                 None => DimRule::Dynamic {
                                     range: manifest.ranges.get(&name).copied().unwrap_or_default(),
@@ -240,6 +242,13 @@ mod tests {
         let refined = rules.refine(&specs(&m));
         assert_eq!(refined[2].shape, vec![Some(2), Some(4)]);
         assert_eq!(refined[0].shape, vec![Some(1), None]);
+    }
+
+    #[test]
+    fn packages_that_pinned_the_unnamed_symbol_itself_stay_pinned() {
+        let mut m = manifest();
+        m.symbols.insert("?".into(), 1);
+        assert_eq!(InputRules::from_manifest(&m).pinned()["extra"], vec![Some(1), Some(4)]);
     }
 
     #[test]
