@@ -23,6 +23,22 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_ready(proc, url, log_path, timeout=120):
+    """Waits for the agent at `url` to report ready; kills it and raises with its log otherwise."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("agent did not become ready: " + log_path.read_text())
+        time.sleep(0.2)
+
+
 def run(*args):
     subprocess.run([str(BINARY), *map(str, args)], check=True, cwd=REPO)
 
@@ -57,18 +73,7 @@ def agent(model_dir):
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("agent did not become ready: " + (model_dir.parent / "agent.log").read_text())
-        time.sleep(0.2)
+    wait_ready(proc, url, model_dir.parent / "agent.log")
     yield url
     proc.terminate()
     assert proc.wait(timeout=30) == 0, "agent did not shut down cleanly on SIGTERM"

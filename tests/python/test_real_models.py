@@ -11,13 +11,13 @@ import json
 import os
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import tritonclient.http as httpclient
+from conftest import wait_ready
 from tritonclient.utils import np_to_triton_dtype
 
 from conftest import BINARY, REPO, free_port
@@ -84,18 +84,7 @@ def real_agent(packages):
         stdout=log, stderr=subprocess.STDOUT, cwd=model_dir.parent,
     )
     url = f"127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("agent did not become ready: " + log_path.read_text())
-        time.sleep(0.2)
+    wait_ready(proc, url, log_path)
     yield url, log_path
     proc.terminate()
     assert proc.wait(timeout=30) == 0, "agent did not shut down cleanly on SIGTERM"

@@ -105,7 +105,10 @@ pub fn record(onnx: &[u8], opts: &RecordOptions) -> Result<Recording, RuntimeErr
         return Err(no_backend(&model, &engines.into_iter().map(|(k, e)| (k, e.err())).collect::<Vec<_>>()));
     };
     let reference_engine = engines.iter().find(|(k, _)| *k == reference).and_then(|(_, e)| e.as_ref().ok()).cloned();
-    let Some(reference_engine) = reference_engine else { unreachable!("the reference ran, so it loaded") };
+    let reference_engine = reference_engine.ok_or_else(|| RuntimeError::Model {
+        model: model.clone(),
+        reason: format!("{reference} ran the inputs but its engine is gone"),
+    })?;
     let golden = SelfTest {
         cases: cases
             .iter()
