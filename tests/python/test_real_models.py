@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.http as httpclient
-from conftest import wait_ready
+from conftest import wait_ready as wait_agent_ready
 from tritonclient.utils import np_to_triton_dtype
 
 from conftest import BINARY, REPO, free_port
@@ -84,7 +84,7 @@ def real_agent(packages):
         stdout=log, stderr=subprocess.STDOUT, cwd=model_dir.parent,
     )
     url = f"127.0.0.1:{port}"
-    wait_ready(proc, url, log_path)
+    wait_agent_ready(proc, url, log_path)
     yield url, log_path
     proc.terminate()
     assert proc.wait(timeout=30) == 0, "agent did not shut down cleanly on SIGTERM"
