@@ -31,6 +31,9 @@ pub struct AgentArgs {
     /// Intra-op threads per inference [default: 1].
     #[arg(long, env = "OUTPOST_THREADS")]
     threads: Option<usize>,
+    /// tract: plans specialised to one request shape kept per dynamic model; 0 turns them off [default: 4].
+    #[arg(long, env = "OUTPOST_SHAPE_PLANS")]
+    shape_plans: Option<usize>,
     /// Largest request body in bytes [default: 67108864].
     #[arg(long, env = "OUTPOST_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -89,6 +92,7 @@ impl AgentArgs {
             sessions,
             queue_capacity,
             threads,
+            shape_plans,
             max_body_bytes,
             max_inflight_body_bytes,
             poll_interval_ms,

@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// pins serves them) instead of pinning them to the dump's shapes.
     #[arg(long)]
     dynamic: bool,
+    /// tract, dynamic dimensions: plans specialised to a repeated request shape to keep (the
+    /// agent's `shape_plans`); 0 times the dynamic plan itself.
+    #[arg(long, default_value_t = outpost_runtime::backend::DEFAULT_SHAPE_PLANS)]
+    shape_plans: usize,
     /// Path of libonnxruntime.so.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_library: Option<PathBuf>,
@@ -197,6 +201,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         duration_limit: Some(std::time::Duration::from_secs_f64(a.max_seconds.max(0.1))),
         symbols,
         ort_library: a.ort_library,
+        shape_plans: a.shape_plans,
         inputs,
         input_shapes,
     };

@@ -106,6 +106,7 @@ pub fn run(a: PackArgs) -> Result<()> {
         ort_library: a.ort_library.clone(),
         input_shapes: rules.pinned(),
         symbol_bounds: rules.upper_bounds(),
+        shape_plans: outpost_runtime::backend::DEFAULT_SHAPE_PLANS,
     };
     let cases = a.inputs.iter().map(|dir| real_case(dir, &manifest)).collect::<Result<Vec<_>>>()?;
     let mut files = vec![(MODEL_FILE.to_string(), onnx.clone())];

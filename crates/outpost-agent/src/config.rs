@@ -24,6 +24,9 @@ pub struct AgentConfig {
     pub queue_capacity: usize,
     /// Intra-op threads per inference.
     pub threads: usize,
+    /// tract: plans specialised to one request shape kept per model with dynamic inputs
+    /// (each holds its own packed weights); 0 serves every shape from the dynamic plan.
+    pub shape_plans: usize,
     /// Largest request body accepted, after decompression, in bytes.
     pub max_body_bytes: usize,
     /// Bytes of request bodies (after decompression) held at once across all requests; a body
@@ -57,6 +60,7 @@ impl Default for AgentConfig {
             sessions: 1,
             queue_capacity: 64,
             threads: 1,
+            shape_plans: outpost_runtime::backend::DEFAULT_SHAPE_PLANS,
             max_body_bytes: 64 << 20,
             max_inflight_body_bytes: 64 << 20,
             backend: None,

@@ -214,6 +214,7 @@ fn load_options(config: &AgentConfig) -> Result<LoadOptions, AgentError> {
         sessions: config.sessions,
         queue_capacity: config.queue_capacity,
         threads: config.threads.max(1),
+        shape_plans: config.shape_plans,
         ort_library: config.ort_library.clone(),
         run_selftest: config.selftest,
         measure_backends: config.measure_backends,

@@ -49,6 +49,8 @@ pub struct BenchConfig {
     pub inputs: Option<Vec<Tensor>>,
     /// Concrete input shapes by name, for dimensions symbols cannot pin (unnamed `?`).
     pub input_shapes: BTreeMap<String, Vec<usize>>,
+    /// tract: plans specialised to a repeated request shape (see [`EngineOptions::shape_plans`]).
+    pub shape_plans: usize,
 }
 
 impl Default for BenchConfig {
@@ -64,6 +66,7 @@ impl Default for BenchConfig {
             ort_library: None,
             inputs: None,
             input_shapes: BTreeMap::new(),
+            shape_plans: crate::backend::DEFAULT_SHAPE_PLANS,
         }
     }
 }
@@ -160,6 +163,7 @@ fn bench_one(
         ort_library: cfg.ort_library.clone(),
         input_shapes: cfg.input_shapes.iter().map(|(k, v)| (k.clone(), v.iter().map(|d| Some(*d)).collect())).collect(),
         symbol_bounds: BTreeMap::new(),
+        shape_plans: cfg.shape_plans,
     };
     let started = Instant::now();
     let engine = match fenced(|| backend::load_engine(backend, onnx, &opts).map_err(|e| e.to_string())) {
@@ -208,6 +212,14 @@ fn time_runs(engine: &dyn Engine, inputs: &[Tensor], cfg: &BenchConfig) -> Resul
         if over(warmup_started) {
             break;
         }
+    }
+    // Time the steady state: a dynamic tract model compiles a plan for a repeated shape in the
+    // background, and the first run after that builds the session's state for it.
+    if cfg.warmup > 0 && !engine.settle(Duration::from_secs(120)) {
+        return Err("a background plan compile did not finish in 120 s".into());
+    }
+    if cfg.warmup > 0 {
+        session.run(inputs.to_vec()).map_err(|e| e.to_string())?;
     }
     let mut samples = Vec::with_capacity(cfg.iterations.clamp(1, 1 << 16));
     let timing_started = Instant::now();

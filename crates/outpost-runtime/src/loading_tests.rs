@@ -231,3 +231,29 @@ fn auto_falls_back_when_the_preferred_backend_is_missing_and_an_explicit_choice_
     let err = LoadedModel::load(&pkg, &missing, &budget()).unwrap_err();
     assert!(matches!(err, RuntimeError::BackendUnavailable { .. }), "{err}");
 }
+
+#[test]
+fn a_dynamic_model_that_fits_only_without_shape_plans_loads_without_them() {
+    let mut m = manifest("mlp");
+    m.symbols.clear();
+    let pkg = Package::from_parts(m, vec![("model.onnx".into(), mlp())]).unwrap();
+    let tract = LoadOptions { backend: Some(crate::backend::BackendKind::Tract), ..LoadOptions::default() };
+    let used = |opts: &LoadOptions| {
+        let roomy = budget();
+        let _model = LoadedModel::load(&pkg, opts, &roomy).unwrap();
+        roomy.used()
+    };
+    let with_plans = used(&tract);
+    let lean = used(&LoadOptions { shape_plans: 0, ..tract.clone() });
+    assert!(with_plans > lean, "shape plans count in the estimate: {with_plans} vs {lean}");
+
+    let tight = MemoryBudget::new(lean + (with_plans - lean) / 2);
+    let model = LoadedModel::load(&pkg, &tract, &tight).unwrap();
+    assert_eq!(tight.used(), lean, "loaded without the plans it has no room for");
+    for _ in 0..3 {
+        let x = crate::Tensor::from_shape(&[2, 64], &[0.5f32; 128]).unwrap();
+        assert_eq!(model.infer_blocking(vec![x]).unwrap().result.unwrap()[0].shape(), &[2, 32]);
+    }
+    assert!(model.engine.settle(std::time::Duration::from_secs(10)));
+    assert!(model.engine.specialised_shapes().is_empty());
+}

@@ -28,6 +28,8 @@ pub struct LoadOptions {
     pub threads: usize,
     /// Path of `libonnxruntime.so`.
     pub ort_library: Option<PathBuf>,
+    /// tract: plans specialised to one request shape kept for a model with dynamic inputs.
+    pub shape_plans: usize,
     /// Run the golden self-test before serving.
     pub run_selftest: bool,
     /// Under the manifest's `auto`, load both backends, time a few runs of each, and keep the
@@ -43,6 +45,7 @@ impl Default for LoadOptions {
             queue_capacity: 64,
             threads: 1,
             ort_library: None,
+            shape_plans: crate::backend::DEFAULT_SHAPE_PLANS,
             run_selftest: true,
             measure_backends: false,
         }
@@ -148,6 +151,7 @@ impl LoadedModel {
             ort_library: opts.ort_library.clone(),
             input_shapes: rules.pinned(),
             symbol_bounds: rules.upper_bounds(),
+            shape_plans: opts.shape_plans,
         };
         let golden = if opts.run_selftest { pkg.selftest()? } else { None };
         // Requests' integer indices are checked against the tables they index, so a token id
@@ -377,7 +381,18 @@ fn try_backend(
 ) -> Result<Trial, RuntimeError> {
     let engine = backend::load_engine(kind, onnx, engine_opts)?;
     let needed = engine.memory().total(opts.sessions.max(1));
-    let reservation = budget.reserve(&engine_opts.model_name, needed)?;
+    let reservation = match budget.reserve(&engine_opts.model_name, needed) {
+        Ok(r) => r,
+        // Specialised plans only speed up repeated shapes: a model that fits without them
+        // serves without them rather than not at all.
+        Err(full) if engine.drop_shape_plans() => {
+            let lean = engine.memory().total(opts.sessions.max(1));
+            let r = budget.reserve(&engine_opts.model_name, lean).map_err(|_| full)?;
+            tracing::info!(model = %engine_opts.model_name, "no room for shape-specialised plans in the memory budget; every shape runs on the dynamic plan");
+            r
+        }
+        Err(full) => return Err(full),
+    };
     let report = match golden {
         Some(test) => Some(selftest::run(&engine_opts.model_name, engine.as_ref(), test, atol, rtol)?),
         None => None,

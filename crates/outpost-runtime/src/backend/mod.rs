@@ -18,6 +18,7 @@ pub mod onnxruntime;
 #[cfg(feature = "onnxruntime")]
 mod ort_convert;
 pub mod tract;
+mod tract_plans;
 
 /// Which engine runs a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,6 +87,10 @@ impl IoSpec {
     }
 }
 
+/// Specialised plans a dynamic tract model keeps by default: a few shapes cover the usual
+/// client (one resolution, one chunk length) without multiplying packed weights much.
+pub const DEFAULT_SHAPE_PLANS: usize = 4;
+
 /// Options for building an engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -102,6 +107,8 @@ pub struct EngineOptions {
     pub input_shapes: BTreeMap<String, Vec<Option<usize>>>,
     /// Largest sizes of dynamic symbols, for the memory estimate (free symbols count as 1).
     pub symbol_bounds: BTreeMap<String, i64>,
+    /// tract: how many plans specialised to one request shape a dynamic model keeps (0: none).
+    pub shape_plans: usize,
 }
 
 impl Default for EngineOptions {
@@ -113,6 +120,7 @@ impl Default for EngineOptions {
             ort_library: None,
             input_shapes: BTreeMap::new(),
             symbol_bounds: BTreeMap::new(),
+            shape_plans: DEFAULT_SHAPE_PLANS,
         }
     }
 }
@@ -143,6 +151,21 @@ pub trait Engine: Send + Sync + fmt::Debug {
     fn outputs(&self) -> &[IoSpec];
     /// A new session: per-thread scratch state for running the model.
     fn session(&self) -> Result<Box<dyn Session>, RuntimeError>;
+    /// Waits, at most `timeout`, for background work such as compiling a plan for a request
+    /// shape; true when none is left. Benchmarks call it so they time the steady state.
+    fn settle(&self, _timeout: std::time::Duration) -> bool {
+        true
+    }
+    /// Gives up plans specialised to request shapes, and the memory counted for them, when the
+    /// budget cannot hold them; true when there were any. Sessions made afterwards run every
+    /// shape on the dynamic plan.
+    fn drop_shape_plans(&self) -> bool {
+        false
+    }
+    /// Request shapes (inputs in graph order) that have a plan specialised to them.
+    fn specialised_shapes(&self) -> Vec<Vec<Vec<usize>>> {
+        Vec::new()
+    }
     /// Memory the model needs.
     fn memory(&self) -> MemoryEstimate;
 }

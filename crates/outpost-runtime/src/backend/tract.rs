@@ -6,11 +6,12 @@
 //! output shape we retry ignoring declared output shapes, which is what a user of tract's own
 //! command line does by hand with `--onnx-ignore-output-shapes`.
 
+use super::tract_plans::{ShapeKey, ShapePlans};
 use super::{Engine, EngineOptions, IoSpec, MemoryEstimate, Session};
 use crate::tensor::dtype_of;
 use crate::{RuntimeError, Tensor};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::model::memory::eval_tmp_memory_usage;
 use tract_onnx::tract_hir::internal::{DimFact, DimLike, Factoid, GenericFactoid, ShapeFactoid};
@@ -31,6 +32,9 @@ pub struct TractEngine {
     memory: MemoryEstimate,
     executor: Option<multithread::Executor>,
     name: String,
+    /// Plans specialised to the request shapes seen most, when the inputs are dynamic; taken
+    /// away when the memory budget cannot hold them.
+    shape_plans: Mutex<Option<Arc<ShapePlans>>>,
 }
 
 fn model_err(opts: &EngineOptions, stage: &str, e: impl std::fmt::Display) -> RuntimeError {
@@ -175,15 +179,17 @@ impl TractEngine {
         };
         let typed = super::ml::int64_outputs(typed).map_err(|e| model_err(opts, "int64 outputs", format!("{e:#}")))?;
         let inputs = io_specs(&typed, &typed.inputs, opts)?;
-        let optimized = typed.into_optimized().map_err(|e| model_err(opts, "optimisation failed", format!("{e:#}")))?;
-        let outputs = io_specs(&optimized, &optimized.outputs, opts)?;
         let executor = (opts.threads > 1).then(|| tract_linalg::multithread::Executor::multithread(opts.threads));
         let run_opts = RunOptions { executor: executor.clone(), ..Default::default() };
+        let shape_plans = ShapePlans::new(&typed, opts.shape_plans, run_opts.clone(), &opts.model_name);
+        let optimized = typed.into_optimized().map_err(|e| model_err(opts, "optimisation failed", format!("{e:#}")))?;
+        let outputs = io_specs(&optimized, &optimized.outputs, opts)?;
         let plan = TypedSimplePlan::new_with_options(optimized, &run_opts)
             .map_err(|e| model_err(opts, "planning failed", format!("{e:#}")))?;
         let activations = peak_activation_bytes(&plan, &opts.symbol_bounds);
         let memory = MemoryEstimate { weights_bytes: onnx.len() as u64, activations_bytes: activations };
-        Ok(TractEngine { plan, inputs, outputs, memory, executor, name: opts.model_name.clone() })
+        let shape_plans = Mutex::new(shape_plans);
+        Ok(TractEngine { plan, inputs, outputs, memory, executor, name: opts.model_name.clone(), shape_plans })
     }
 }
 
@@ -217,24 +223,76 @@ impl Engine for TractEngine {
     fn session(&self) -> Result<Box<dyn Session>, RuntimeError> {
         let state =
             self.plan.spawn().map_err(|e| RuntimeError::Model { model: self.name.clone(), reason: e.to_string() })?;
-        Ok(Box::new(TractSession { state, executor: self.executor.clone(), name: self.name.clone() }))
+        Ok(Box::new(TractSession {
+            state,
+            executor: self.executor.clone(),
+            name: self.name.clone(),
+            shape_plans: self.plans().clone(),
+            shaped: Vec::new(),
+        }))
     }
     fn memory(&self) -> MemoryEstimate {
-        self.memory
+        // A dynamic model also keeps its typed graph and up to `capacity` specialised plans,
+        // each with its own packed weights.
+        let copies = self.plans().as_ref().map_or(0, |p| 1 + p.capacity() as u64);
+        MemoryEstimate { weights_bytes: self.memory.weights_bytes * (1 + copies), ..self.memory }
+    }
+    fn drop_shape_plans(&self) -> bool {
+        self.plans().take().is_some()
+    }
+    fn settle(&self, timeout: std::time::Duration) -> bool {
+        // Cloned out so the wait does not hold the engine's lock.
+        let plans = self.plans().clone();
+        plans.is_none_or(|p| p.settle(timeout))
+    }
+    fn specialised_shapes(&self) -> Vec<ShapeKey> {
+        self.plans().as_ref().map(|p| p.cached()).unwrap_or_default()
+    }
+}
+
+impl TractEngine {
+    fn plans(&self) -> MutexGuard<'_, Option<Arc<ShapePlans>>> {
+        self.shape_plans.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 struct TractSession {
+    /// Runs any shape in range.
     state: TypedSimpleState,
     executor: Option<multithread::Executor>,
     name: String,
+    shape_plans: Option<Arc<ShapePlans>>,
+    /// This session's states of specialised plans, most recently used last.
+    shaped: Vec<(ShapeKey, TypedSimpleState)>,
+}
+
+impl TractSession {
+    /// The state to run `inputs` on: a specialised plan's when one is ready for their shapes.
+    fn state_for(&mut self, inputs: &[Tensor]) -> Result<&mut TypedSimpleState, RuntimeError> {
+        let Some(plans) = &self.shape_plans else { return Ok(&mut self.state) };
+        let key: ShapeKey = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        if let Some(pos) = self.shaped.iter().position(|(k, _)| *k == key) {
+            let entry = self.shaped.remove(pos);
+            self.shaped.push(entry);
+        } else {
+            let Some(plan) = plans.lookup(&key) else { return Ok(&mut self.state) };
+            let state =
+                plan.spawn().map_err(|e| RuntimeError::Model { model: self.name.clone(), reason: e.to_string() })?;
+            if self.shaped.len() >= plans.capacity() {
+                self.shaped.remove(0);
+            }
+            self.shaped.push((key, state));
+        }
+        Ok(&mut self.shaped.last_mut().expect("pushed above").1)
+    }
 }
 
 impl Session for TractSession {
     fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        let executor = self.executor.clone();
+        let state = self.state_for(&inputs)?;
         let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.into_tvalue()).collect();
-        let state = &mut self.state;
-        let result = match &self.executor {
+        let result = match &executor {
             Some(ex) => multithread::multithread_tract_scope(ex.clone(), || state.run(inputs)),
             None => state.run(inputs),
         };
