@@ -20,3 +20,5 @@ pub use names::{ModelName, Version};
 
 /// Version of the agent/server protocol spoken by this build.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Header carrying [`PROTOCOL_VERSION`] on every device request and every server answer.
+pub const HEADER_PROTOCOL: &str = "x-outpost-protocol";

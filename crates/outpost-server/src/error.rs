@@ -15,6 +15,9 @@ pub enum ApiError {
     /// 400: the request is malformed.
     #[error("{0}")]
     InvalidRequest(String),
+    /// 400: the client speaks a protocol version this server does not.
+    #[error("{0}")]
+    UnsupportedProtocol(String),
     /// 401: no or bad operator credentials.
     #[error("{0}")]
     Unauthorized(String),
@@ -94,7 +97,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            InvalidRequest(_) | UnsupportedProtocol(_) => StatusCode::BAD_REQUEST,
             Unauthorized(_)
             | UnknownDevice(_)
             | BadSignature(_)
@@ -121,6 +124,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             InvalidRequest(_) => "invalid_request",
+            UnsupportedProtocol(_) => "unsupported_protocol",
             Unauthorized(_) => "unauthorized",
             UnknownDevice(_) => "unknown_device",
             BadSignature(_) => "bad_signature",

@@ -124,6 +124,36 @@ async fn enrollment_refuses_bad_tokens_and_forged_keys() {
 }
 
 #[tokio::test]
+async fn an_unknown_protocol_version_is_refused_before_any_route_runs() {
+    on_every_database(|s| async move {
+        let dev = s.enrolled_device(json!({})).await;
+        let path = "/v1/device/heartbeat";
+        let body = serde_json::to_vec(&json!({"seq": 1, "at_ms": now_ms()})).unwrap();
+        // One set of signature headers for every attempt: a refused request must not have
+        // reached the route, so its nonce is still unused when version 1 comes.
+        let signed = dev.headers("POST", path, &body);
+        for bad in ["2", "0", "1.0", "one", ""] {
+            let mut headers = signed.clone();
+            headers.push((outpost_proto::HEADER_PROTOCOL, bad.to_string()));
+            let r = s.send(Method::POST, path, &headers, body.clone()).await;
+            assert_eq!((r.status, r.code()), (StatusCode::BAD_REQUEST, "unsupported_protocol"), "{}: {bad:?}", s.label);
+            assert!(r.body["message"].as_str().unwrap().contains("speaks protocol 1"), "{:?}", r.body);
+        }
+        let mut headers = signed.clone();
+        headers.push((outpost_proto::HEADER_PROTOCOL, "1".into()));
+        let r = s.send(Method::POST, path, &headers, body.clone()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}: {:?}", s.label, r.body);
+        let answered = r.headers.get(outpost_proto::HEADER_PROTOCOL).and_then(|v| v.to_str().ok());
+        assert_eq!(answered, Some("1"), "every answer names the server's version");
+        // Operators' tools send no header and are taken as version 1.
+        let r = s.op(Method::GET, "/v1/devices", Some(&s.admin), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", s.label);
+        s
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn enrolling_twice_returns_the_same_device() {
     on_every_database(|s| async move {
         let (_, token) = s.enrollment_token(json!({"uses": 5, "labels": {"site": "paris"}})).await;

@@ -173,7 +173,10 @@ impl DeviceClient {
     ) -> reqwest::RequestBuilder {
         let headers =
             self.key.sign_request(&self.device_id, method.as_str(), path_and_query, &body, timestamp_ms, nonce);
-        let mut request = self.http.request(method, format!("{}{path_and_query}", self.base));
+        let mut request = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.base))
+            .header(outpost_proto::HEADER_PROTOCOL, outpost_proto::PROTOCOL_VERSION);
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -319,6 +322,16 @@ mod tests {
         let stale = classify("/p", 401, "stale_request".into(), "m".into());
         assert!(stale.is_transient());
         assert!(!classify("/p", 401, "bad_signature".into(), "m".into()).is_transient());
+    }
+
+    #[test]
+    fn every_signed_request_names_the_protocol_version() {
+        let key = Arc::new(DeviceKey::from_secret([7; 32]));
+        let client = DeviceClient::new("http://127.0.0.1:9", key).unwrap();
+        let request =
+            client.signed_request(Method::GET, "/v1/device/desired-state", Vec::new(), 1, "00").build().unwrap();
+        let sent = request.headers().get(outpost_proto::HEADER_PROTOCOL).and_then(|v| v.to_str().ok());
+        assert_eq!(sent, Some(outpost_proto::PROTOCOL_VERSION.to_string().as_str()));
     }
 
     #[test]

@@ -93,6 +93,31 @@ async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
+/// Refuses a request whose protocol header names a version this server does not speak, before
+/// any route reads it, and names this server's version on every answer. Requests without the
+/// header (operators' tools, agents older than the header) are taken as version 1.
+async fn protocol(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use outpost_proto::{HEADER_PROTOCOL, PROTOCOL_VERSION};
+    let sent = request.headers().get(HEADER_PROTOCOL).map(|v| v.to_str().map(str::trim));
+    let mut response = match sent {
+        None => next.run(request).await,
+        Some(Ok(v)) if v.parse::<u32>() == Ok(PROTOCOL_VERSION) => next.run(request).await,
+        Some(v) => {
+            let sent = match v {
+                Ok(v) => format!("{:?}", v.chars().take(32).collect::<String>()),
+                Err(_) => "a value that is not text".into(),
+            };
+            ApiError::UnsupportedProtocol(format!(
+                "this server speaks protocol {PROTOCOL_VERSION} ({HEADER_PROTOCOL}), the client sent {sent}: \
+                 run an agent and a server from compatible releases"
+            ))
+            .into_response()
+        }
+    };
+    response.headers_mut().insert(HEADER_PROTOCOL, header::HeaderValue::from(PROTOCOL_VERSION));
+    response
+}
+
 /// The full router.
 pub fn router(state: SharedState) -> Router {
     let metrics = state.metrics.clone();
@@ -135,6 +160,7 @@ pub fn router(state: SharedState) -> Router {
             crate::budget::BodyBudget::for_bodies_of(max_body),
             crate::budget::limit_bodies,
         ))
+        .layer(axum::middleware::from_fn(protocol))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .layer(axum::middleware::from_fn(crate::serve::limits))
         .with_state(state)
