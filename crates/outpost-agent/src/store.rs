@@ -9,6 +9,7 @@
 //! it was loaded and stays in memory.
 
 use crate::metrics::Metrics;
+use outpost_proto::fleet::device::FailureKind;
 use outpost_runtime::model::MemoryBudget;
 use outpost_runtime::{LoadOptions, LoadedModel, Package};
 use std::cmp::Ordering;
@@ -25,6 +26,8 @@ pub struct LoadFailure {
     pub version: Option<String>,
     /// The package on disk.
     pub path: PathBuf,
+    /// What kind of failure, for code that branches on it.
+    pub kind: FailureKind,
     /// The error, naming the file, op or tensor.
     pub reason: String,
 }
@@ -61,7 +64,7 @@ struct Candidate {
     name: String,
     version: Option<String>,
     fingerprint: Fingerprint,
-    peek_error: Option<String>,
+    peek_error: Option<(FailureKind, String)>,
 }
 
 /// The served models, shared by the HTTP handlers and the directory watcher.
@@ -196,12 +199,13 @@ impl ModelStore {
                     }
                     break;
                 }
-                Err(reason) => {
-                    tracing::error!(model = %name, path = %cand.path.display(), %reason, "model failed to load");
+                Err((kind, reason)) => {
+                    tracing::error!(model = %name, path = %cand.path.display(), ?kind, %reason, "model failed to load");
                     self.metrics.model_load_failed(name);
                     let mut slots = self.write();
                     let slot = slots.entry(name.to_string()).or_default();
-                    slot.failure = Some(LoadFailure { version: cand.version.clone(), path: cand.path.clone(), reason });
+                    let (version, path) = (cand.version.clone(), cand.path.clone());
+                    slot.failure = Some(LoadFailure { version, path, kind, reason });
                     if active_here {
                         // The served package changed on disk and no longer verifies; the copy in
                         // memory was verified when loaded and keeps serving until a good one lands.
@@ -245,7 +249,7 @@ impl ModelStore {
                         version: None,
                         path: path.clone(),
                         fingerprint,
-                        peek_error: Some(e.to_string()),
+                        peek_error: Some((e.failure_kind(), e.to_string())),
                     }
                 }
             };
@@ -256,15 +260,17 @@ impl ModelStore {
         Ok(out)
     }
 
-    fn load(&self, cand: &Candidate) -> Result<LoadedModel, String> {
+    fn load(&self, cand: &Candidate) -> Result<LoadedModel, (FailureKind, String)> {
         if let Some(e) = &cand.peek_error {
             return Err(e.clone());
         }
-        let pkg = Package::open(&cand.path).map_err(|e| e.to_string())?;
+        let typed = |e: outpost_runtime::RuntimeError| (e.failure_kind(), e.to_string());
+        let pkg = Package::open(&cand.path).map_err(typed)?;
         if pkg.manifest.model.name != cand.name {
-            return Err(format!("manifest changed while loading (now `{}`)", pkg.manifest.model.name));
+            let why = format!("manifest changed while loading (now `{}`)", pkg.manifest.model.name);
+            return Err((FailureKind::BadManifest, why));
         }
-        LoadedModel::load(&pkg, &self.options, &self.budget).map_err(|e| e.to_string())
+        LoadedModel::load(&pkg, &self.options, &self.budget).map_err(typed)
     }
 }
 

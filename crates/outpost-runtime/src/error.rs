@@ -1,5 +1,6 @@
 //! Errors of the runtime: each names the file, model, operator or tensor involved.
 
+use outpost_proto::fleet::device::FailureKind;
 use std::path::PathBuf;
 
 /// Everything that can go wrong loading or running a model.
@@ -16,6 +17,14 @@ pub enum RuntimeError {
     /// The package is malformed: missing file, bad manifest, broken tar.
     #[error("{path}: {reason}")]
     Package {
+        /// Package path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The manifest is missing, not TOML, or fails validation.
+    #[error("{path}: {reason}")]
+    Manifest {
         /// Package path.
         path: PathBuf,
         /// What is wrong.
@@ -42,6 +51,24 @@ pub enum RuntimeError {
         model: String,
         /// Cause, naming the operator or node when known.
         reason: String,
+    },
+    /// The graph uses operators the backend does not implement.
+    #[error("model `{model}`: {reason}")]
+    Unsupported {
+        /// Model file or name.
+        model: String,
+        /// The operators, once per type with a count, and what to do.
+        reason: String,
+    },
+    /// No backend could serve the model; each one's reason is in `reason`.
+    #[error("model `{model}`: no backend can serve it ({reason})")]
+    NoBackend {
+        /// Model name.
+        model: String,
+        /// Each backend's refusal, `backend: error`, joined by `; `.
+        reason: String,
+        /// The most telling kind among the refusals.
+        kind: FailureKind,
     },
     /// Loading would exceed the memory budget.
     #[error("model `{model}` needs an estimated {needed_mb:.1} MB but only {available_mb:.1} MB of the {budget_mb:.1} MB budget is free")]
@@ -113,6 +140,26 @@ impl RuntimeError {
             RuntimeError::BadInput { .. } => true,
             RuntimeError::Pipeline(e) => e.is_client_error(),
             _ => false,
+        }
+    }
+
+    /// What kind of load failure this is, for code that branches on it.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            RuntimeError::Io { .. } => FailureKind::Io,
+            RuntimeError::Package { .. } => FailureKind::BadPackage,
+            RuntimeError::Manifest { .. } => FailureKind::BadManifest,
+            RuntimeError::HashMismatch { .. } => FailureKind::HashMismatch,
+            RuntimeError::Unsupported { .. } => FailureKind::UnsupportedModel,
+            RuntimeError::NoBackend { kind, .. } => *kind,
+            RuntimeError::Model { .. } | RuntimeError::Inference { .. } => FailureKind::InvalidModel,
+            RuntimeError::MemoryBudget { .. } => FailureKind::MemoryBudget,
+            RuntimeError::BackendUnavailable { .. } => FailureKind::BackendUnavailable,
+            RuntimeError::SelfTest { .. } => FailureKind::SelfTest,
+            RuntimeError::BadInput { .. }
+            | RuntimeError::QueueFull { .. }
+            | RuntimeError::ShuttingDown { .. }
+            | RuntimeError::Pipeline(_) => FailureKind::Other,
         }
     }
 

@@ -4,6 +4,7 @@
 use crate::inspect::fixtures::mlp;
 use crate::model::MemoryBudget;
 use crate::{LoadOptions, LoadedModel, Package, RuntimeError};
+use outpost_proto::fleet::device::FailureKind;
 use outpost_proto::manifest::{Dim, GoldenCase, Manifest, NamedTensor, SelfTest};
 use outpost_proto::DType;
 
@@ -97,8 +98,57 @@ fn truncated_garbage_and_escaping_archives_are_refused() {
 fn a_malformed_onnx_file_with_matching_hashes_is_a_model_error() {
     for onnx in [b"definitely not protobuf".to_vec(), mlp()[..mlp().len() / 2].to_vec(), Vec::new()] {
         let err = LoadedModel::load(&package(onnx), &LoadOptions::default(), &budget()).unwrap_err();
-        assert!(matches!(err, RuntimeError::Model { ref model, .. } if model == "mlp@1"), "{err}");
+        assert_eq!(err.failure_kind(), FailureKind::InvalidModel, "{err}");
+        assert!(err.to_string().contains("model `mlp@1`"), "{err}");
     }
+}
+
+#[test]
+fn each_load_failure_has_a_kind_that_update_code_can_branch_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let kind_of = |path: &std::path::Path| {
+        Package::open(path).and_then(|p| LoadedModel::load(&p, &LoadOptions::default(), &budget())).unwrap_err()
+    };
+    let garbage = dir.path().join("garbage.opkg");
+    std::fs::write(&garbage, vec![0xAB; 4096]).unwrap();
+    assert_eq!(kind_of(&garbage).failure_kind(), FailureKind::BadPackage);
+
+    let bad_manifest = dir.path().join("bad-manifest");
+    std::fs::create_dir(&bad_manifest).unwrap();
+    std::fs::write(bad_manifest.join("manifest.toml"), "format = [").unwrap();
+    assert_eq!(kind_of(&bad_manifest).failure_kind(), FailureKind::BadManifest);
+    let no_manifest = dir.path().join("no-manifest");
+    std::fs::create_dir(&no_manifest).unwrap();
+    assert_eq!(kind_of(&no_manifest).failure_kind(), FailureKind::BadManifest);
+    assert_eq!(kind_of(&dir.path().join("absent")).failure_kind(), FailureKind::Io);
+
+    let tampered = dir.path().join("tampered");
+    package(mlp()).write_dir(&tampered).unwrap();
+    let mut bytes = std::fs::read(tampered.join("model.onnx")).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(tampered.join("model.onnx"), bytes).unwrap();
+    assert_eq!(kind_of(&tampered).failure_kind(), FailureKind::HashMismatch);
+
+    // An operator no backend knows: unsupported, on tract alone and under auto (where
+    // onnxruntime, when present, refuses it too).
+    use crate::inspect::fixtures::{encode, model, node, value};
+    use tract_onnx::pb::{tensor_proto::DataType, GraphProto};
+    let unknown = encode(&model(GraphProto {
+        node: vec![node("NoSuchOperator", &["x"], &["y"])],
+        input: vec![value("x", DataType::Float, &[1, 64])],
+        output: vec![value("y", DataType::Float, &[1, 32])],
+        ..Default::default()
+    }));
+    let tract = LoadOptions { backend: Some(crate::backend::BackendKind::Tract), ..LoadOptions::default() };
+    for opts in [tract, LoadOptions::default()] {
+        let err = LoadedModel::load(&package(unknown.clone()), &opts, &budget()).unwrap_err();
+        assert_eq!(err.failure_kind(), FailureKind::UnsupportedModel, "{err}");
+        assert!(err.to_string().contains("NoSuchOperator"), "{err}");
+    }
+
+    let small = MemoryBudget::new(4 << 10);
+    let err = LoadedModel::load(&package(mlp()), &LoadOptions::default(), &small).unwrap_err();
+    assert_eq!(err.failure_kind(), FailureKind::MemoryBudget);
 }
 
 #[test]
@@ -130,7 +180,9 @@ fn golden_vectors_that_do_not_reproduce_fail_the_load_naming_case_and_output() {
     m.selftest = Some(outpost_proto::manifest::SelfTestRef { file: "selftest.json".into(), atol: 1e-4, rtol: 1e-3 });
     let files = vec![("model.onnx".into(), mlp()), ("selftest.json".into(), serde_json::to_vec(&golden).unwrap())];
     let pkg = Package::from_parts(m, files).unwrap();
-    let err = LoadedModel::load(&pkg, &LoadOptions::default(), &budget()).unwrap_err().to_string();
+    let err = LoadedModel::load(&pkg, &LoadOptions::default(), &budget()).unwrap_err();
+    assert_eq!(err.failure_kind(), FailureKind::SelfTest, "{err}");
+    let err = err.to_string();
     assert!(err.contains("self-test failed") && err.contains("case 0") && err.contains("`y`"), "{err}");
     let skip = LoadOptions { run_selftest: false, ..LoadOptions::default() };
     assert!(LoadedModel::load(&pkg, &skip, &budget()).is_ok());

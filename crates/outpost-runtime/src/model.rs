@@ -8,6 +8,7 @@ use crate::pool::{Completed, Reply, SessionPool};
 use crate::selftest::{self, SelfTestReport};
 use crate::shapes::InputRules;
 use crate::{Package, RuntimeError, Tensor};
+use outpost_proto::fleet::device::FailureKind;
 use outpost_proto::manifest::{BackendChoice, PostProcess};
 use outpost_proto::prediction::{PredictResponse, StageTimings};
 use outpost_proto::Manifest;
@@ -160,6 +161,7 @@ impl LoadedModel {
         let tolerance = manifest.selftest.as_ref().map(|s| (s.atol, s.rtol)).unwrap_or((1e-4, 1e-3));
         let candidates = candidates(&manifest, opts);
         let mut refused: Vec<String> = Vec::new();
+        let mut kinds: Vec<FailureKind> = Vec::new();
         let mut chosen = None;
         for (i, kind) in candidates.iter().enumerate() {
             let last = i + 1 == candidates.len();
@@ -170,13 +172,20 @@ impl LoadedModel {
                 }
                 // Only a model-level problem justifies another backend; a budget or I/O error
                 // would fail the same way there.
-                Err(e) if !last && falls_back(&e) => refused.push(format!("{kind}: {e}")),
+                Err(e) if !last && falls_back(&e) => {
+                    kinds.push(e.failure_kind());
+                    refused.push(format!("{kind}: {e}"));
+                }
                 Err(e) if refused.is_empty() => return Err(e),
                 Err(e) => {
+                    kinds.push(e.failure_kind());
                     refused.push(format!("{kind}: {e}"));
-                    return Err(RuntimeError::Model {
+                    // A missing library says least about the package: name another cause if any.
+                    let telling = kinds.iter().copied().find(|k| *k != FailureKind::BackendUnavailable);
+                    return Err(RuntimeError::NoBackend {
                         model: engine_opts.model_name.clone(),
-                        reason: format!("no backend can serve it ({})", refused.join("; ")),
+                        reason: refused.join("; "),
+                        kind: telling.unwrap_or(FailureKind::BackendUnavailable),
                     });
                 }
             }
@@ -361,6 +370,7 @@ fn falls_back(e: &RuntimeError) -> bool {
     matches!(
         e,
         RuntimeError::Model { .. }
+            | RuntimeError::Unsupported { .. }
             | RuntimeError::BackendUnavailable { .. }
             | RuntimeError::SelfTest { .. }
             | RuntimeError::Inference { .. }

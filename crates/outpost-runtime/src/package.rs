@@ -39,14 +39,18 @@ fn package_err(path: &Path, reason: impl Into<String>) -> RuntimeError {
     RuntimeError::Package { path: path.to_path_buf(), reason: reason.into() }
 }
 
+fn manifest_err(path: &Path, reason: impl Into<String>) -> RuntimeError {
+    RuntimeError::Manifest { path: path.to_path_buf(), reason: reason.into() }
+}
+
 impl Package {
     /// Reads and verifies a package from a directory or a `.opkg` tar.
     pub fn open(path: impl AsRef<Path>) -> Result<Package, RuntimeError> {
         let path = path.as_ref();
         let meta = fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?;
         let (manifest_text, mut files) = if meta.is_dir() { read_dir(path)? } else { read_tar(path)? };
-        let manifest_text = manifest_text.ok_or_else(|| package_err(path, format!("no {MANIFEST_FILE}")))?;
-        let manifest = Manifest::from_toml(&manifest_text).map_err(|e| package_err(path, e.to_string()))?;
+        let manifest_text = manifest_text.ok_or_else(|| manifest_err(path, format!("no {MANIFEST_FILE}")))?;
+        let manifest = Manifest::from_toml(&manifest_text).map_err(|e| manifest_err(path, e.to_string()))?;
         files.retain(|name, _| manifest.files.contains_key(name));
         for (name, expected) in &manifest.files {
             let bytes = match files.get(name) {
@@ -76,14 +80,14 @@ impl Package {
         let path = path.as_ref();
         let meta = fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?;
         let text = if meta.is_dir() { read_dir(path)?.0 } else { read_tar_manifest(path)? };
-        let text = text.ok_or_else(|| package_err(path, format!("no {MANIFEST_FILE}")))?;
-        Manifest::from_toml(&text).map_err(|e| package_err(path, e.to_string()))
+        let text = text.ok_or_else(|| manifest_err(path, format!("no {MANIFEST_FILE}")))?;
+        Manifest::from_toml(&text).map_err(|e| manifest_err(path, e.to_string()))
     }
 
     /// Builds a package in memory, filling the manifest's hashes.
     pub fn from_parts(mut manifest: Manifest, files: Vec<(String, Vec<u8>)>) -> Result<Package, RuntimeError> {
         manifest.files = files.iter().map(|(n, b)| (n.clone(), sha256_hex(b))).collect();
-        manifest.validate().map_err(|e| package_err(Path::new("<memory>"), e.to_string()))?;
+        manifest.validate().map_err(|e| manifest_err(Path::new("<memory>"), e.to_string()))?;
         Ok(Package { path: PathBuf::from("<memory>"), manifest, files: files.into_iter().collect() })
     }
 
@@ -186,7 +190,7 @@ type Contents = (Option<String>, BTreeMap<String, Vec<u8>>);
 fn read_dir(dir: &Path) -> Result<Contents, RuntimeError> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let text = match fs::read(&manifest_path) {
-        Ok(b) => Some(String::from_utf8(b).map_err(|_| package_err(&manifest_path, "not UTF-8"))?),
+        Ok(b) => Some(String::from_utf8(b).map_err(|_| manifest_err(&manifest_path, "not UTF-8"))?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(RuntimeError::io(&manifest_path, e)),
     };
@@ -243,7 +247,7 @@ fn read_tar(path: &Path) -> Result<Contents, RuntimeError> {
             .read_to_end(&mut bytes)
             .map_err(|e| package_err(path, format!("`{name}` truncated: {e}")))?;
         if name == MANIFEST_FILE {
-            manifest = Some(String::from_utf8(bytes).map_err(|_| package_err(path, "manifest.toml is not UTF-8"))?);
+            manifest = Some(String::from_utf8(bytes).map_err(|_| manifest_err(path, "manifest.toml is not UTF-8"))?);
         } else {
             files.insert(name, bytes);
         }

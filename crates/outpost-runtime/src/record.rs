@@ -145,7 +145,9 @@ pub fn record(onnx: &[u8], opts: &RecordOptions) -> Result<Recording, RuntimeErr
 
 fn reason(e: &RuntimeError) -> String {
     match e {
-        RuntimeError::Model { reason, .. } | RuntimeError::Inference { reason, .. } => reason.clone(),
+        RuntimeError::Model { reason, .. }
+        | RuntimeError::Unsupported { reason, .. }
+        | RuntimeError::Inference { reason, .. } => reason.clone(),
         RuntimeError::SelfTest { reason, .. } => reason.clone(),
         other => other.to_string(),
     }

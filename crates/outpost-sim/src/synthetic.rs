@@ -64,6 +64,7 @@ pub fn state_report(
             version: "1".into(),
             state: "ready".into(),
             reason: None,
+            failure_kind: None,
             requests: model.requests,
             errors: model.errors,
             latency_p50_ms: p50,

@@ -9,7 +9,7 @@
 use super::system::SystemSampler;
 use crate::metrics::{Metrics, ModelWindow};
 use crate::store::ModelStore;
-use outpost_proto::fleet::device::{DesiredModel, HardwareProfile, Health, ModelReport, StateReport};
+use outpost_proto::fleet::device::{DesiredModel, FailureKind, HardwareProfile, Health, ModelReport, StateReport};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,8 +25,8 @@ pub struct ServedModel {
     pub name: String,
     /// Version serving, when one is.
     pub active_version: Option<String>,
-    /// Version and reason of the last package that failed, when one did.
-    pub failure: Option<(Option<String>, String)>,
+    /// Version, kind and reason of the last package that failed, when one did.
+    pub failure: Option<(Option<String>, FailureKind, String)>,
     /// Why the serving version runs on the backend it does, when it is not the package's first
     /// choice (e.g. onnxruntime is not installed on this device).
     pub backend_note: Option<String>,
@@ -44,7 +44,7 @@ pub fn served_models(store: &ModelStore) -> Vec<ServedModel> {
                 .active
                 .as_ref()
                 .and_then(|m| m.fallback_reason.as_ref().map(|r| format!("serving on {}; {r}", m.backend()))),
-            failure: slot.failure.map(|f| (f.version, f.reason)),
+            failure: slot.failure.map(|f| (f.version, f.kind, f.reason)),
         })
         .collect()
 }
@@ -86,10 +86,12 @@ pub fn model_reports(
     let mut health = Health::Ok;
     for model in served {
         let mut window = windows.get(&model.name).cloned().unwrap_or_default();
-        let (state, version, reason) = match (&model.active_version, &model.failure) {
-            (Some(v), _) => ("ready", v.clone(), model.backend_note.clone()),
-            (None, Some((v, reason))) => ("failed", v.clone().unwrap_or_default(), Some(reason.clone())),
-            (None, None) => ("loading", String::new(), None),
+        let (state, version, reason, failure_kind) = match (&model.active_version, &model.failure) {
+            (Some(v), _) => ("ready", v.clone(), model.backend_note.clone(), None),
+            (None, Some((v, kind, reason))) => {
+                ("failed", v.clone().unwrap_or_default(), Some(reason.clone()), Some(*kind))
+            }
+            (None, None) => ("loading", String::new(), None, None),
         };
         if model.failure.is_some() {
             health = Health::Degraded;
@@ -99,6 +101,7 @@ pub fn model_reports(
             version,
             state: state.to_string(),
             reason,
+            failure_kind,
             requests: window.requests,
             errors: window.errors,
             latency_p50_ms: percentile(&mut window.latencies_ms, 0.50),
@@ -182,7 +185,7 @@ mod tests {
         ServedModel {
             name: name.into(),
             active_version: version.map(String::from),
-            failure: failure.map(|r| (Some("9".to_string()), r.to_string())),
+            failure: failure.map(|r| (Some("9".to_string()), FailureKind::SelfTest, r.to_string())),
             backend_note: None,
         }
     }
@@ -232,6 +235,7 @@ mod tests {
         assert_eq!(health, Health::Degraded);
         assert_eq!(reports[0].state, "failed");
         assert_eq!(reports[0].reason.as_deref(), Some("hash mismatch"));
+        assert_eq!(reports[0].failure_kind, Some(FailureKind::SelfTest), "the kind travels with the reason");
 
         let (reports, health) =
             model_reports(&[served("a", Some("1"), None)], &HashMap::new(), &[desired("a", "2"), desired("b", "1")]);

@@ -67,6 +67,7 @@ fn metadata(state: &ApiState, model: &LoadedModel) -> ModelMetadata {
     }
     if let Some(f) = state.store.slot(model.name()).and_then(|s| s.failure) {
         p.insert("last_load_error".into(), json!(f.reason));
+        p.insert("last_load_error_kind".into(), json!(f.kind));
     }
     ModelMetadata {
         name: model.name().to_string(),
@@ -133,6 +134,7 @@ pub async fn repository_index(
             })),
             (None, Some(f)) if !only_ready => out.push(json!({
                 "name": name, "version": f.version.clone().unwrap_or_default(), "state": "UNAVAILABLE", "reason": f.reason,
+                "failure_kind": f.kind,
             })),
             _ => {}
         }

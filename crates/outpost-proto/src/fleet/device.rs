@@ -76,6 +76,33 @@ pub enum Health {
     Failing,
 }
 
+/// Why a package could not be served, for code that branches on it (update, rollback, the
+/// fleet view); the report's `reason` says it in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The package or a file in it could not be read.
+    Io,
+    /// A file's hash differs from the manifest: corrupt or tampered with.
+    HashMismatch,
+    /// The package is malformed: not a tar, a missing or oversized file, a path escaping it.
+    BadPackage,
+    /// The manifest is missing, not TOML, or fails validation.
+    BadManifest,
+    /// The graph uses operators no available backend runs.
+    UnsupportedModel,
+    /// The ONNX file cannot be parsed, typed or run.
+    InvalidModel,
+    /// The model does not fit the device's memory budget.
+    MemoryBudget,
+    /// The backend the package needs is not installed on the device.
+    BackendUnavailable,
+    /// The golden self-test does not reproduce on this device.
+    SelfTest,
+    /// Anything else.
+    Other,
+}
+
 /// One served (or failed) model in a report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
@@ -89,6 +116,9 @@ pub struct ModelReport {
     /// Why it failed, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The kind of that failure, when the package failed to load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<FailureKind>,
     /// Inference requests since the agent started.
     pub requests: u64,
     /// Failed inference requests since the agent started.

@@ -66,7 +66,7 @@ fn parse(onnx: &[u8], opts: &EngineOptions, ignore_output_shapes: bool) -> Resul
         .unwrap_or_default();
     if !unsupported.is_empty() {
         let reason = crate::inspect::unsupported::unsupported_message(&unsupported);
-        return Err(RuntimeError::Model { model: opts.model_name.clone(), reason });
+        return Err(RuntimeError::Unsupported { model: opts.model_name.clone(), reason });
     }
     if !opts.symbols.is_empty() {
         let mut values = SymbolValues::default();

@@ -276,7 +276,7 @@ fn inspect_named(name: &str, onnx: &[u8], symbols: &BTreeMap<String, i64>) -> Re
 /// The cause of a runtime error without the model name the report already shows.
 fn reason_of(e: &RuntimeError) -> String {
     match e {
-        RuntimeError::Model { reason, .. } => reason.clone(),
+        RuntimeError::Model { reason, .. } | RuntimeError::Unsupported { reason, .. } => reason.clone(),
         other => other.to_string(),
     }
 }
