@@ -73,6 +73,10 @@ pub struct ModelStore {
     slots: RwLock<BTreeMap<String, ModelSlot>>,
     /// Packages already tried, by path, with the fingerprint they had: not retried until changed.
     tried: RwLock<HashMap<PathBuf, Fingerprint>>,
+    /// Of those, the ones that loaded: a desired version may go back to one of them.
+    loaded: RwLock<HashMap<PathBuf, Fingerprint>>,
+    /// The version of each model the server wants served (empty when standalone).
+    desired: RwLock<BTreeMap<String, String>>,
     /// What each package's manifest said, by path: a poll re-reads only packages that changed.
     peeked: RwLock<HashMap<PathBuf, Candidate>>,
     budget: MemoryBudget,
@@ -86,6 +90,8 @@ impl ModelStore {
         ModelStore {
             slots: RwLock::new(BTreeMap::new()),
             tried: RwLock::new(HashMap::new()),
+            loaded: RwLock::new(HashMap::new()),
+            desired: RwLock::new(BTreeMap::new()),
             peeked: RwLock::new(HashMap::new()),
             budget,
             options,
@@ -106,6 +112,31 @@ impl ModelStore {
     /// All models, ready or not, by name.
     pub fn slots(&self) -> BTreeMap<String, ModelSlot> {
         self.read().clone()
+    }
+
+    /// Sets the version of each model the server wants served; the next [`ModelStore::sync`]
+    /// activates it when its package is in the directory, also when that is a lower version. A
+    /// model left out serves its highest loadable version. Returns whether anything changed;
+    /// a desired package that failed before is tried again when its model's entry changes.
+    pub fn set_desired(&self, models: BTreeMap<String, String>) -> bool {
+        let mut desired = self.desired.write().unwrap_or_else(|p| p.into_inner());
+        if *desired == models {
+            return false;
+        }
+        let changed: Vec<&String> =
+            models.keys().chain(desired.keys()).filter(|n| models.get(*n) != desired.get(*n)).collect();
+        let peeked = self.peeked.read().unwrap_or_else(|p| p.into_inner());
+        let slots = self.read();
+        let active = |p: &PathBuf| slots.values().any(|s| s.active_path.as_ref() == Some(p));
+        let retry: Vec<PathBuf> =
+            peeked.iter().filter(|(p, c)| changed.contains(&&c.name) && !active(p)).map(|(p, _)| p.clone()).collect();
+        drop((slots, peeked));
+        let mut tried = self.tried.write().unwrap_or_else(|p| p.into_inner());
+        retry.iter().for_each(|p| {
+            tried.remove(p);
+        });
+        *desired = models;
+        true
     }
 
     /// The memory budget shared by the models.
@@ -150,6 +181,7 @@ impl ModelStore {
             changed |= self.sync_model(&name, &versions);
         }
         self.tried.write().unwrap_or_else(|p| p.into_inner()).retain(|p, _| p.exists());
+        self.loaded.write().unwrap_or_else(|p| p.into_inner()).retain(|p, _| p.exists());
         changed
     }
 
@@ -163,23 +195,46 @@ impl ModelStore {
                 tried.remove(&c.path);
             });
         }
+        // The version the server wants goes first, whatever its number; the others stay in
+        // order as the fallback for a device that serves nothing yet.
+        let pin = self.desired.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        let mut order: Vec<&Candidate> = versions.iter().collect();
+        if let Some(pos) = order.iter().position(|c| pin.is_some() && c.version == pin) {
+            let pinned = order.remove(pos);
+            order.insert(0, pinned);
+        }
         let mut changed = false;
-        for cand in versions {
+        for cand in order {
             let slot = self.slot(name).unwrap_or_default();
             let active_here = slot.active_path.as_ref() == Some(&cand.path);
-            let known = self.tried.read().unwrap_or_else(|p| p.into_inner()).get(&cand.path) == Some(&cand.fingerprint);
+            let seen = |map: &RwLock<HashMap<PathBuf, Fingerprint>>| {
+                map.read().unwrap_or_else(|p| p.into_inner()).get(&cand.path) == Some(&cand.fingerprint)
+            };
+            let (known, good) = (seen(&self.tried), seen(&self.loaded));
             if known && active_here {
-                break; // serving the best loadable package, unchanged
-            }
-            if known {
-                continue; // failed before and unchanged: try the next lower version
+                break; // serving the package it should, unchanged
             }
             let active_version = slot.active.as_ref().map(|m| m.version().to_string());
-            if !active_here
-                && slot.active_path.is_some()
-                && version_cmp(cand.version.as_deref(), active_version.as_deref()) == Ordering::Less
-            {
-                break; // never downgrade while a newer version serves
+            if pin.is_some() && cand.version == pin {
+                if known && !good && slot.active.is_some() {
+                    break; // the desired package failed and is unchanged: keep serving
+                }
+                if known && !good {
+                    continue; // nothing serves: fall back to the best other version
+                }
+            } else {
+                if pin.is_some() && slot.active.is_some() {
+                    break; // with a desired version, only it replaces what serves
+                }
+                if known && !good {
+                    continue; // failed before and unchanged: try the next lower version
+                }
+                if !active_here
+                    && slot.active_path.is_some()
+                    && version_cmp(cand.version.as_deref(), active_version.as_deref()) == Ordering::Less
+                {
+                    break; // never downgrade on its own while a newer version serves
+                }
             }
             self.tried.write().unwrap_or_else(|p| p.into_inner()).insert(cand.path.clone(), cand.fingerprint);
             changed = true;
@@ -187,8 +242,10 @@ impl ModelStore {
                 Ok(model) => {
                     tracing::info!(
                         model = %name, version = %model.version(), backend = %model.backend(),
-                        ms = model.load_time.as_millis() as u64, path = %cand.path.display(), "model loaded"
+                        ms = model.load_time.as_millis() as u64, path = %cand.path.display(),
+                        replaced = ?active_version, desired = ?pin, "model loaded"
                     );
+                    self.loaded.write().unwrap_or_else(|p| p.into_inner()).insert(cand.path.clone(), cand.fingerprint);
                     self.metrics.model_loaded(name, model.version());
                     let mut slots = self.write();
                     let slot = slots.entry(name.to_string()).or_default();
@@ -201,6 +258,7 @@ impl ModelStore {
                 }
                 Err((kind, reason)) => {
                     tracing::error!(model = %name, path = %cand.path.display(), ?kind, %reason, "model failed to load");
+                    self.loaded.write().unwrap_or_else(|p| p.into_inner()).remove(&cand.path);
                     self.metrics.model_load_failed(name);
                     let mut slots = self.write();
                     let slot = slots.entry(name.to_string()).or_default();

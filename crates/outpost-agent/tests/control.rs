@@ -418,3 +418,29 @@ async fn reports_made_while_the_server_is_down_are_delivered_in_order_when_it_re
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_the_version_its_desired_state_names_also_a_lower_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(&dir.path().join("server")).await;
+    let token = plane.enrollment_token(1).await;
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    common::write_package(&models, "affine", "1", &common::affine_onnx(1.0));
+    common::write_package(&models, "affine", "2", &common::affine_onnx(2.0));
+    let agent = outpost_agent::Agent::start(agent_config(dir.path(), &plane.base, Some(token))).await.unwrap();
+    let status = agent.control().unwrap().clone();
+    wait_until("enrollment", || status.device_id().is_some()).await;
+    let device = status.device_id().unwrap();
+    let store = agent.state.store.clone();
+    let serving = move || store.get("affine").map(|m| m.version().to_string());
+    assert_eq!(serving().as_deref(), Some("2"), "nothing desired yet: the highest version serves");
+
+    let pin = |version: &str| serde_json::json!({"models": {"affine": version}, "config": {}});
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("1"))).await;
+    wait_until("the desired version 1 to serve", || serving().as_deref() == Some("1")).await;
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("2"))).await;
+    wait_until("the desired version 2 to serve", || serving().as_deref() == Some("2")).await;
+    agent.shutdown().await.unwrap();
+    plane.server.shutdown().await.unwrap();
+}

@@ -135,3 +135,78 @@ async fn in_flight_requests_finish_on_the_old_version_during_a_swap() {
     assert_eq!(after["versions"], json!(["2"]));
     agent.shutdown().await.unwrap();
 }
+
+/// The store alone, as the control channel drives it: `set_desired`, then a scan.
+fn store() -> outpost_agent::store::ModelStore {
+    use outpost_runtime::model::MemoryBudget;
+    let metrics = std::sync::Arc::new(outpost_agent::metrics::Metrics::new());
+    outpost_agent::store::ModelStore::new(
+        outpost_runtime::LoadOptions::default(),
+        MemoryBudget::new(256 << 20),
+        metrics,
+    )
+}
+
+fn serving(store: &outpost_agent::store::ModelStore, name: &str) -> Option<String> {
+    store.get(name).map(|m| m.version().to_string())
+}
+
+fn want(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn the_desired_version_is_activated_even_when_lower_and_a_failing_one_never_displaces_a_good() {
+    use outpost_proto::fleet::device::FailureKind;
+    let dir = tempfile::tempdir().unwrap();
+    write_package(dir.path(), "m", "1", &affine_onnx(1.0));
+    write_package(dir.path(), "m", "2", &affine_onnx(2.0));
+    let store = store();
+    store.sync(dir.path());
+    assert_eq!(serving(&store, "m").as_deref(), Some("2"), "standalone: the highest version serves");
+
+    // The server asks for 1: a downgrade, done on the next scan.
+    assert!(store.set_desired(want(&[("m", "1")])));
+    assert!(!store.set_desired(want(&[("m", "1")])), "the same desired state changes nothing");
+    store.sync(dir.path());
+    assert_eq!(serving(&store, "m").as_deref(), Some("1"));
+    // A newer package arriving does not displace the desired version.
+    write_package(dir.path(), "m", "3", &affine_onnx(3.0));
+    store.sync(dir.path());
+    assert_eq!(serving(&store, "m").as_deref(), Some("1"));
+
+    // A desired version that is not on the device yet: keep serving what works.
+    store.set_desired(want(&[("m", "4")]));
+    store.sync(dir.path());
+    assert_eq!(serving(&store, "m").as_deref(), Some("1"));
+    // It arrives corrupt: refused with its kind, version 1 keeps serving, and it is not retried
+    // on every scan.
+    let bad = write_package(dir.path(), "m", "4", &affine_onnx(4.0));
+    corrupt_model_in(&bad);
+    assert!(store.sync(dir.path()));
+    assert_eq!(serving(&store, "m").as_deref(), Some("1"));
+    let failure = store.slot("m").unwrap().failure.unwrap();
+    assert_eq!((failure.version.as_deref(), failure.kind), (Some("4"), FailureKind::HashMismatch), "{failure:?}");
+    assert!(!store.sync(dir.path()), "an unchanged failed package is not tried again");
+
+    // Back to 2, a version that served before.
+    store.set_desired(want(&[("m", "2")]));
+    store.sync(dir.path());
+    assert_eq!(serving(&store, "m").as_deref(), Some("2"));
+
+    // A fresh device whose desired version is broken still serves the best other one.
+    let fresh = store_with_desired(&want(&[("m", "4")]));
+    fresh.sync(dir.path());
+    assert_eq!(serving(&fresh, "m").as_deref(), Some("3"), "never left without a working model");
+
+    // Without a desired version again, the highest loadable one serves.
+    store.set_desired(want(&[]));
+    store.sync(dir.path());
+    assert_eq!(serving(&store, "m").as_deref(), Some("3"));
+}
+
+fn store_with_desired(desired: &std::collections::BTreeMap<String, String>) -> outpost_agent::store::ModelStore {
+    let s = store();
+    s.set_desired(desired.clone());
+    s
+}

@@ -403,6 +403,14 @@ impl Session {
             let names: Vec<String> = missing.iter().map(|m| format!("{}@{}", m.name, m.version)).collect();
             tracing::warn!(models = ?names, "desired models are not on this device (model download is not available yet)");
         }
+        // The store activates these versions, also when one is lower than what serves (a
+        // rollback the operator asked for): scan now rather than at the next poll.
+        if self.ctx.store.set_desired(models.iter().map(|m| (m.name.clone(), m.version.clone())).collect()) {
+            let (store, dir) = (self.ctx.store.clone(), self.ctx.model_dir.clone());
+            if let Err(e) = tokio::task::spawn_blocking(move || store.sync(&dir)).await {
+                tracing::error!(error = %e, "model directory scan after a desired-state change failed");
+            }
+        }
         *self.status.desired.lock().unwrap_or_else(|p| p.into_inner()) = models;
         for command in &desired.commands {
             if !self.executed.lock().unwrap_or_else(|p| p.into_inner()).insert(command.id) {
