@@ -238,9 +238,14 @@ fn measuring_backends_keeps_one_and_says_why() {
 }
 
 /// The process's peak virtual size in KiB (Linux).
-fn vm_peak_kib() -> Option<u64> {
+/// A `/proc/self/status` figure in KiB (`VmPeak`, `VmHWM`).
+fn proc_status_kib(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmPeak:"))?.trim().strip_suffix("kB")?.trim().parse().ok()
+    status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+fn vm_peak_kib() -> Option<u64> {
+    proc_status_kib("VmPeak")
 }
 
 #[test]
@@ -308,4 +313,46 @@ fn a_dynamic_model_that_fits_only_without_shape_plans_loads_without_them() {
     }
     assert!(model.engine.settle(std::time::Duration::from_secs(10)));
     assert!(model.engine.specialised_shapes().is_empty());
+}
+
+/// A tar with the package's manifest and model, then `extra` entries written from readers.
+fn tar_with(path: &std::path::Path, extra: Vec<(&str, u64, Box<dyn std::io::Read>)>) {
+    let pkg = package(mlp());
+    let mut builder = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut append = |name: &str, size: u64, data: &mut dyn std::io::Read| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, data).unwrap();
+    };
+    let manifest = pkg.manifest.to_toml();
+    append("manifest.toml", manifest.len() as u64, &mut manifest.as_bytes());
+    append("model.onnx", pkg.model_bytes().len() as u64, &mut pkg.model_bytes());
+    for (name, size, mut data) in extra {
+        append(name, size, &mut data);
+    }
+    builder.finish().unwrap();
+}
+
+#[test]
+fn entries_the_manifest_does_not_list_are_skipped_unread_and_a_listed_one_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    use std::io::Read as _;
+    let junk_bytes = 256u64 << 20;
+    let with_junk = dir.path().join("junk.opkg");
+    tar_with(&with_junk, vec![("junk.bin", junk_bytes, Box::new(std::io::repeat(7).take(junk_bytes)))]);
+    let before = proc_status_kib("VmHWM");
+    let pkg = Package::open(&with_junk).unwrap();
+    assert_eq!(pkg.size_bytes(), mlp().len() as u64, "only listed files are kept");
+    if let (Some(before), Some(after)) = (before, proc_status_kib("VmHWM")) {
+        assert!(after.saturating_sub(before) < (junk_bytes >> 10) / 2, "peak RSS grew {} KiB", after - before);
+    }
+
+    let twice = dir.path().join("twice.opkg");
+    let evil = b"not the model".to_vec();
+    tar_with(&twice, vec![("model.onnx", evil.len() as u64, Box::new(std::io::Cursor::new(evil)))]);
+    let err = Package::open(&twice).unwrap_err();
+    assert!(err.to_string().contains("`model.onnx` appears twice"), "{err}");
+    assert_eq!(err.failure_kind(), FailureKind::BadPackage);
 }

@@ -1,7 +1,9 @@
 //! Model packages: a `.opkg` tar or a directory holding `manifest.toml`, the ONNX file and any
 //! other files the manifest lists (self-test vectors, label files).
 //!
-//! Every listed file's sha256 is checked before any of it is parsed, so a truncated download or
+//! The manifest is read first; then only the files it lists, each hashed while it streams in (an
+//! unlisted entry is never buffered). Every listed file's sha256 is checked before any of it is
+//! parsed, so a truncated download or
 //! a tampered file is reported as such instead of surfacing as a confusing parse error (or not
 //! at all). Writers fill the hashes themselves and publish atomically (write aside, then
 //! rename), so a reader never sees half a package.
@@ -47,29 +49,27 @@ impl Package {
     /// Reads and verifies a package from a directory or a `.opkg` tar.
     pub fn open(path: impl AsRef<Path>) -> Result<Package, RuntimeError> {
         let path = path.as_ref();
-        let meta = fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?;
-        let (manifest_text, mut files) = if meta.is_dir() { read_dir(path)? } else { read_tar(path)? };
-        let manifest_text = manifest_text.ok_or_else(|| manifest_err(path, format!("no {MANIFEST_FILE}")))?;
-        let manifest = Manifest::from_toml(&manifest_text).map_err(|e| manifest_err(path, e.to_string()))?;
-        files.retain(|name, _| manifest.files.contains_key(name));
-        for (name, expected) in &manifest.files {
-            let bytes = match files.get(name) {
-                Some(b) => b,
-                None if meta.is_dir() => {
-                    let bytes = read_limited(&path.join(name))?;
-                    files.entry(name.clone()).or_insert(bytes)
-                }
-                None => return Err(package_err(path, format!("`{name}` is listed in the manifest but missing"))),
-            };
-            let actual = sha256_hex(bytes);
-            if &actual != expected {
-                return Err(RuntimeError::HashMismatch {
-                    path: path.to_path_buf(),
-                    file: name.clone(),
-                    expected: expected.clone(),
-                    actual,
-                });
+        // The manifest first, on its own: it says which files to read, so nothing else in the
+        // package is ever buffered, and each listed file is hashed as it streams in.
+        let manifest = Package::peek_manifest(path)?;
+        let mut files = BTreeMap::new();
+        if fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?.is_dir() {
+            for name in manifest.files.keys() {
+                let file = path.join(name);
+                let f = match fs::File::open(&file) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(package_err(path, format!("`{name}` is listed in the manifest but missing")))
+                    }
+                    Err(e) => return Err(RuntimeError::io(&file, e)),
+                };
+                files.insert(name.clone(), read_hashed(path, name, f, MAX_FILE_BYTES, &manifest)?);
             }
+        } else {
+            read_listed_tar_entries(path, &manifest, &mut files)?;
+        }
+        if let Some(name) = manifest.files.keys().find(|n| !files.contains_key(*n)) {
+            return Err(package_err(path, format!("`{name}` is listed in the manifest but missing")));
         }
         Ok(Package { path: path.to_path_buf(), manifest, files })
     }
@@ -79,7 +79,7 @@ impl Package {
     pub fn peek_manifest(path: impl AsRef<Path>) -> Result<Manifest, RuntimeError> {
         let path = path.as_ref();
         let meta = fs::metadata(path).map_err(|e| RuntimeError::io(path, e))?;
-        let text = if meta.is_dir() { read_dir(path)?.0 } else { read_tar_manifest(path)? };
+        let text = if meta.is_dir() { read_dir_manifest(path)? } else { read_tar_manifest(path)? };
         let text = text.ok_or_else(|| manifest_err(path, format!("no {MANIFEST_FILE}")))?;
         Manifest::from_toml(&text).map_err(|e| manifest_err(path, e.to_string()))
     }
@@ -123,8 +123,9 @@ impl Package {
         let tmp = sibling_tmp(dir);
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(|e| RuntimeError::io(&tmp, e))?;
-        for (name, bytes) in self.entries() {
-            write_synced(&tmp.join(name), &bytes)?;
+        write_synced(&tmp.join(MANIFEST_FILE), self.manifest.to_toml().as_bytes())?;
+        for (name, bytes) in &self.files {
+            write_synced(&tmp.join(name), bytes)?;
         }
         fs::rename(&tmp, dir).map_err(|e| RuntimeError::io(dir, e))?;
         sync_parent(dir);
@@ -133,27 +134,29 @@ impl Package {
 
     /// Writes the package as a `.opkg` tar, atomically.
     pub fn write_opkg(&self, path: &Path) -> Result<(), RuntimeError> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for (name, bytes) in self.entries() {
+        // Straight to the file: the package is not copied into a second buffer on the way.
+        let tmp = sibling_tmp(path);
+        let file = fs::File::create(&tmp).map_err(|e| RuntimeError::io(&tmp, e))?;
+        let mut builder = tar::Builder::new(std::io::BufWriter::new(file));
+        let manifest = self.manifest.to_toml().into_bytes();
+        let entries = std::iter::once((MANIFEST_FILE, manifest.as_slice()))
+            .chain(self.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+        for (name, bytes) in entries {
             let mut header = tar::Header::new_gnu();
             header.set_size(bytes.len() as u64);
             header.set_mode(0o644);
             header.set_mtime(0);
             header.set_cksum();
-            builder.append_data(&mut header, &name, bytes.as_slice()).map_err(|e| RuntimeError::io(path, e))?;
+            builder.append_data(&mut header, name, bytes).map_err(|e| RuntimeError::io(&tmp, e))?;
         }
-        let data = builder.into_inner().map_err(|e| RuntimeError::io(path, e))?;
-        let tmp = sibling_tmp(path);
-        write_synced(&tmp, &data)?;
+        let file = builder
+            .into_inner()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .map_err(|e| RuntimeError::io(&tmp, e))?;
+        file.sync_all().map_err(|e| RuntimeError::io(&tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| RuntimeError::io(path, e))?;
         sync_parent(path);
         Ok(())
-    }
-
-    fn entries(&self) -> Vec<(String, Vec<u8>)> {
-        let mut out = vec![(MANIFEST_FILE.to_string(), self.manifest.to_toml().into_bytes())];
-        out.extend(self.files.iter().map(|(n, b)| (n.clone(), b.clone())));
-        out
     }
 }
 
@@ -175,27 +178,59 @@ fn sync_parent(path: &Path) {
     }
 }
 
-fn read_limited(path: &Path) -> Result<Vec<u8>, RuntimeError> {
-    let f = fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
+/// Reads `listed` (a file the manifest names) to the end, at most `limit` bytes, hashing as it
+/// goes, and checks the hash against the manifest's.
+fn read_hashed(
+    path: &Path,
+    listed: &str,
+    mut reader: impl Read,
+    limit: u64,
+    manifest: &Manifest,
+) -> Result<Vec<u8>, RuntimeError> {
+    let mut hasher = Sha256::new();
     let mut bytes = Vec::new();
-    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| RuntimeError::io(path, e))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(package_err(path, format!("larger than {} bytes", MAX_FILE_BYTES)));
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = reader.read(&mut chunk).map_err(|e| package_err(path, format!("`{listed}`: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if (bytes.len() + n) as u64 > limit {
+            return Err(package_err(path, format!("`{listed}` is larger than {limit} bytes")));
+        }
+        hasher.update(&chunk[..n]);
+        bytes.extend_from_slice(&chunk[..n]);
+    }
+    let actual = hex::encode(hasher.finalize());
+    let expected = manifest.files.get(listed).cloned().unwrap_or_default();
+    if actual != expected {
+        return Err(RuntimeError::HashMismatch {
+            path: path.to_path_buf(),
+            file: listed.to_string(),
+            expected,
+            actual,
+        });
     }
     Ok(bytes)
 }
 
-type Contents = (Option<String>, BTreeMap<String, Vec<u8>>);
-
-fn read_dir(dir: &Path) -> Result<Contents, RuntimeError> {
+fn read_dir_manifest(dir: &Path) -> Result<Option<String>, RuntimeError> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let text = match fs::read(&manifest_path) {
-        Ok(b) => Some(String::from_utf8(b).map_err(|_| manifest_err(&manifest_path, "not UTF-8"))?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(RuntimeError::io(&manifest_path, e)),
-    };
-    // Other files are read lazily in `open`, only those the manifest lists.
-    Ok((text, BTreeMap::new()))
+    match fs::read(&manifest_path) {
+        Ok(b) => Ok(Some(String::from_utf8(b).map_err(|_| manifest_err(&manifest_path, "not UTF-8"))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(RuntimeError::io(&manifest_path, e)),
+    }
+}
+
+/// An entry's name inside the package, refusing names that would escape it.
+fn entry_name(path: &Path, entry: &tar::Entry<'_, fs::File>) -> Result<String, RuntimeError> {
+    let name = entry.path().map_err(|e| package_err(path, format!("bad entry name: {e}")))?;
+    let name = name.to_string_lossy().trim_start_matches("./").to_string();
+    if name.contains("..") || name.starts_with('/') {
+        return Err(package_err(path, format!("entry `{name}` escapes the package")));
+    }
+    Ok(name)
 }
 
 /// Only the manifest of a tar: other entries are skipped, not buffered, so watching a directory
@@ -206,51 +241,49 @@ fn read_tar_manifest(path: &Path) -> Result<Option<String>, RuntimeError> {
     let entries = archive.entries().map_err(|e| package_err(path, format!("not a tar archive: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| package_err(path, format!("corrupt tar: {e}")))?;
-        let is_manifest = entry.path().is_ok_and(|p| p.to_string_lossy().trim_start_matches("./") == MANIFEST_FILE);
-        if is_manifest && entry.header().entry_type().is_file() {
+        if entry_name(path, &entry)? == MANIFEST_FILE && entry.header().entry_type().is_file() {
             let mut text = String::new();
             (&mut entry)
                 .take(1 << 20)
                 .read_to_string(&mut text)
-                .map_err(|e| package_err(path, format!("{MANIFEST_FILE}: {e}")))?;
+                .map_err(|e| manifest_err(path, format!("{MANIFEST_FILE}: {e}")))?;
             return Ok(Some(text));
         }
     }
     Ok(None)
 }
 
-fn read_tar(path: &Path) -> Result<Contents, RuntimeError> {
+/// The entries the manifest lists, each read once and hashed as it streams; entries it does
+/// not list are skipped unread, and a listed name that appears twice is refused (which copy
+/// would a reader trust?).
+fn read_listed_tar_entries(
+    path: &Path,
+    manifest: &Manifest,
+    files: &mut BTreeMap<String, Vec<u8>>,
+) -> Result<(), RuntimeError> {
     let f = fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
     // An entry cannot hold more than the archive does, whatever its header claims.
     let archive_len = f.metadata().map_err(|e| RuntimeError::io(path, e))?.len();
     let mut archive = tar::Archive::new(f);
-    let mut manifest = None;
-    let mut files = BTreeMap::new();
     let entries = archive.entries().map_err(|e| package_err(path, format!("not a tar archive: {e}")))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| package_err(path, format!("corrupt tar: {e}")))?;
-        if !entry.header().entry_type().is_file() {
+        let entry = entry.map_err(|e| package_err(path, format!("corrupt tar: {e}")))?;
+        let name = entry_name(path, &entry)?;
+        if !entry.header().entry_type().is_file() || !manifest.files.contains_key(&name) {
             continue;
         }
-        let name = entry.path().map_err(|e| package_err(path, format!("bad entry name: {e}")))?;
-        let name = name.to_string_lossy().trim_start_matches("./").to_string();
-        if name.contains("..") || name.starts_with('/') {
-            return Err(package_err(path, format!("entry `{name}` escapes the package")));
-        }
-        if entry.size() > MAX_FILE_BYTES {
-            return Err(package_err(path, format!("entry `{name}` is larger than {MAX_FILE_BYTES} bytes")));
+        if files.contains_key(&name) {
+            return Err(package_err(path, format!("entry `{name}` appears twice")));
         }
         let size = entry.size();
-        let mut bytes = Vec::with_capacity(usize::try_from(size.min(archive_len)).unwrap_or(0));
-        (&mut entry)
-            .take(size)
-            .read_to_end(&mut bytes)
-            .map_err(|e| package_err(path, format!("`{name}` truncated: {e}")))?;
-        if name == MANIFEST_FILE {
-            manifest = Some(String::from_utf8(bytes).map_err(|_| manifest_err(path, "manifest.toml is not UTF-8"))?);
-        } else {
-            files.insert(name, bytes);
+        if size > MAX_FILE_BYTES.min(archive_len) {
+            return Err(package_err(path, format!("entry `{name}` claims {size} bytes, more than the package holds")));
         }
+        let bytes = read_hashed(path, &name, entry.take(size), size, manifest)?;
+        if (bytes.len() as u64) < size {
+            return Err(package_err(path, format!("`{name}` truncated: {} of {size} bytes", bytes.len())));
+        }
+        files.insert(name, bytes);
     }
-    Ok((manifest, files))
+    Ok(())
 }
