@@ -3,9 +3,8 @@
 //!
 //! The manifest is read first; then only the files it lists, each hashed while it streams in (an
 //! unlisted entry is never buffered). Every listed file's sha256 is checked before any of it is
-//! parsed, so a truncated download or
-//! a tampered file is reported as such instead of surfacing as a confusing parse error (or not
-//! at all). Writers fill the hashes themselves and publish atomically (write aside, then
+//! parsed, so a truncated download or a tampered file is reported as such instead of surfacing
+//! as a confusing parse error (or not at all). Writers fill the hashes themselves and publish atomically (write aside, then
 //! rename), so a reader never sees half a package.
 
 use crate::RuntimeError;
