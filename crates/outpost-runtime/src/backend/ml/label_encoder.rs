@@ -5,7 +5,7 @@
 //! `default_*` for keys not in it. skl2onnx's IsolationForest uses int64 → float tables to turn
 //! leaf ids into path lengths; string class labels use string tables.
 
-use super::{built, describe, slice, tensor_of, Built, Kernel};
+use super::{built, describe, elementwise_rules, slice, tensor_of, Built, Kernel};
 use std::collections::HashMap;
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
@@ -213,10 +213,7 @@ impl Kernel for LabelEncoder {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, self.values.datum_type())?;
-        s.equals(&inputs[0].shape, &outputs[0].shape)
+        elementwise_rules(s, inputs, outputs, Some(self.values.datum_type()))
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {

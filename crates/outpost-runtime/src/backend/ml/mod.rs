@@ -176,6 +176,23 @@ pub(crate) fn row_dim(op: &str, fact: &TypedFact) -> TractResult<TDim> {
     }
 }
 
+/// Inference rules of a one-input, one-output op that keeps the input's shape; the output has
+/// the input's type unless `dtype` names one.
+pub(crate) fn elementwise_rules<'r, 'p: 'r>(
+    s: &mut Solver<'r>,
+    inputs: &'p [TensorProxy],
+    outputs: &'p [TensorProxy],
+    dtype: Option<DatumType>,
+) -> InferenceResult {
+    check_input_arity(inputs, 1)?;
+    check_output_arity(outputs, 1)?;
+    match dtype {
+        Some(dt) => s.equals(&outputs[0].datum_type, dt)?,
+        None => s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?,
+    }
+    s.equals(&inputs[0].shape, &outputs[0].shape)
+}
+
 /// Inference rule: `output`'s first dimension is the number of rows of `input` (1 for a vector).
 pub(crate) fn rows_rule<'r, 'p: 'r>(
     s: &mut Solver<'r>,

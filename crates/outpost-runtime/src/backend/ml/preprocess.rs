@@ -5,7 +5,7 @@
 //! axis the way onnxruntime indexes it, `i % stride` over the flat data with the stride taken from
 //! dimension 1 (dimension 0 of a vector).
 
-use super::{built, describe, list, slice, tensor_of, Built, Kernel};
+use super::{built, describe, elementwise_rules, list, slice, tensor_of, Built, Kernel};
 use tract_onnx::model::{OnnxOpRegister, ParsingContext};
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
@@ -72,10 +72,7 @@ impl Kernel for Scaler {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, DatumType::F32)?;
-        s.equals(&inputs[0].shape, &outputs[0].shape)
+        elementwise_rules(s, inputs, outputs, Some(DatumType::F32))
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -129,10 +126,7 @@ impl Kernel for Binarizer {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
-        s.equals(&inputs[0].shape, &outputs[0].shape)
+        elementwise_rules(s, inputs, outputs, None)
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
@@ -217,10 +211,7 @@ impl Kernel for Imputer {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
-        s.equals(&inputs[0].shape, &outputs[0].shape)
+        elementwise_rules(s, inputs, outputs, None)
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
