@@ -87,7 +87,14 @@ pub fn model_reports(
     for model in served {
         let mut window = windows.get(&model.name).cloned().unwrap_or_default();
         let (state, version, reason, failure_kind) = match (&model.active_version, &model.failure) {
-            (Some(v), _) => ("ready", v.clone(), model.backend_note.clone(), None),
+            // Serving one version while another failed (a desired update that did not load):
+            // both facts travel, so the fleet view shows what was refused and why.
+            (Some(v), Some((failed, kind, why))) => {
+                let refused = format!("version {} not loaded: {why}", failed.as_deref().unwrap_or("?"));
+                let reason = [Some(refused), model.backend_note.clone()].into_iter().flatten().collect::<Vec<_>>();
+                ("ready", v.clone(), Some(reason.join("; ")), Some(*kind))
+            }
+            (Some(v), None) => ("ready", v.clone(), model.backend_note.clone(), None),
             (None, Some((v, kind, reason))) => {
                 ("failed", v.clone().unwrap_or_default(), Some(reason.clone()), Some(*kind))
             }
@@ -236,6 +243,13 @@ mod tests {
         assert_eq!(reports[0].state, "failed");
         assert_eq!(reports[0].reason.as_deref(), Some("hash mismatch"));
         assert_eq!(reports[0].failure_kind, Some(FailureKind::SelfTest), "the kind travels with the reason");
+
+        // An update that failed while the previous version keeps serving: ready, and says so.
+        let (reports, health) = model_reports(&[served("a", Some("1"), Some("hash mismatch"))], &HashMap::new(), &[]);
+        assert_eq!(health, Health::Degraded);
+        assert_eq!((reports[0].state.as_str(), reports[0].version.as_str()), ("ready", "1"));
+        assert_eq!(reports[0].reason.as_deref(), Some("version 9 not loaded: hash mismatch"));
+        assert_eq!(reports[0].failure_kind, Some(FailureKind::SelfTest));
 
         let (reports, health) =
             model_reports(&[served("a", Some("1"), None)], &HashMap::new(), &[desired("a", "2"), desired("b", "1")]);
