@@ -88,6 +88,9 @@ pub(crate) fn classifier_rules<'r, 'p: 'r>(
     label_type: DatumType,
     classes: usize,
 ) -> InferenceResult {
+    // Checked here, where the outputs are indexed, so no caller can forget it.
+    check_input_arity(inputs, 1)?;
+    check_output_arity(outputs, 2)?;
     s.equals(&outputs[0].datum_type, label_type)?;
     s.equals(&outputs[1].datum_type, DatumType::F32)?;
     s.equals(&outputs[0].rank, 1)?;

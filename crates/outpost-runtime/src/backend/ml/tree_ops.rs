@@ -363,8 +363,6 @@ impl Kernel for TreeClassifier {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        check_output_arity(outputs, 2)?;
         classifier_rules(s, inputs, outputs, self.labels.datum_type(), self.labels.len())
     }
 
