@@ -31,14 +31,17 @@ echo "== generated test models (the models users bring; cached under target/mode
 scripts/make-test-models.sh
 export OUTPOST_TEST_MODELS="$PWD/target/models/generated"
 
-echo "== cargo test"
-cargo test --workspace --locked
-
-echo "== tritonclient against a real agent"
-cargo build --locked -p outpost
+echo "== Python test tools (tritonclient, moto's S3 server for the artifact-store tests)"
 VENV=target/pyvenv
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+export OUTPOST_MOTO_SERVER="$PWD/$VENV/bin/moto_server"
+
+echo "== cargo test"
+cargo test --workspace --locked
+
+echo "== tritonclient against a real agent"
+cargo build --locked -p outpost
 OUTPOST_BIN="$PWD/target/debug/outpost" "$VENV/bin/python" -m pytest -q tests/python

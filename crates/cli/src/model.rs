@@ -21,6 +21,12 @@ pub enum ModelCommand {
     Pack(pack::PackArgs),
     /// Train the demo vibration anomaly model and write its package.
     TrainDemo(TrainDemoArgs),
+    /// Upload a package to the server's registry (name, version and task from its manifest).
+    Publish(crate::fleet::models::PublishArgs),
+    /// List the versions in the server's registry.
+    List(crate::fleet::models::ListArgs),
+    /// One model's versions on the server, with how many devices serve each.
+    Show(crate::fleet::models::ShowArgs),
 }
 
 /// `KEY=VALUE` pairs pinning symbolic dimensions.
@@ -120,6 +126,9 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Bench(a) => bench_cmd(a),
         ModelCommand::Pack(a) => pack::run(a),
         ModelCommand::TrainDemo(a) => train_demo(a),
+        ModelCommand::Publish(a) => crate::fleet::models::publish(a),
+        ModelCommand::List(a) => crate::fleet::models::list(a),
+        ModelCommand::Show(a) => crate::fleet::models::show(a),
     }
 }
 

@@ -135,6 +135,20 @@ fn operator_enrolls_an_agent_labels_commands_and_revokes_it_through_the_cli() {
     assert_eq!(summary["devices"], 1);
     assert_eq!(summary["by_model_version"]["vibration-anomaly@1"], 1);
 
+    // The registry: publish the package the agent serves, again (no change), then list and show.
+    let opkg = models.join("vibration-anomaly-1.opkg");
+    let published = json(&url, &admin, &["model", "publish", opkg.to_str().unwrap()]);
+    assert_eq!(published["package"]["size_bytes"], std::fs::metadata(&opkg).unwrap().len(), "{published}");
+    let (ok, out, err) = cli(&url, &admin, &["model", "publish", opkg.to_str().unwrap()]);
+    assert!(ok && out.contains("already published (same bytes)"), "{out}{err}");
+    let (ok, _, err) = cli(&url, &admin, &["model", "publish", models.join("absent.opkg").to_str().unwrap()]);
+    assert!(!ok && err.contains("absent.opkg"), "{err}");
+    let listed = json(&url, &admin, &["model", "list"]);
+    assert_eq!(listed["items"][0]["task"], "anomaly", "{listed}");
+    let shown = json(&url, &admin, &["model", "show", "vibration-anomaly"]);
+    assert_eq!(shown[0]["devices_serving"], 1, "{shown}");
+    assert_eq!(shown[0]["version"]["package"]["sha256"], published["package"]["sha256"]);
+
     // Revocation: an operator may not, an admin may; the device is then refused.
     let operator = json(&url, &admin, &["token", "create", "--api-role", "operator", "--name", "ci-operator"]);
     let operator = operator["secret"].as_str().unwrap().to_string();

@@ -2,6 +2,8 @@
 //! state reports, package re-verification, and an agent whose server is unreachable.
 
 mod common;
+#[path = "control/delivery.rs"]
+mod delivery;
 
 use outpost_agent::control::identity::{self, Enrollment, IdentityError, KEY_FILE};
 use outpost_agent::control::outbox::Outbox;
@@ -136,9 +138,10 @@ fn state_report_numbers_itself_and_flags_missing_desired_models() {
     let store = Arc::new(ModelStore::new(LoadOptions::default(), MemoryBudget::new(1 << 30), metrics.clone()));
     metrics.request("ghost", "infer", 200, Duration::from_millis(3));
     let mut builder = ReportBuilder::new(store, metrics, dir.path().to_path_buf(), 5);
-    let desired = [DesiredModel { name: "defect".into(), version: "3".into(), source: "override".into() }];
-    let a = builder.build(&desired, "etag-1");
-    let b = builder.build(&[], "etag-1");
+    let desired =
+        [DesiredModel { name: "defect".into(), version: "3".into(), source: "override".into(), package: None }];
+    let a = builder.build(&desired, "etag-1", &Default::default());
+    let b = builder.build(&[], "etag-1", &Default::default());
     assert_eq!((a.seq, b.seq), (5, 6));
     assert_eq!(a.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(a.applied_etag, "etag-1");

@@ -53,6 +53,17 @@ pub struct ServerConfig {
     /// default 30 s heartbeat sends 2, so this leaves room for short intervals and retries. Over
     /// the limit the device gets 429 `rate_limited` with `Retry-After`.
     pub device_reports_per_min: u32,
+    /// Where model packages are kept: `s3://bucket[/prefix]` (credentials, region and endpoint
+    /// from the `AWS_*` variables and `artifact_store_options`), a `file://` URL or a directory.
+    /// Default `<data_dir>/artifacts`.
+    pub artifact_store: Option<String>,
+    /// Options of an S3 artifact store by `object_store`'s key names, e.g. `aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`, `aws_access_key_id`. Default none.
+    pub artifact_store_options: std::collections::BTreeMap<String, String>,
+    /// Largest model package accepted by `POST /v1/model-packages`. Default 2 GiB.
+    pub max_package_bytes: u64,
+    /// Package uploads received at once; more get 503 `overloaded`. Default 4.
+    pub max_concurrent_uploads: usize,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +87,10 @@ impl Default for ServerConfig {
             report_batch_max: 2000,
             device_report_burst: 10_000,
             device_reports_per_min: 120,
+            artifact_store: None,
+            artifact_store_options: Default::default(),
+            max_package_bytes: 2 << 30,
+            max_concurrent_uploads: 4,
         }
     }
 }

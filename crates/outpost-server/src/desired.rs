@@ -5,13 +5,26 @@
 //! over assignments; an override version "" removes the model) are unit-tested without a
 //! database, and so the ETag is a function of exactly the fields the device receives.
 
-use outpost_proto::fleet::api::{Assignment, DeviceOverride};
+use outpost_proto::fleet::api::{Assignment, DeviceOverride, PackageRef};
 use outpost_proto::fleet::device::{DesiredModel, DesiredState, DeviceCommand};
 use outpost_proto::fleet::{Labels, Selector};
 use outpost_proto::{ModelName, Version};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// The package of every registry version published with one, by (name, version).
+pub type PackageIndex = HashMap<(String, String), PackageRef>;
+
+/// What every device's desired state reads from the registry: loaded once, cached until an
+/// assignment or a publish changes it.
+#[derive(Debug, Clone, Default)]
+pub struct Fleetwide {
+    /// All assignments, oldest first.
+    pub assignments: Vec<ParsedAssignment>,
+    /// The packages devices download.
+    pub packages: PackageIndex,
+}
 
 /// An assignment with its selector parsed once, when the assignment list is loaded.
 #[derive(Debug, Clone)]
@@ -38,6 +51,8 @@ impl ParsedAssignment {
 pub struct DesiredInputs<'a> {
     /// All assignments, oldest first.
     pub assignments: &'a [ParsedAssignment],
+    /// Packages of published versions.
+    pub packages: &'a PackageIndex,
     /// The device's labels.
     pub labels: &'a Labels,
     /// The device's override, if any.
@@ -74,6 +89,7 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
                     name: a.model.clone(),
                     version: a.version.clone(),
                     source: format!("assignment:{}", a.id),
+                    package: None,
                 },
             );
         }
@@ -86,13 +102,24 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
             } else {
                 models.insert(
                     name.to_string(),
-                    DesiredModel { name: name.to_string(), version: version.clone(), source: "override".into() },
+                    DesiredModel {
+                        name: name.to_string(),
+                        version: version.clone(),
+                        source: "override".into(),
+                        package: None,
+                    },
                 );
             }
         }
         config = ov.config.clone();
     }
-    let models: Vec<DesiredModel> = models.into_values().collect();
+    let models: Vec<DesiredModel> = models
+        .into_values()
+        .map(|mut m| {
+            m.package = inputs.packages.get(&(m.name.clone(), m.version.clone())).cloned();
+            m
+        })
+        .collect();
     let etag = etag_of(&Hashed {
         models: &models,
         config: &config,
@@ -120,6 +147,9 @@ fn etag_of(hashed: &Hashed<'_>) -> String {
 mod tests {
     use super::*;
     use outpost_proto::fleet::device::CommandKind;
+    use std::sync::LazyLock;
+
+    static NO_PACKAGES: LazyLock<PackageIndex> = LazyLock::new(PackageIndex::new);
 
     fn assignment(id: i64, selector: &str, model: &str, version: &str) -> ParsedAssignment {
         ParsedAssignment::new(Assignment {
@@ -137,7 +167,14 @@ mod tests {
     }
 
     fn inputs<'a>(a: &'a [ParsedAssignment], l: &'a Labels, o: Option<&'a DeviceOverride>) -> DesiredInputs<'a> {
-        DesiredInputs { assignments: a, labels: l, device_override: o, commands: &[], heartbeat_interval_s: 30 }
+        DesiredInputs {
+            assignments: a,
+            packages: &NO_PACKAGES,
+            labels: l,
+            device_override: o,
+            commands: &[],
+            heartbeat_interval_s: 30,
+        }
     }
 
     #[test]
@@ -165,7 +202,7 @@ mod tests {
         let s = desired_state(inputs(&a, &l, Some(&ov)));
         assert_eq!(
             s.models,
-            vec![DesiredModel { name: "defect".into(), version: "9".into(), source: "override".into() }]
+            vec![DesiredModel { name: "defect".into(), version: "9".into(), source: "override".into(), package: None }]
         );
         assert_eq!(s.config.get("log_level"), Some(&serde_json::json!("debug")));
     }
@@ -184,6 +221,19 @@ mod tests {
         assert_ne!(base.etag, with_cmd.etag);
         let slower = desired_state(DesiredInputs { heartbeat_interval_s: 60, ..inputs(&a, &l, None) });
         assert_ne!(base.etag, slower.etag);
+    }
+
+    #[test]
+    fn desired_models_carry_their_package_and_its_changes_change_the_etag() {
+        let a = [assignment(1, "", "defect", "1"), assignment(2, "", "ocr", "4")];
+        let l = Labels::new();
+        let mut packages = PackageIndex::new();
+        let pkg = PackageRef { sha256: "ab".repeat(32), size_bytes: 1234 };
+        packages.insert(("defect".into(), "1".into()), pkg.clone());
+        let with = desired_state(DesiredInputs { packages: &packages, ..inputs(&a, &l, None) });
+        assert_eq!(with.models[0].package.as_ref(), Some(&pkg));
+        assert_eq!(with.models[1].package, None, "ocr@4 was published without a package");
+        assert_ne!(with.etag, desired_state(inputs(&a, &l, None)).etag);
     }
 
     #[test]

@@ -87,6 +87,15 @@ pub enum ApiError {
     /// 503: the server is saturated (report queue full, replay cache full).
     #[error("{0}")]
     Overloaded(String),
+    /// 422: an uploaded model package does not verify (not a tar, bad manifest, hash mismatch).
+    #[error("{0}")]
+    InvalidPackage(String),
+    /// 507: the server has no room to store an upload.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// 503: the artifact store (directory or bucket) cannot be reached.
+    #[error("{0}")]
+    ArtifactStoreUnavailable(String),
     /// 500: a bug or an unexpected storage failure (logged).
     #[error("{0}")]
     Internal(String),
@@ -114,7 +123,11 @@ impl ApiError {
             UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             RateLimited(..) => StatusCode::TOO_MANY_REQUESTS,
-            DatabaseUnavailable(_) | QueryTimeout(_) | Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            InvalidPackage(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            DatabaseUnavailable(_) | QueryTimeout(_) | Overloaded(_) | ArtifactStoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,6 +161,9 @@ impl ApiError {
             DatabaseUnavailable(_) => "database_unavailable",
             QueryTimeout(_) => "query_timeout",
             Overloaded(_) => "overloaded",
+            InvalidPackage(_) => "invalid_package",
+            InsufficientStorage(_) => "insufficient_storage",
+            ArtifactStoreUnavailable(_) => "artifact_store_unavailable",
             Internal(_) => "internal",
         }
     }

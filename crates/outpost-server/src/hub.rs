@@ -12,7 +12,7 @@
 //! caches are only invalidated locally. A shared pub/sub channel (PostgreSQL LISTEN/NOTIFY)
 //! would be needed to fan changes out between replicas.
 
-use crate::desired::ParsedAssignment;
+use crate::desired::Fleetwide;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +30,7 @@ pub struct Hub {
     /// Bumped on every invalidation, so a computation that raced with one does not cache its result.
     epoch: AtomicU64,
     etags: Mutex<HashMap<String, String>>,
-    assignments: Mutex<Option<Arc<Vec<ParsedAssignment>>>>,
+    assignments: Mutex<Option<Arc<Fleetwide>>>,
 }
 
 /// A registered waiter for one device; unregisters on drop.
@@ -114,12 +114,12 @@ impl Hub {
     }
 
     /// The cached assignment list, if loaded.
-    pub fn cached_assignments(&self) -> Option<Arc<Vec<ParsedAssignment>>> {
+    pub fn cached_assignments(&self) -> Option<Arc<Fleetwide>> {
         lock(&self.assignments).clone()
     }
 
     /// Caches a freshly loaded assignment list unless an invalidation happened since `epoch`.
-    pub fn store_assignments(&self, epoch: u64, list: Arc<Vec<ParsedAssignment>>) {
+    pub fn store_assignments(&self, epoch: u64, list: Arc<Fleetwide>) {
         let mut slot = lock(&self.assignments);
         if self.epoch() == epoch {
             *slot = Some(list);

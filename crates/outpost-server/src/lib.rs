@@ -4,9 +4,10 @@
 //! channel (`/v1/enroll`, `/v1/device/...`). [`Server`] ties the pieces together: storage
 //! ([`db`]), authentication ([`auth`]), desired-state computation ([`desired`]) and long-poll
 //! wake-ups ([`hub`]), the group-commit report writer ([`reports`]) with its per-device rate
-//! limit ([`ratelimit`]), replay protection shared through the database ([`replay`]) and the
-//! routes ([`routes`]).
+//! limit ([`ratelimit`]), replay protection shared through the database ([`replay`]), the
+//! artifact store for model packages ([`artifacts`]) and the routes ([`routes`]).
 
+pub mod artifacts;
 pub mod auth;
 pub mod budget;
 pub mod config;

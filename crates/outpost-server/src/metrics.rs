@@ -51,6 +51,8 @@ pub struct Metrics {
     pub write_latency: Histogram,
     /// Desired-state long-polls currently waiting.
     pub long_polls_waiting: Gauge,
+    /// Package bytes sent (downloads by devices and operators): the server's delivery egress.
+    pub package_bytes_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -69,6 +71,12 @@ impl Metrics {
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let write_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
         let long_polls_waiting = Gauge::default();
+        let package_bytes_sent = Counter::default();
+        registry.register(
+            "package_bytes_sent",
+            "Model package bytes sent to devices and operators",
+            package_bytes_sent.clone(),
+        );
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
         registry.register("reports_received", "State reports received from devices", reports_received.clone());
@@ -79,7 +87,16 @@ impl Metrics {
             "Desired-state long-polls currently waiting",
             long_polls_waiting.clone(),
         );
-        Metrics { registry, requests, latency, reports_received, batch_size, write_latency, long_polls_waiting }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            reports_received,
+            batch_size,
+            write_latency,
+            long_polls_waiting,
+            package_bytes_sent,
+        }
     }
 
     /// OpenMetrics 1.0.0 text of every metric (`outpost_proto::exposition` gives 0.0.4).

@@ -2,7 +2,7 @@
 //! cannot drift from the handlers.
 
 use crate::routes::registry::{API_TOKEN_NAME_MAX, MAX_EXPIRES_IN_S};
-use crate::routes::{self, channel, devices, registry, MAX_LIMIT};
+use crate::routes::{self, channel, devices, packages, registry, MAX_LIMIT};
 use outpost_proto::fleet::selector::{MAX_SELECTOR_BYTES, SELECTOR_PATTERN};
 use outpost_proto::fleet::signing::{HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         registry::publish_model, registry::list_models, registry::model_versions,
         registry::create_assignment, registry::list_assignments, registry::delete_assignment,
         registry::list_audit,
+        packages::publish_package, packages::download_package, packages::device_package,
         channel::enroll, channel::heartbeat, channel::reports, channel::desired_state, channel::ack_command,
     ),
     modifiers(&SecuritySchemes),
@@ -124,6 +125,8 @@ fn add_limits(doc: &mut serde_json::Value) {
     }
     let int_cursor = json!({"type": "string", "pattern": "^(?:-?[0-9]{1,18})?$"});
     let model_cursor = json!({"type": "string", "pattern": "^(?:[^@\\u0000]*@[^\\u0000]*)?$"});
+    let model_name = json!({"type": "string", "pattern": outpost_proto::names::MODEL_NAME_PATTERN});
+    let version = json!({"type": "string", "pattern": outpost_proto::names::VERSION_PATTERN});
     // (parameter, path it applies to or "" for all, schema)
     let params: &[(&str, &str, serde_json::Value)] = &[
         ("limit", "", json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_LIMIT})),
@@ -132,6 +135,10 @@ fn add_limits(doc: &mut serde_json::Value) {
         ("cursor", "/v1/audit", int_cursor.clone()),
         ("cursor", "/v1/devices/{id}/commands", int_cursor),
         ("cursor", "/v1/models", model_cursor),
+        ("name", "/v1/models/{name}/{version}/package", model_name.clone()),
+        ("version", "/v1/models/{name}/{version}/package", version.clone()),
+        ("name", "/v1/device/packages/{name}/{version}", model_name),
+        ("version", "/v1/device/packages/{name}/{version}", version),
     ];
     for (path, item) in doc["paths"].as_object_mut().into_iter().flatten() {
         let ops = item.as_object_mut().into_iter().flat_map(|item| item.values_mut());

@@ -37,6 +37,9 @@ pub enum ServerError {
         /// Cause.
         source: DbError,
     },
+    /// The artifact store could not be opened.
+    #[error("cannot open the artifact store: {0}; check `artifact_store` and `artifact_store_options`")]
+    ArtifactStore(String),
     /// Creating the bootstrap admin token failed.
     #[error("cannot create the bootstrap admin token: {0}")]
     Bootstrap(DbError),
@@ -148,6 +151,11 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
 
+        // Spooled uploads a crash left behind belong to requests that are gone.
+        let _ = std::fs::remove_dir_all(config.data_dir.join("uploads"));
+        let artifacts = crate::artifacts::ArtifactStore::open(&config).map_err(ServerError::ArtifactStore)?;
+        tracing::info!(store = artifacts.describe(), "artifact store");
+        let uploads = config.max_concurrent_uploads.max(1);
         let metrics = Arc::new(Metrics::new());
         let writer_options = WriterOptions {
             batch_max: config.report_batch_max,
@@ -166,6 +174,8 @@ impl Server {
             tokens: TokenCache::default(),
             reports,
             metrics,
+            artifacts,
+            uploads: Arc::new(tokio::sync::Semaphore::new(uploads)),
             shutdown: shutdown_rx.clone(),
         });
         let tasks = spawn_maintenance(state.clone());

@@ -4,7 +4,7 @@
 use crate::auth::{DeviceAuth, TokenCache};
 use crate::config::ServerConfig;
 use crate::db::Db;
-use crate::desired::{desired_state, DesiredInputs, ParsedAssignment};
+use crate::desired::{desired_state, DesiredInputs, Fleetwide, ParsedAssignment};
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -29,6 +29,10 @@ pub struct AppState {
     pub reports: ReportQueue,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Model package bytes.
+    pub artifacts: crate::artifacts::ArtifactStore,
+    /// Permits for package uploads received at once.
+    pub uploads: Arc<tokio::sync::Semaphore>,
     /// Turns true when the server is shutting down (long-polls end early).
     pub shutdown: watch::Receiver<bool>,
 }
@@ -45,14 +49,16 @@ pub fn now_ms() -> i64 {
 }
 
 impl AppState {
-    /// The parsed assignment list, oldest first (cached until assignments change).
-    pub async fn assignments(&self) -> Result<Arc<Vec<ParsedAssignment>>, ApiError> {
+    /// The parsed assignment list, oldest first, and the package index (cached until an
+    /// assignment changes or a version is published).
+    pub async fn assignments(&self) -> Result<Arc<Fleetwide>, ApiError> {
         if let Some(list) = self.hub.cached_assignments() {
             return Ok(list);
         }
         let epoch = self.hub.epoch();
-        let list: Arc<Vec<ParsedAssignment>> =
-            Arc::new(self.db.channel_assignments().await?.into_iter().map(ParsedAssignment::new).collect());
+        let (assignments, packages) = tokio::try_join!(self.db.channel_assignments(), self.db.channel_packages())?;
+        let list =
+            Arc::new(Fleetwide { assignments: assignments.into_iter().map(ParsedAssignment::new).collect(), packages });
         self.hub.store_assignments(epoch, list.clone());
         Ok(list)
     }
@@ -68,7 +74,8 @@ impl AppState {
         )?;
         let Some(labels) = labels else { return Ok(None) };
         let state = desired_state(DesiredInputs {
-            assignments: &assignments,
+            assignments: &assignments.assignments,
+            packages: &assignments.packages,
             labels: &labels,
             device_override: device_override.as_ref(),
             commands: &commands,

@@ -7,6 +7,8 @@ mod common;
 mod device_abuse;
 #[path = "api/doors.rs"]
 mod doors;
+#[path = "api/packages.rs"]
+mod packages;
 #[path = "api/resources.rs"]
 mod resources;
 #[path = "api/selector_attacks.rs"]

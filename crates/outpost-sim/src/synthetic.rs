@@ -65,6 +65,7 @@ pub fn state_report(
             state: "ready".into(),
             reason: None,
             failure_kind: None,
+            update: None,
             requests: model.requests,
             errors: model.errors,
             latency_p50_ms: p50,

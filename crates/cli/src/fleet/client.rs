@@ -119,6 +119,46 @@ impl Api {
             }
             None => self.agent.run(req.body(())?),
         };
+        let (_, value) = self.answer(method, path, response)?;
+        Ok(value)
+    }
+
+    /// Streams `len` bytes of `reader` as an `application/octet-stream` POST; the answer's
+    /// status and JSON. No overall timeout (a large package takes as long as the link needs),
+    /// only one on the wait for the answer after the last byte.
+    pub fn send_reader<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        reader: &mut dyn std::io::Read,
+        len: u64,
+    ) -> Result<(u16, T)> {
+        let url = format!("{}{path}", self.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(600)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder()
+            .method("POST")
+            .uri(&url)
+            .header("accept", "application/json")
+            .header("content-type", "application/octet-stream")
+            .header("content-length", len.to_string());
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(ureq::SendBody::from_reader(reader))?;
+        self.answer("POST", path, agent.run(req))
+    }
+
+    fn answer<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, T)> {
+        let url = format!("{}{path}", self.base);
         let mut response = response.map_err(|e| connection_error(&self.base, e))?;
         let status = response.status();
         let text = response.body_mut().read_to_string().with_context(|| format!("reading the answer from {url}"))?;
@@ -136,7 +176,8 @@ impl Api {
             bail!("{} {} → {status}: {}", method, path, text.chars().take(300).collect::<String>());
         }
         let text = if text.is_empty() { "null".to_string() } else { text };
-        serde_json::from_str(&text).with_context(|| format!("decoding the answer of {method} {path}"))
+        let value = serde_json::from_str(&text).with_context(|| format!("decoding the answer of {method} {path}"))?;
+        Ok((status.as_u16(), value))
     }
 }
 

@@ -222,6 +222,19 @@ fn show(d: &Device) {
             m.latency_p99_ms,
             m.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
         );
+        if let Some(u) = &m.update {
+            let kind =
+                u.failure_kind.map(|k| format!(" {}", serde_json::to_value(k).unwrap_or_default())).unwrap_or_default();
+            println!(
+                "  update {}@{} {}{kind}: {} of {} bytes{}",
+                m.name,
+                u.version,
+                u.state,
+                u.bytes_fetched,
+                u.bytes_total,
+                u.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+        }
     }
 }
 

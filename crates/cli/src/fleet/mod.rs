@@ -2,4 +2,5 @@
 
 pub mod client;
 pub mod device;
+pub mod models;
 pub mod token;

@@ -19,6 +19,8 @@ use std::time::Duration;
 pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 /// Time allowed for an ordinary request, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a whole package download may take.
+pub const PACKAGE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// How many times a request refused as a replay is sent again with a fresh nonce.
 const REPLAY_RETRIES: usize = 2;
 
@@ -227,6 +229,25 @@ impl DeviceClient {
             Err(ClientError::Rejected { status: 409, code, .. }) if code == "already_acked" => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /v1/device/packages/{name}/{version}` from byte `from` on (a resumed download asks
+    /// for the rest of the object whose ETag is `sha256`): the response, to stream.
+    pub async fn package(
+        &self,
+        name: &str,
+        version: &str,
+        from: u64,
+        sha256: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let path = format!("/v1/device/packages/{name}/{version}");
+        let extra: Vec<(&str, String)> = if from > 0 {
+            vec![("range", format!("bytes={from}-")), ("if-range", format!("\"{sha256}\""))]
+        } else {
+            Vec::new()
+        };
+        // The body may take long on a slow link; the fetcher bounds each read instead.
+        self.send(Method::GET, &path, Vec::new(), Some(PACKAGE_TIMEOUT), &extra).await
     }
 
     /// Sends a signed request; a fresh nonce and timestamp each attempt. Answers other than 2xx

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod commands;
+pub mod fetch;
 pub mod identity;
 pub mod logs;
 pub mod outbox;

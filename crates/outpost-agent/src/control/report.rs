@@ -9,7 +9,9 @@
 use super::system::SystemSampler;
 use crate::metrics::{Metrics, ModelWindow};
 use crate::store::ModelStore;
-use outpost_proto::fleet::device::{DesiredModel, FailureKind, HardwareProfile, Health, ModelReport, StateReport};
+use outpost_proto::fleet::device::{
+    DesiredModel, FailureKind, HardwareProfile, Health, ModelReport, StateReport, UpdateReport,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,6 +83,7 @@ pub fn model_reports(
     served: &[ServedModel],
     windows: &HashMap<String, ModelWindow>,
     desired: &[DesiredModel],
+    updates: &HashMap<String, UpdateReport>,
 ) -> (Vec<ModelReport>, Health) {
     let mut reports = Vec::new();
     let mut health = Health::Ok;
@@ -109,6 +112,7 @@ pub fn model_reports(
             state: state.to_string(),
             reason,
             failure_kind,
+            update: updates.get(&model.name).filter(|u| model.active_version.as_ref() != Some(&u.version)).cloned(),
             requests: window.requests,
             errors: window.errors,
             latency_p50_ms: percentile(&mut window.latencies_ms, 0.50),
@@ -118,15 +122,28 @@ pub fn model_reports(
     for missing in missing_models(served, desired) {
         health = Health::Degraded;
         if served.iter().any(|s| s.name == missing.name) {
-            continue; // served at another version: its own entry shows which
+            continue; // served at another version: its own entry shows which, and the update
         }
-        reports.push(ModelReport {
-            name: missing.name.clone(),
-            version: missing.version.clone(),
-            state: "failed".into(),
-            reason: Some("desired but not on this device (model download is not available yet)".into()),
-            ..ModelReport::default()
-        });
+        let report = match updates.get(&missing.name).filter(|u| u.version == missing.version) {
+            Some(u) => ModelReport {
+                state: u.state.clone(),
+                reason: u.reason.clone(),
+                failure_kind: u.failure_kind,
+                update: Some(u.clone()),
+                ..ModelReport::default()
+            },
+            None if missing.package.is_none() => ModelReport {
+                state: "failed".into(),
+                reason: Some(
+                    "desired but not on this device, and the server holds no package for this version \
+                     (published as metadata only): install it by hand or publish a package"
+                        .into(),
+                ),
+                ..ModelReport::default()
+            },
+            None => ModelReport { state: "downloading".into(), ..ModelReport::default() },
+        };
+        reports.push(ModelReport { name: missing.name.clone(), version: missing.version.clone(), ..report });
     }
     (reports, health)
 }
@@ -160,9 +177,14 @@ impl ReportBuilder {
     }
 
     /// The next report. Latency percentiles cover the time since the previous one.
-    pub fn build(&mut self, desired: &[DesiredModel], applied_etag: &str) -> StateReport {
+    pub fn build(
+        &mut self,
+        desired: &[DesiredModel],
+        applied_etag: &str,
+        updates: &HashMap<String, UpdateReport>,
+    ) -> StateReport {
         let served = served_models(&self.store);
-        let (models, health) = model_reports(&served, &self.metrics.take_windows(), desired);
+        let (models, health) = model_reports(&served, &self.metrics.take_windows(), desired, updates);
         let seq = self.next_seq;
         self.next_seq += 1;
         let profile = super::system::hardware_profile(&self.data_dir);
@@ -210,7 +232,7 @@ mod tests {
     }
 
     fn desired(name: &str, version: &str) -> DesiredModel {
-        DesiredModel { name: name.into(), version: version.into(), source: "override".into() }
+        DesiredModel { name: name.into(), version: version.into(), source: "override".into(), package: None }
     }
 
     #[test]
@@ -229,7 +251,8 @@ mod tests {
             "a".to_string(),
             ModelWindow { requests: 10, errors: 1, latencies_ms: vec![1.0, 2.0, 3.0], ..ModelWindow::default() },
         );
-        let (reports, health) = model_reports(&[served("a", Some("2"), None)], &windows, &[desired("a", "2")]);
+        let (reports, health) =
+            model_reports(&[served("a", Some("2"), None)], &windows, &[desired("a", "2")], &HashMap::new());
         assert_eq!(health, Health::Ok);
         assert_eq!(reports.len(), 1);
         assert_eq!((reports[0].state.as_str(), reports[0].requests, reports[0].errors), ("ready", 10, 1));
@@ -238,21 +261,27 @@ mod tests {
 
     #[test]
     fn failed_package_or_missing_desired_model_degrades_health() {
-        let (reports, health) = model_reports(&[served("a", None, Some("hash mismatch"))], &HashMap::new(), &[]);
+        let (reports, health) =
+            model_reports(&[served("a", None, Some("hash mismatch"))], &HashMap::new(), &[], &HashMap::new());
         assert_eq!(health, Health::Degraded);
         assert_eq!(reports[0].state, "failed");
         assert_eq!(reports[0].reason.as_deref(), Some("hash mismatch"));
         assert_eq!(reports[0].failure_kind, Some(FailureKind::SelfTest), "the kind travels with the reason");
 
         // An update that failed while the previous version keeps serving: ready, and says so.
-        let (reports, health) = model_reports(&[served("a", Some("1"), Some("hash mismatch"))], &HashMap::new(), &[]);
+        let (reports, health) =
+            model_reports(&[served("a", Some("1"), Some("hash mismatch"))], &HashMap::new(), &[], &HashMap::new());
         assert_eq!(health, Health::Degraded);
         assert_eq!((reports[0].state.as_str(), reports[0].version.as_str()), ("ready", "1"));
         assert_eq!(reports[0].reason.as_deref(), Some("version 9 not loaded: hash mismatch"));
         assert_eq!(reports[0].failure_kind, Some(FailureKind::SelfTest));
 
-        let (reports, health) =
-            model_reports(&[served("a", Some("1"), None)], &HashMap::new(), &[desired("a", "2"), desired("b", "1")]);
+        let (reports, health) = model_reports(
+            &[served("a", Some("1"), None)],
+            &HashMap::new(),
+            &[desired("a", "2"), desired("b", "1")],
+            &HashMap::new(),
+        );
         assert_eq!(health, Health::Degraded);
         let names: Vec<_> = reports.iter().map(|r| (r.name.as_str(), r.state.as_str())).collect();
         assert_eq!(names, [("a", "ready"), ("b", "failed")]);
@@ -262,7 +291,7 @@ mod tests {
     fn a_model_serving_on_a_fallback_backend_says_why_in_its_report() {
         let mut m = served("encoder", Some("2"), None);
         m.backend_note = Some("serving on tract; onnxruntime: backend onnxruntime unavailable".into());
-        let (reports, health) = model_reports(&[m], &HashMap::new(), &[]);
+        let (reports, health) = model_reports(&[m], &HashMap::new(), &[], &HashMap::new());
         assert_eq!(reports[0].state, "ready");
         assert!(reports[0].reason.as_deref().is_some_and(|r| r.contains("unavailable")));
         assert_eq!(health, Health::Ok);

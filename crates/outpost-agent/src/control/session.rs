@@ -8,6 +8,7 @@
 
 use super::client::{ClientError, DeviceClient};
 use super::commands::{self, CommandContext};
+use super::fetch::Fetcher;
 use super::identity::{self, Enrollment};
 use super::outbox::Outbox;
 use super::report::{self, ReportBuilder};
@@ -75,6 +76,8 @@ struct Session {
     options: ControlOptions,
     outbox: Mutex<Outbox>,
     builder: Mutex<ReportBuilder>,
+    /// Downloads of desired versions the device does not hold.
+    fetcher: Arc<Fetcher>,
     ctx: CommandContext,
     settings: Arc<Settings>,
     status: Arc<ControlStatus>,
@@ -98,8 +101,10 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
 
     let first_seq = parts.outbox.max_seq().map_or(1, |s| s + 1);
     let executed: HashSet<i64> = parts.outbox.acked_ids().into_iter().collect();
+    let fetcher = Fetcher::new(client.clone(), parts.options.model_dir.clone(), parts.store.clone());
     let session = Arc::new(Session {
         client,
+        fetcher,
         builder: Mutex::new(ReportBuilder::new(
             parts.store.clone(),
             parts.metrics,
@@ -333,8 +338,12 @@ impl Session {
             }
             let report = {
                 let desired = self.status.desired_models();
+                // Also retries failed downloads once their wait is over, and fetches again a
+                // package deleted from the directory.
+                self.fetcher.want(&report::missing_models(&report::served_models(&self.ctx.store), &desired));
                 let etag = self.status.applied_etag();
-                self.builder.lock().unwrap_or_else(|p| p.into_inner()).build(&desired, &etag)
+                let updates = self.fetcher.reports();
+                self.builder.lock().unwrap_or_else(|p| p.into_inner()).build(&desired, &etag, &updates)
             };
             tokio::select! {
                 _ = self.deliver(report) => {}
@@ -398,11 +407,6 @@ impl Session {
             let names: Vec<String> = refused.iter().map(|m| format!("{:?}@{:?}", m.name, m.version)).collect();
             tracing::error!(models = ?names, "refusing desired models whose name or version breaks the model-name grammar");
         }
-        let missing = report::missing_models(&report::served_models(&self.ctx.store), &models);
-        if !missing.is_empty() {
-            let names: Vec<String> = missing.iter().map(|m| format!("{}@{}", m.name, m.version)).collect();
-            tracing::warn!(models = ?names, "desired models are not on this device (model download is not available yet)");
-        }
         // The store activates these versions, also when one is lower than what serves (a
         // rollback the operator asked for): scan now rather than at the next poll.
         if self.ctx.store.set_desired(models.iter().map(|m| (m.name.clone(), m.version.clone())).collect()) {
@@ -411,6 +415,13 @@ impl Session {
                 tracing::error!(error = %e, "model directory scan after a desired-state change failed");
             }
         }
+        // What is still not served at its desired version is downloaded, when it has a package.
+        let missing = report::missing_models(&report::served_models(&self.ctx.store), &models);
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|m| format!("{}@{}", m.name, m.version)).collect();
+            tracing::info!(models = ?names, "desired models not served yet");
+        }
+        self.fetcher.want(&missing);
         *self.status.desired.lock().unwrap_or_else(|p| p.into_inner()) = models;
         for command in &desired.commands {
             if !self.executed.lock().unwrap_or_else(|p| p.into_inner()).insert(command.id) {

@@ -313,6 +313,21 @@ pub struct ModelVersion {
     pub published_by: String,
     /// When, Unix milliseconds.
     pub published_ms: i64,
+    /// The package in the artifact store, when the version was published with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageRef>,
+    /// The task the package's manifest declares (`classification`, `detection`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+}
+
+/// A package's identity in the artifact store: what a download must hash to, and its length.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct PackageRef {
+    /// Lowercase hex sha256 of the `.opkg` bytes.
+    pub sha256: String,
+    /// Length in bytes.
+    pub size_bytes: u64,
 }
 
 /// `POST /v1/assignments`: run a model version on every device a selector matches.

@@ -99,8 +99,32 @@ pub enum FailureKind {
     BackendUnavailable,
     /// The golden self-test does not reproduce on this device.
     SelfTest,
+    /// The download could not be completed or did not match its published length and hash.
+    Download,
+    /// The device has no room for the package.
+    DiskFull,
     /// Anything else.
     Other,
+}
+
+/// A model version on its way to a device (downloading, verifying) or refused on the way.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct UpdateReport {
+    /// The version being installed.
+    pub version: String,
+    /// `downloading`, `verifying`, `installed` or `failed`.
+    pub state: String,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The kind of that failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<FailureKind>,
+    /// Bytes received from the server for this version (resumed bytes are not counted twice).
+    pub bytes_fetched: u64,
+    /// The package's full size.
+    pub bytes_total: u64,
 }
 
 /// One served (or failed) model in a report.
@@ -119,6 +143,9 @@ pub struct ModelReport {
     /// The kind of that failure, when the package failed to load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_kind: Option<FailureKind>,
+    /// The desired version on its way, when it is not the one reported above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateReport>,
     /// Inference requests since the agent started.
     pub requests: u64,
     /// Failed inference requests since the agent started.
@@ -200,6 +227,10 @@ pub struct DesiredModel {
     pub version: String,
     /// Where this came from: `assignment:<id>` or `override`.
     pub source: String,
+    /// The package to download when the device does not hold this version (absent for
+    /// versions published without a package: those must be installed on the device by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<crate::fleet::api::PackageRef>,
 }
 
 impl DesiredModel {

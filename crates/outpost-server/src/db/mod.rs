@@ -32,6 +32,7 @@ mod summary;
 mod tokens;
 
 pub use error::DbError;
+pub use models::PackagePublish;
 pub use nonces::NonceRow;
 pub use pools::DbOptions;
 pub use tokens::{is_blank, RevokeOutcome};

@@ -3,6 +3,7 @@
 
 pub mod channel;
 pub mod devices;
+pub mod packages;
 pub mod registry;
 
 use crate::error::ApiError;
@@ -122,7 +123,11 @@ async fn protocol(request: axum::extract::Request, next: axum::middleware::Next)
 pub fn router(state: SharedState) -> Router {
     let metrics = state.metrics.clone();
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    // Package uploads stream to disk under their own limit (max_package_bytes) instead of
+    // being read into memory before routing like every other body.
+    let streaming =
+        Router::new().route("/v1/model-packages", post(packages::publish_package)).layer(DefaultBodyLimit::disable());
+    let buffered = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(self::metrics))
@@ -145,6 +150,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/api-tokens/{id}", delete(registry::revoke_api_token))
         .route("/v1/models", post(registry::publish_model).get(registry::list_models))
         .route("/v1/models/{name}", get(registry::model_versions))
+        .route("/v1/models/{name}/{version}/package", get(packages::download_package))
+        .route("/v1/device/packages/{name}/{version}", get(packages::device_package))
         .route("/v1/assignments", post(registry::create_assignment).get(registry::list_assignments))
         .route("/v1/assignments/{id}", delete(registry::delete_assignment))
         .route("/v1/audit", get(registry::list_audit))
@@ -153,13 +160,15 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/device/reports", post(channel::reports))
         .route("/v1/device/desired-state", get(channel::desired_state))
         .route("/v1/device/commands/{id}/ack", post(channel::ack_command))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             crate::budget::BodyBudget::for_bodies_of(max_body),
             crate::budget::limit_bodies,
-        ))
+        ));
+    buffered
+        .merge(streaming)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(protocol))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::track))
         .layer(axum::middleware::from_fn(crate::serve::limits))

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod package;
 pub mod server;
 pub mod signed;

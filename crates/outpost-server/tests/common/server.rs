@@ -67,8 +67,8 @@ async fn launch(label: &str, url: &str, configure: impl FnOnce(&mut ServerConfig
 }
 
 /// A server on a database that already has its admin token `admin`.
-async fn attach(label: &str, url: &str, admin: &str) -> TestServer {
-    let (server, dir) = launch(label, url, |_| {}).await;
+async fn attach(label: &str, url: &str, admin: &str, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    let (server, dir) = launch(label, url, configure).await;
     assert!(server.admin_token_path.is_none(), "{label}: a used database gets no second bootstrap token");
     let base = format!("http://{}", server.addr);
     TestServer {
@@ -107,15 +107,20 @@ impl TestServer {
 
     /// Another server on this one's database (a second replica), with the same admin token.
     pub async fn replica(&self) -> TestServer {
-        attach(&self.label, &self.url, &self.admin).await
+        attach(&self.label, &self.url, &self.admin, |_| {}).await
     }
 
     /// Stops this server and starts a new one on the same database (a restart: nothing kept
     /// in process memory survives).
     pub async fn restart(self) -> TestServer {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`TestServer::restart`] with the configuration changes `configure` makes.
+    pub async fn restart_with(self, configure: impl FnOnce(&mut ServerConfig)) -> TestServer {
         let (label, url, admin) = (self.label.clone(), self.url.clone(), self.admin.clone());
         self.stop().await;
-        attach(&label, &url, &admin).await
+        attach(&label, &url, &admin, configure).await
     }
 
     /// The HTTP client requests go through (shared connection pool).

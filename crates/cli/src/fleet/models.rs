@@ -1,0 +1,133 @@
+//! `outpost model publish|list|show`: the server's model registry and artifact store.
+
+use super::client::{ago, encode, table, Api, Target};
+use super::token::print_json;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use outpost_proto::fleet::api::{FleetSummary, ModelVersion, Page};
+use outpost_runtime::Package;
+use std::path::PathBuf;
+
+/// Flags of `outpost model publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The package: a `.opkg` file, or a package directory (packed to a `.opkg` first).
+    package: PathBuf,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Flags of `outpost model list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// At most this many versions.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Flags of `outpost model show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Model name.
+    name: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Uploads a package; the server reads name, version and task from its manifest.
+pub fn publish(a: PublishArgs) -> Result<()> {
+    let api = a.target.connect()?;
+    // Checked here first, so a broken package is named before any byte is sent.
+    let package = Package::open(&a.package).with_context(|| format!("checking {}", a.package.display()))?;
+    let packed;
+    let file = if a.package.is_dir() {
+        packed = tempfile::Builder::new().suffix(".opkg").tempfile()?;
+        package.write_opkg(packed.path())?;
+        packed.path().to_path_buf()
+    } else {
+        a.package.clone()
+    };
+    let (status, model): (u16, ModelVersion) = api.upload("/v1/model-packages", &file)?;
+    if api.json {
+        return print_json(&model);
+    }
+    let pkg = model
+        .package
+        .clone()
+        .unwrap_or_else(|| outpost_proto::fleet::api::PackageRef { sha256: String::new(), size_bytes: 0 });
+    let what = if status == 200 { "already published (same bytes)" } else { "published" };
+    println!("{}@{} {what}: {} bytes, sha256 {}", model.name, model.version, pkg.size_bytes, pkg.sha256);
+    Ok(())
+}
+
+fn package_cells(m: &ModelVersion) -> (String, String) {
+    match &m.package {
+        Some(p) => (p.size_bytes.to_string(), p.sha256.chars().take(12).collect()),
+        None => ("-".into(), "(metadata only)".into()),
+    }
+}
+
+/// Lists registry entries.
+pub fn list(a: ListArgs) -> Result<()> {
+    let api = a.target.connect()?;
+    let page: Page<ModelVersion> = api.get(&format!("/v1/models?limit={}", a.limit))?;
+    if api.json {
+        return print_json(&page);
+    }
+    let rows = page
+        .items
+        .iter()
+        .map(|m| {
+            let (size, sha) = package_cells(m);
+            vec![
+                m.name.clone(),
+                m.version.clone(),
+                m.task.clone().unwrap_or_default(),
+                size,
+                sha,
+                ago(Some(m.published_ms)),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(&["NAME", "VERSION", "TASK", "BYTES", "SHA256", "PUBLISHED"], &rows);
+    Ok(())
+}
+
+/// One model's versions, with how many devices serve each.
+pub fn show(a: ShowArgs) -> Result<()> {
+    let api = a.target.connect()?;
+    let versions: Vec<ModelVersion> = api.get(&format!("/v1/models/{}", encode(&a.name)))?;
+    let summary: FleetSummary = api.get("/v1/fleet/summary")?;
+    let serving = |m: &ModelVersion| summary.by_model_version.get(&format!("{}@{}", m.name, m.version)).copied();
+    if api.json {
+        let doc: Vec<_> = versions
+            .iter()
+            .map(|m| serde_json::json!({"version": m, "devices_serving": serving(m).unwrap_or(0)}))
+            .collect();
+        return print_json(&doc);
+    }
+    let rows = versions
+        .iter()
+        .map(|m| {
+            let (size, sha) = package_cells(m);
+            let by = m.published_by.clone();
+            vec![m.version.clone(), size, sha, serving(m).unwrap_or(0).to_string(), by, ago(Some(m.published_ms))]
+        })
+        .collect::<Vec<_>>();
+    table(&["VERSION", "BYTES", "SHA256", "SERVING", "BY", "PUBLISHED"], &rows);
+    Ok(())
+}
+
+impl Api {
+    /// Streams `file` as an `application/octet-stream` body; the answer's status and JSON.
+    pub fn upload<T: serde::de::DeserializeOwned>(&self, path: &str, file: &std::path::Path) -> Result<(u16, T)> {
+        let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let len = f.metadata()?.len();
+        if len == 0 {
+            bail!("{} is empty", file.display());
+        }
+        self.send_reader(path, &mut f, len)
+    }
+}

@@ -1,0 +1,329 @@
+//! Downloads the packages of desired model versions the device does not hold.
+//!
+//! A package is written under a dot-name in the model directory's `.staging/` (the store never
+//! reads dot-names), checked against the length and sha256 the server published, synced, and
+//! renamed to `<name>-<version>.opkg` in one step, then the directory is synced: a crash or
+//! power cut leaves either no package or the whole verified one, never half of one the store
+//! could load. An interrupted download resumes with an HTTP `Range` request from what the
+//! staging file holds (hashed again on resume: the hasher's state is not on disk). A download
+//! that does not match is deleted and tried again a few times; a disk without room for it
+//! fails at once, before a byte is fetched. Failures are reported with a typed kind and tried
+//! again only when the desired version changes or after [`RETRY_FAILED_AFTER`].
+
+use super::client::{ClientError, DeviceClient};
+use super::system::disk_space;
+use crate::store::ModelStore;
+use outpost_proto::fleet::api::PackageRef;
+use outpost_proto::fleet::device::{DesiredModel, FailureKind, UpdateReport};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A download whose bytes do not hash right is tried again from zero this many times.
+const MISMATCH_ATTEMPTS: u32 = 3;
+/// Longest wait for the next bytes of a download before it counts as broken off.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A failed version is tried again after this long even when the desired state is unchanged.
+pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(600);
+/// Room left free on the disk beyond the package itself.
+const DISK_MARGIN: u64 = 1 << 20;
+
+/// Where one wanted version stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchState {
+    /// Bytes are arriving.
+    Downloading,
+    /// All bytes are in; checking length and hash.
+    Verifying,
+    /// Verified and renamed into the model directory; the store loads it from there.
+    Installed,
+    /// Given up until the desired state changes or the retry time passes.
+    Failed {
+        /// What kind of failure.
+        kind: FailureKind,
+        /// In words.
+        reason: String,
+        /// When.
+        at: Instant,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    version: String,
+    package: PackageRef,
+    state: FetchState,
+    fetched: u64,
+}
+
+/// The downloads of one agent.
+#[derive(Debug)]
+pub struct Fetcher {
+    client: DeviceClient,
+    dir: PathBuf,
+    store: Arc<ModelStore>,
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+/// Why one attempt failed.
+enum Attempt {
+    /// Worth another try soon (network, server, stall).
+    Transient(String),
+    /// The bytes were wrong (length or hash): the staging file is gone, start from zero.
+    Mismatch(String),
+    /// Give up until the desired state changes.
+    Fatal(FailureKind, String),
+    /// The desired version changed meanwhile.
+    Cancelled,
+}
+
+/// The file a version is installed as.
+pub fn installed_path(dir: &Path, name: &str, version: &str) -> PathBuf {
+    dir.join(format!("{name}-{version}.opkg"))
+}
+
+fn staging_path(dir: &Path, name: &str, version: &str, sha256: &str) -> PathBuf {
+    let short = sha256.get(..16).unwrap_or(sha256);
+    dir.join(".staging").join(format!(".{name}-{version}-{short}.part"))
+}
+
+impl Fetcher {
+    /// A fetcher installing into `dir` and telling `store` when a package arrived.
+    pub fn new(client: DeviceClient, dir: PathBuf, store: Arc<ModelStore>) -> Arc<Fetcher> {
+        Arc::new(Fetcher { client, dir, store, jobs: Mutex::new(HashMap::new()) })
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts downloads for `missing` (desired versions the store does not serve) that have a
+    /// package and are not on disk yet; forgets jobs for models no longer missing.
+    pub fn want(self: &Arc<Self>, missing: &[DesiredModel]) {
+        let mut jobs = self.jobs();
+        jobs.retain(|name, job| missing.iter().any(|m| &m.name == name && m.version == job.version));
+        for m in missing {
+            let Some(package) = &m.package else { continue };
+            if installed_path(&self.dir, &m.name, &m.version).exists() {
+                continue; // on disk: loading it (or why it does not load) is the store's to report
+            }
+            let restart = match jobs.get(&m.name) {
+                None => true,
+                Some(job) if &job.package != package => true,
+                Some(Job { state: FetchState::Failed { at, .. }, .. }) => at.elapsed() >= RETRY_FAILED_AFTER,
+                Some(Job { state: FetchState::Installed, .. }) => true, // deleted from disk since
+                Some(_) => false,
+            };
+            if restart {
+                let job = Job {
+                    version: m.version.clone(),
+                    package: package.clone(),
+                    state: FetchState::Downloading,
+                    fetched: 0,
+                };
+                jobs.insert(m.name.clone(), job);
+                let me = self.clone();
+                let (name, version, package) = (m.name.clone(), m.version.clone(), package.clone());
+                tokio::spawn(async move { me.run(name, version, package).await });
+            }
+        }
+    }
+
+    /// What each model's pending version is doing, for the state report.
+    pub fn reports(&self) -> HashMap<String, UpdateReport> {
+        self.jobs()
+            .iter()
+            .map(|(name, job)| {
+                let (state, reason, failure_kind) = match &job.state {
+                    FetchState::Downloading => ("downloading", None, None),
+                    FetchState::Verifying => ("verifying", None, None),
+                    FetchState::Installed => ("installed", None, None),
+                    FetchState::Failed { kind, reason, .. } => ("failed", Some(reason.clone()), Some(*kind)),
+                };
+                let report = UpdateReport {
+                    version: job.version.clone(),
+                    state: state.into(),
+                    reason,
+                    failure_kind,
+                    bytes_fetched: job.fetched,
+                    bytes_total: job.package.size_bytes,
+                };
+                (name.clone(), report)
+            })
+            .collect()
+    }
+
+    /// Whether `name` still wants exactly this package (the job was not replaced or dropped).
+    fn current(&self, name: &str, package: &PackageRef) -> bool {
+        self.jobs().get(name).is_some_and(|j| &j.package == package)
+    }
+
+    fn update(&self, name: &str, package: &PackageRef, f: impl FnOnce(&mut Job)) {
+        if let Some(job) = self.jobs().get_mut(name).filter(|j| &j.package == package) {
+            f(job);
+        }
+    }
+
+    async fn run(self: Arc<Self>, name: String, version: String, package: PackageRef) {
+        let mut transient = 0u32;
+        let mut mismatches = 0u32;
+        loop {
+            let outcome = self.attempt(&name, &version, &package).await;
+            let failed = |kind, reason: String| FetchState::Failed { kind, reason, at: Instant::now() };
+            match outcome {
+                Ok(()) => {
+                    self.update(&name, &package, |j| j.state = FetchState::Installed);
+                    tracing::info!(model = %name, %version, bytes = package.size_bytes, "package downloaded and verified");
+                    let (store, dir) = (self.store.clone(), self.dir.clone());
+                    if let Err(e) = tokio::task::spawn_blocking(move || store.sync(&dir)).await {
+                        tracing::error!(error = %e, "model directory scan after a download failed");
+                    }
+                    return;
+                }
+                Err(Attempt::Cancelled) => return,
+                Err(Attempt::Fatal(kind, reason)) => {
+                    tracing::error!(model = %name, %version, %reason, "package download failed");
+                    self.update(&name, &package, |j| j.state = failed(kind, reason));
+                    return;
+                }
+                Err(Attempt::Mismatch(reason)) => {
+                    mismatches += 1;
+                    tracing::warn!(model = %name, %version, %reason, attempt = mismatches, "downloaded package does not verify");
+                    if mismatches >= MISMATCH_ATTEMPTS {
+                        let reason = format!("{reason} ({mismatches} downloads in a row)");
+                        self.update(&name, &package, |j| j.state = failed(FailureKind::HashMismatch, reason));
+                        return;
+                    }
+                }
+                Err(Attempt::Transient(reason)) => {
+                    transient = transient.saturating_add(1);
+                    tracing::warn!(model = %name, %version, %reason, "package download interrupted; resuming later");
+                    tokio::time::sleep(super::session::backoff(transient, Duration::from_secs(60))).await;
+                }
+            }
+            if !self.current(&name, &package) {
+                return;
+            }
+            self.update(&name, &package, |j| j.state = FetchState::Downloading);
+        }
+    }
+
+    async fn attempt(&self, name: &str, version: &str, package: &PackageRef) -> Result<(), Attempt> {
+        let part = staging_path(&self.dir, name, version, &package.sha256);
+        let io = |what: &str, e: std::io::Error| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                Attempt::Fatal(FailureKind::DiskFull, format!("{what} {}: {e}", part.display()))
+            } else {
+                Attempt::Fatal(FailureKind::Io, format!("{what} {}: {e}", part.display()))
+            }
+        };
+        if let Some(parent) = part.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io("creating", e))?;
+        }
+        // What an earlier attempt left: hashed again, then continued from its end.
+        let mut hasher = Sha256::new();
+        let mut have = match std::fs::File::open(&part) {
+            Ok(mut f) => std::io::copy(&mut f, &mut hasher).map_err(|e| io("reading", e))?,
+            Err(_) => 0,
+        };
+        if have > package.size_bytes {
+            let _ = std::fs::remove_file(&part);
+            hasher = Sha256::new();
+            have = 0;
+        }
+        let (free, total) = disk_space(part.parent().unwrap_or(&self.dir));
+        let needed = package.size_bytes - have + DISK_MARGIN;
+        // A filesystem that does not answer (total 0) is not taken for a full one.
+        if total > 0 && free < needed {
+            return Err(Attempt::Fatal(
+                FailureKind::DiskFull,
+                format!("{} bytes free on the model directory's disk, the package needs {needed} more", free),
+            ));
+        }
+        self.update(name, package, |j| j.fetched = have);
+        if have < package.size_bytes {
+            self.download(name, version, package, &part, &mut hasher, &mut have).await?;
+        }
+        self.update(name, package, |j| j.state = FetchState::Verifying);
+        let actual = hex::encode(hasher.finalize());
+        if have != package.size_bytes || actual != package.sha256 {
+            let _ = std::fs::remove_file(&part);
+            return Err(Attempt::Mismatch(format!(
+                "got {have} bytes with sha256 {actual}, the server published {} bytes with sha256 {}",
+                package.size_bytes, package.sha256
+            )));
+        }
+        if !self.current(name, package) {
+            return Err(Attempt::Cancelled);
+        }
+        let target = installed_path(&self.dir, name, version);
+        std::fs::File::open(&part).and_then(|f| f.sync_all()).map_err(|e| io("syncing", e))?;
+        std::fs::rename(&part, &target).map_err(|e| io("installing", e))?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))?;
+        Ok(())
+    }
+
+    /// Appends the rest of the package to `part`, hashing as it goes.
+    async fn download(
+        &self,
+        name: &str,
+        version: &str,
+        package: &PackageRef,
+        part: &Path,
+        hasher: &mut Sha256,
+        have: &mut u64,
+    ) -> Result<(), Attempt> {
+        let mut response = match self.client.package(name, version, *have, &package.sha256).await {
+            Ok(r) => r,
+            Err(e) if e.is_transient() => return Err(Attempt::Transient(e.to_string())),
+            Err(ClientError::Rejected { status: 416, .. }) => {
+                let _ = std::fs::remove_file(part);
+                return Err(Attempt::Mismatch("the server has fewer bytes than the staging file".into()));
+            }
+            Err(e) => return Err(Attempt::Fatal(FailureKind::Download, e.to_string())),
+        };
+        let resumed = response.status() == reqwest::StatusCode::PARTIAL_CONTENT;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(resumed)
+            .write(true)
+            .truncate(!resumed)
+            .open(part)
+            .map_err(|e| Attempt::Fatal(FailureKind::Io, format!("opening {}: {e}", part.display())))?;
+        if !resumed {
+            // The server sent the whole object (no range support, or another object).
+            *hasher = Sha256::new();
+            *have = 0;
+        }
+        loop {
+            if !self.current(name, package) {
+                return Err(Attempt::Cancelled);
+            }
+            let chunk = match tokio::time::timeout(STALL_TIMEOUT, response.chunk()).await {
+                Err(_) => return Err(Attempt::Transient(format!("no data for {} s", STALL_TIMEOUT.as_secs()))),
+                Ok(Err(e)) => return Err(Attempt::Transient(format!("the download broke off: {e}"))),
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            if *have + chunk.len() as u64 > package.size_bytes {
+                drop(file);
+                let _ = std::fs::remove_file(part);
+                return Err(Attempt::Mismatch(format!(
+                    "the server sent more than the {} bytes it published",
+                    package.size_bytes
+                )));
+            }
+            file.write_all(&chunk).map_err(|e| {
+                let kind = if e.raw_os_error() == Some(libc::ENOSPC) { FailureKind::DiskFull } else { FailureKind::Io };
+                Attempt::Fatal(kind, format!("writing {}: {e}", part.display()))
+            })?;
+            hasher.update(&chunk);
+            *have += chunk.len() as u64;
+            let fetched = *have;
+            self.update(name, package, |j| j.fetched = fetched);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Model delivery end to end: a package published to a real server reaches the agent through
+//! the desired state, is downloaded (resumed from a staging file when one is there), verified
+//! against the published length and hash, installed and served; bytes that do not verify are
+//! refused with a typed reason while the previous version keeps serving.
+
+use super::{agent_config, wait_until, ControlPlane};
+use outpost_proto::fleet::device::FailureKind;
+use outpost_runtime::Package;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+async fn publish(plane: &ControlPlane, bytes: Vec<u8>) -> serde_json::Value {
+    let response = plane
+        .http
+        .post(format!("{}/v1/model-packages", plane.base))
+        .bearer_auth(&plane.admin)
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "publish: {status} {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn package_bytes(dir: &Path, name: &str, version: &str, scale: f64) -> Vec<u8> {
+    let path = super::common::write_package(dir, name, version, &super::common::affine_onnx(scale));
+    std::fs::read(path).unwrap()
+}
+
+/// The server's delivery egress so far (its `package_bytes_sent` counter).
+async fn bytes_sent(plane: &ControlPlane) -> u64 {
+    let text = plane.http.get(format!("{}/metrics", plane.base)).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("outpost_server_package_bytes_sent_total ")).expect("counter");
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
+}
+
+fn hex_sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_packages_are_downloaded_verified_installed_and_bad_bytes_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_data = dir.path().join("server");
+    let plane = ControlPlane::start(&server_data).await;
+    let token = plane.enrollment_token(1).await;
+    let build = dir.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    let v1 = package_bytes(&build, "affine", "1", 1.0);
+    let v2 = package_bytes(&build, "affine", "2", 2.0);
+    let v3 = package_bytes(&build, "affine", "3", 3.0);
+    for bytes in [&v1, &v2, &v3] {
+        publish(&plane, bytes.clone()).await;
+    }
+
+    let config = agent_config(dir.path(), &plane.base, Some(token));
+    let models = config.model_dir.clone();
+    // An interrupted earlier download of v1: its first half is in the staging area.
+    let staging = models.join(".staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let part = staging.join(format!(".affine-1-{}.part", &hex_sha(&v1)[..16]));
+    std::fs::write(&part, &v1[..v1.len() / 2]).unwrap();
+    let agent = outpost_agent::Agent::start(config).await.unwrap();
+    let status = agent.control().unwrap().clone();
+    wait_until("enrollment", || status.device_id().is_some()).await;
+    let device = status.device_id().unwrap();
+    let store = agent.state.store.clone();
+    let serving = move || store.get("affine").map(|m| m.version().to_string());
+    assert_eq!(serving(), None, "nothing on the device yet");
+
+    let pin = |version: &str| serde_json::json!({"models": {"affine": version}, "config": {}});
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("1"))).await;
+    wait_until("v1 downloaded and serving", || serving().as_deref() == Some("1")).await;
+    let installed = models.join("affine-1.opkg");
+    assert_eq!(std::fs::read(&installed).unwrap(), v1, "the installed file is the published bytes");
+    assert!(!part.exists(), "the staging file became the installed package");
+    let resumed = (v1.len() - v1.len() / 2) as u64;
+    assert_eq!(bytes_sent(&plane).await, resumed, "only the missing half was fetched (a Range request)");
+    Package::open(&installed).expect("the installed package verifies");
+
+    // A staging file holding wrong bytes is thrown away and the download starts over.
+    let part2 = staging.join(format!(".affine-2-{}.part", &hex_sha(&v2)[..16]));
+    std::fs::write(&part2, vec![0u8; v2.len() / 3]).unwrap();
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("2"))).await;
+    wait_until("v2 downloaded and serving", || serving().as_deref() == Some("2")).await;
+    assert_eq!(std::fs::read(models.join("affine-2.opkg")).unwrap(), v2);
+    let wasted = (v2.len() - v2.len() / 3) as u64;
+    assert_eq!(bytes_sent(&plane).await, resumed + wasted + v2.len() as u64, "one wasted resume, then all of v2");
+
+    // Bytes corrupted in the artifact store: the device refuses them, v2 keeps serving, and
+    // the report says what happened to v3 and why.
+    let object = server_data.join("artifacts/packages").join(format!("{}.opkg", hex_sha(&v3)));
+    let mut corrupt = std::fs::read(&object).unwrap();
+    let at = corrupt.len() / 2;
+    corrupt[at] ^= 0xff;
+    std::fs::write(&object, &corrupt).unwrap();
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("3"))).await;
+    let mut report = serde_json::Value::Null;
+    for _ in 0..150 {
+        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
+        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
+        if let Some(m) = model.filter(|m| m["update"]["state"] == "failed") {
+            report = m;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(report["state"], "ready", "{report}");
+    assert_eq!(report["version"], "2", "the verified version keeps serving: {report}");
+    assert_eq!(report["update"]["version"], "3", "{report}");
+    let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
+    assert_eq!(kind, FailureKind::HashMismatch, "{report}");
+    assert!(report["update"]["reason"].as_str().unwrap().contains("sha256"), "{report}");
+    assert!(!models.join("affine-3.opkg").exists(), "nothing unverified is installed");
+    let leftovers: Vec<_> = std::fs::read_dir(&staging).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "refused bytes are deleted: {leftovers:?}");
+    assert_eq!(serving().as_deref(), Some("2"));
+
+    agent.shutdown().await.unwrap();
+    plane.server.shutdown().await.unwrap();
+}
