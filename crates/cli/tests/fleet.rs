@@ -1,6 +1,9 @@
 //! The fleet commands as an operator runs them: a real `outpost server` process, a real
 //! `outpost agent` process that enrolls with a token, and the CLI talking to both.
 
+#[path = "fleet/kill9.rs"]
+mod kill9;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -122,3 +122,81 @@ async fn published_packages_are_downloaded_verified_installed_and_bad_bytes_refu
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
 }
+
+/// A size-limited filesystem (tmpfs), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts `bytes` of tmpfs at `dir`; `None` where mounting is not allowed (a failure under
+    /// CI=true, where this fault must be tested).
+    fn mount(dir: &Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk(dir.to_path_buf())),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(std::env::var("CI").is_err(), "CI=true but a small tmpfs cannot be mounted: {why}");
+                eprintln!("cannot mount a small tmpfs ({why}): full-disk test skipped");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_does_not_fit_the_disk_fails_as_disk_full_and_the_old_version_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(&dir.path().join("server")).await;
+    let token = plane.enrollment_token(1).await;
+    let config = agent_config(dir.path(), &plane.base, Some(token));
+    let models = config.model_dir.clone();
+    let Some(_disk) = SmallDisk::mount(&models, 1536 << 10) else { return };
+    super::common::write_package(&models, "affine", "1", &super::common::affine_onnx(1.0));
+    // v2 carries 1 MiB of extra listed data: with the 1 MiB the fetcher keeps free, it cannot fit.
+    let build = dir.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    let onnx = super::common::affine_onnx(2.0);
+    let manifest = super::common::manifest("affine", "2", &onnx);
+    let files = vec![("model.onnx".to_string(), onnx), ("padding.bin".to_string(), vec![7u8; 1 << 20])];
+    let big = Package::from_parts(manifest, files).unwrap();
+    big.write_opkg(&build.join("affine-2.opkg")).unwrap();
+    publish(&plane, std::fs::read(build.join("affine-2.opkg")).unwrap()).await;
+
+    let agent = outpost_agent::Agent::start(config).await.unwrap();
+    let status = agent.control().unwrap().clone();
+    wait_until("enrollment", || status.device_id().is_some()).await;
+    let device = status.device_id().unwrap();
+    let pin = serde_json::json!({"models": {"affine": "2"}, "config": {}});
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin)).await;
+    let mut report = serde_json::Value::Null;
+    for _ in 0..150 {
+        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
+        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
+        if let Some(m) = model.filter(|m| m["update"]["state"] == "failed") {
+            report = m;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
+    assert_eq!(kind, FailureKind::DiskFull, "{report}");
+    assert_eq!((report["state"].as_str(), report["version"].as_str()), (Some("ready"), Some("1")), "{report}");
+    assert_eq!(report["update"]["bytes_fetched"], 0, "nothing was fetched: {report}");
+    assert_eq!(bytes_sent(&plane).await, 0);
+    assert_eq!(agent.state.store.get("affine").map(|m| m.version().to_string()).as_deref(), Some("1"));
+    agent.shutdown().await.unwrap();
+    plane.server.shutdown().await.unwrap();
+}
