@@ -19,6 +19,16 @@ if ! command -v promtool >/dev/null; then
   fi
 fi
 
+echo "== faketime (Debian's faketime): the TUF client's clock is moved in the interop test"
+if ! command -v faketime >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends faketime >/dev/null; }
+  else
+    echo "(faketime missing and not root: the clock test will say so)"
+  fi
+fi
+
 echo "== drop test schemas earlier runs left in PostgreSQL (each test makes its own)"
 if command -v psql >/dev/null; then
   psql "${OUTPOST_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}" -qc "DO \$\$ DECLARE s text; BEGIN

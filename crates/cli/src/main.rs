@@ -12,6 +12,7 @@ mod model;
 mod pack;
 mod server;
 mod sim;
+mod tuf;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,8 @@ enum Command {
     Sim(sim::SimArgs),
     /// Train the demo model, start a server, agents and a simulated fleet, show it working.
     Demo(demo::DemoArgs),
+    /// The device's TUF client, for any harness: init ROOT_JSON, refresh, download.
+    TufClient(tuf::TufClientArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
         Command::Fleet(cmd) => fleet::device::run_fleet(cmd),
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::TufClient(args) => tuf::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,133 @@
+"""`outpost tuf-client` against a repository written by python-tuf, the reference
+implementation: consistent snapshots, a target in a subdirectory, and a terminating delegated
+role whose name holds a `/` (percent-encoded in file names and URLs). Flags go before or after
+the subcommand; several --target-name are fetched by one client; the metadata directory keeps
+only the specification's file names; a tampered target or an expired timestamp exits 1."""
+
+import hashlib
+import http.server
+import shutil
+import subprocess
+import threading
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from pathlib import Path
+
+import pytest
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import (
+    DelegatedRole, Delegations, MetaFile, Metadata, Root, Snapshot, TargetFile, Targets, Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+
+from conftest import BINARY
+
+PAYLOADS = {
+    "docs/readme.txt": b"a top-level target\n",
+    "vision/detector-2.opkg": b"model package bytes " * 500,
+}
+
+
+def write(path: Path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def make_repo(repo: Path, expires: datetime):
+    signers = {r: CryptoSigner.generate_ed25519() for r in ["root", "targets", "snapshot", "timestamp", "vision"]}
+    root = Root(expires=expires, consistent_snapshot=True)
+    for role in ["root", "targets", "snapshot", "timestamp"]:
+        root.add_key(signers[role].public_key, role)
+    top = Targets(expires=expires)
+    readme = TargetFile.from_data("docs/readme.txt", PAYLOADS["docs/readme.txt"], ["sha256"])
+    top.targets[readme.path] = readme
+    vkey = signers["vision"].public_key
+    role = DelegatedRole(name="models/vision", keyids=[vkey.keyid], threshold=1, terminating=True, paths=["vision/*"])
+    top.delegations = Delegations(keys={vkey.keyid: vkey}, roles={role.name: role})
+    delegated = Targets(expires=expires)
+    model = TargetFile.from_data("vision/detector-2.opkg", PAYLOADS["vision/detector-2.opkg"], ["sha256"])
+    delegated.targets[model.path] = model
+    snapshot = Snapshot(expires=expires)
+    snapshot.meta["targets.json"] = MetaFile(1)
+    snapshot.meta["models/vision.json"] = MetaFile(1)
+    timestamp = Timestamp(expires=expires)
+    timestamp.snapshot_meta = MetaFile(1)
+    serializer = JSONSerializer(compact=False)
+    for name, signed, signer in [
+        ("1.root.json", root, "root"),
+        ("1.targets.json", top, "targets"),
+        # The client asks for `1.models%2Fvision.json`, as python-tuf does; this static server
+        # decodes the `%2F` before it looks for the file.
+        ("1.models/vision.json", delegated, "vision"),
+        ("1.snapshot.json", snapshot, "snapshot"),
+        ("timestamp.json", timestamp, "timestamp"),
+    ]:
+        md = Metadata(signed)
+        md.sign(signers[signer])
+        write(repo / "metadata" / name, md.to_bytes(serializer))
+    for path, data in PAYLOADS.items():
+        folder, _, file = path.rpartition("/")
+        write(repo / "targets" / folder / f"{hashlib.sha256(data).hexdigest()}.{file}", data)
+
+
+@pytest.fixture
+def served(tmp_path):
+    repo = tmp_path / "repo"
+    make_repo(repo, datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=7))
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(repo))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.RequestHandlerClass.log_message = lambda *a: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield repo, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def client(*args, env=None):
+    return subprocess.run([str(BINARY), "tuf-client", *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_outpost_client_reads_a_python_tuf_repository(served, tmp_path):
+    repo, url = served
+    meta, downloads = tmp_path / "trusted", tmp_path / "downloads"
+    r = client("--metadata-dir", meta, "init", repo / "metadata" / "1.root.json")
+    assert r.returncode == 0, r.stderr
+    r = client("refresh", "--metadata-url", f"{url}/metadata", "--metadata-dir", meta)
+    assert r.returncode == 0, r.stderr
+    r = client("--metadata-dir", meta, "--metadata-url", f"{url}/metadata", "download",
+               "--target-name", "docs/readme.txt", "--target-name", "vision/detector-2.opkg",
+               "--target-base-url", f"{url}/targets", "--target-dir", downloads)
+    assert r.returncode == 0, r.stderr
+    assert (downloads / "docs%2Freadme.txt").read_bytes() == PAYLOADS["docs/readme.txt"]
+    assert (downloads / "vision%2Fdetector-2.opkg").read_bytes() == PAYLOADS["vision/detector-2.opkg"]
+    names = sorted(p.name for p in meta.iterdir() if p.name.endswith(".json"))
+    assert names == ["models%2Fvision.json", "root.json", "snapshot.json", "targets.json", "timestamp.json"]
+    assert (meta / "timestamp.json").read_bytes() == (repo / "metadata" / "timestamp.json").read_bytes()
+
+    # A target the delegation does not cover, or one whose bytes were swapped, is a failure.
+    r = client("download", "--metadata-dir", meta, "--metadata-url", f"{url}/metadata",
+               "--target-name", "vision/absent.opkg", "--target-base-url", f"{url}/targets", "--target-dir", downloads)
+    assert r.returncode == 1, r.stderr
+    data = PAYLOADS["docs/readme.txt"]
+    (repo / "targets" / "docs" / f"{hashlib.sha256(data).hexdigest()}.readme.txt").write_bytes(b"tampered\n" + data)
+    (downloads / "docs%2Freadme.txt").unlink()
+    r = client("download", "--metadata-dir", meta, "--metadata-url", f"{url}/metadata",
+               "--target-name", "docs/readme.txt", "--target-base-url", f"{url}/targets", "--target-dir", downloads)
+    assert r.returncode == 1, r.stderr
+    assert not (downloads / "docs%2Freadme.txt").exists()
+
+
+def test_the_client_reads_the_c_library_clock_so_faketime_expires_metadata(served, tmp_path):
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        if __import__("os").environ.get("CI"):
+            raise RuntimeError("faketime is required under CI (scripts/test.sh installs Debian's faketime)")
+        pytest.skip("faketime not installed")
+    repo, url = served
+    meta = tmp_path / "trusted"
+    assert client("--metadata-dir", meta, "init", repo / "metadata" / "1.root.json").returncode == 0
+    later = (datetime.now(timezone.utc) + timedelta(days=30)).strftime("@%Y-%m-%d %H:%M:%S")
+    r = subprocess.run([faketime, "-f", later, str(BINARY), "tuf-client", "--metadata-dir", str(meta),
+                        "--metadata-url", f"{url}/metadata", "refresh"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "expired" in r.stderr, r.stderr
+    assert client("--metadata-dir", meta, "--metadata-url", f"{url}/metadata", "refresh").returncode == 0
