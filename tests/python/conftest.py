@@ -77,3 +77,27 @@ def agent(model_dir):
     yield url
     proc.terminate()
     assert proc.wait(timeout=30) == 0, "agent did not shut down cleanly on SIGTERM"
+
+
+def start_server(tmp_path, database=None, data=None):
+    """Starts `outpost server` on a free port; returns (process, URL, admin token)."""
+    port = free_port()
+    data = data or tmp_path / "data"
+    args = [str(BINARY), "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)]
+    if database:
+        args += ["--database", database]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200 and (data / "admin.token").exists():
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError("server did not start: " + (tmp_path / "server.log").read_text())
+        time.sleep(0.2)
+    return proc, f"http://127.0.0.1:{port}", (data / "admin.token").read_text().strip()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BINARY, REPO, free_port
+from conftest import BINARY, REPO, free_port, start_server
 
 SCHEMATHESIS = Path(os.environ.get("SCHEMATHESIS", Path(__import__("sys").executable).parent / "schemathesis"))
 PG_BASE = os.environ.get("OUTPOST_TEST_PG", "postgres://postgres@127.0.0.1:5432/test")
@@ -32,29 +32,6 @@ def postgres_url():
             raise RuntimeError(f"PostgreSQL at {PG_BASE} is required under CI: {e}")
         return None
     return f"{PG_BASE}?options=-c%20search_path%3D{schema}"
-
-
-def start_server(tmp_path, database):
-    port = free_port()
-    data = tmp_path / "data"
-    args = [str(BINARY), "server", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)]
-    if database:
-        args += ["--database", database]
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200 and (data / "admin.token").exists():
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("server did not start: " + (tmp_path / "server.log").read_text())
-        time.sleep(0.2)
-    return proc, f"http://127.0.0.1:{port}", (data / "admin.token").read_text().strip()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -1,4 +1,7 @@
-"""`outpost tuf-client` against a repository written by python-tuf, the reference
+"""TUF interoperability both ways. python-tuf's client downloads a package published to an
+`outpost server` (keys from `outpost keys init`, targets signed by `outpost model publish
+--keys-dir`, snapshot and timestamp signed by the server). And `outpost tuf-client` reads a
+repository written by python-tuf, the reference
 implementation: consistent snapshots, a target in a subdirectory, and a terminating delegated
 role whose name holds a `/` (percent-encoded in file names and URLs). Flags go before or after
 the subcommand; several --target-name are fetched by one client; the metadata directory keeps
@@ -20,7 +23,7 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
-from conftest import BINARY
+from conftest import BINARY, start_server
 
 PAYLOADS = {
     "docs/readme.txt": b"a top-level target\n",
@@ -131,3 +134,54 @@ def test_the_client_reads_the_c_library_clock_so_faketime_expires_metadata(serve
     assert r.returncode == 1, r.stdout + r.stderr
     assert "expired" in r.stderr, r.stderr
     assert client("--metadata-dir", meta, "--metadata-url", f"{url}/metadata", "refresh").returncode == 0
+
+
+def run(*args, cwd=None):
+    r = subprocess.run([str(BINARY), *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert r.returncode == 0, f"{args}: {r.stdout}{r.stderr}"
+    return r.stdout
+
+
+def test_python_tuf_downloads_a_package_published_to_the_server(tmp_path):
+    from tuf.ngclient import Updater
+
+    keys, data = tmp_path / "keys", tmp_path / "data"
+    run("keys", "init", "--keys-dir", keys, "--data-dir", data)
+    shown = run("keys", "show", "--keys-dir", keys, "--data-dir", data)
+    assert "root v1" in shown and "held in" in shown, shown
+    proc, url, token = start_server(tmp_path, data=data)
+    try:
+        run("model", "train-demo", "--out", tmp_path / "models")
+        package = tmp_path / "models" / "vibration-anomaly-1.opkg"
+        out = run("model", "publish", package, "--keys-dir", keys, "--server", url, "--token", token)
+        assert "TUF: targets v2 lists vibration-anomaly/vibration-anomaly-1.opkg" in out, out
+
+        trusted = tmp_path / "python-tuf"
+        trusted.mkdir()
+        shutil.copy(keys / "1.root.json", trusted / "root.json")
+        downloads = tmp_path / "python-downloads"
+        downloads.mkdir()
+        updater = Updater(metadata_dir=str(trusted), metadata_base_url=f"{url}/tuf/metadata/",
+                          target_base_url=f"{url}/tuf/targets/", target_dir=str(downloads),
+                          bootstrap=(keys / "1.root.json").read_bytes())
+        updater.refresh()
+        info = updater.get_targetinfo("vibration-anomaly/vibration-anomaly-1.opkg")
+        assert info is not None and info.length == package.stat().st_size
+        path = updater.download_target(info)
+        assert Path(path).read_bytes() == package.read_bytes()
+
+        # The same through outpost's own client, from the same repository.
+        meta = tmp_path / "outpost-tuf"
+        run("tuf-client", "--metadata-dir", meta, "init", keys / "1.root.json")
+        run("tuf-client", "--metadata-dir", meta, "--metadata-url", f"{url}/tuf/metadata", "download",
+            "--target-name", "vibration-anomaly/vibration-anomaly-1.opkg",
+            "--target-base-url", f"{url}/tuf/targets", "--target-dir", tmp_path / "outpost-downloads")
+        got = tmp_path / "outpost-downloads" / "vibration-anomaly%2Fvibration-anomaly-1.opkg"
+        assert got.read_bytes() == package.read_bytes()
+
+        # Publishing again changes nothing; a package the targets key did not sign is not listed.
+        out = run("model", "publish", package, "--keys-dir", keys, "--server", url, "--token", token)
+        assert "already published" in out and "targets v2" in out, out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

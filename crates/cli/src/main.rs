@@ -8,6 +8,7 @@ mod demo;
 mod demo_fleet;
 mod fleet;
 mod http_bench;
+mod keys;
 mod model;
 mod pack;
 mod server;
@@ -49,6 +50,9 @@ enum Command {
     Sim(sim::SimArgs),
     /// Train the demo model, start a server, agents and a simulated fleet, show it working.
     Demo(demo::DemoArgs),
+    /// The TUF keys of the server's repository: init, show, rotate.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// The device's TUF client, for any harness: init ROOT_JSON, refresh, download.
     TufClient(tuf::TufClientArgs),
 }
@@ -86,6 +90,7 @@ fn main() -> std::process::ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
         Command::TufClient(args) => tuf::run(args),
+        Command::Keys(cmd) => keys::run(cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

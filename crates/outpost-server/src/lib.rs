@@ -25,6 +25,7 @@ pub mod routes;
 pub mod serve;
 mod server;
 pub mod state;
+pub mod tuf;
 
 pub use config::ServerConfig;
 pub use error::ApiError;

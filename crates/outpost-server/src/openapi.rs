@@ -2,7 +2,7 @@
 //! cannot drift from the handlers.
 
 use crate::routes::registry::{API_TOKEN_NAME_MAX, MAX_EXPIRES_IN_S};
-use crate::routes::{self, channel, devices, packages, registry, MAX_LIMIT};
+use crate::routes::{self, channel, devices, packages, registry, tuf, MAX_LIMIT};
 use outpost_proto::fleet::selector::{MAX_SELECTOR_BYTES, SELECTOR_PATTERN};
 use outpost_proto::fleet::signing::{HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         registry::create_assignment, registry::list_assignments, registry::delete_assignment,
         registry::list_audit,
         packages::publish_package, packages::download_package, packages::device_package,
+        tuf::metadata, tuf::target, tuf::current_targets, tuf::put_targets,
         channel::enroll, channel::heartbeat, channel::reports, channel::desired_state, channel::ack_command,
     ),
     modifiers(&SecuritySchemes),
@@ -33,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         (name = "assignments", description = "Which model versions run where"),
         (name = "audit", description = "Who changed what"),
         (name = "device", description = "The signed device channel"),
+        (name = "tuf", description = "The TUF repository of the packages"),
         (name = "health", description = "Health, readiness, metrics"),
     )
 )]

@@ -156,6 +156,7 @@ impl Server {
         let artifacts = crate::artifacts::ArtifactStore::open(&config).map_err(ServerError::ArtifactStore)?;
         tracing::info!(store = artifacts.describe(), "artifact store");
         let uploads = config.max_concurrent_uploads.max(1);
+        let data_dir = config.data_dir.clone();
         let metrics = Arc::new(Metrics::new());
         let writer_options = WriterOptions {
             batch_max: config.report_batch_max,
@@ -175,6 +176,7 @@ impl Server {
             reports,
             metrics,
             artifacts,
+            tuf: crate::tuf::TufRepo::open(&data_dir),
             uploads: Arc::new(tokio::sync::Semaphore::new(uploads)),
             shutdown: shutdown_rx.clone(),
         });
@@ -241,6 +243,16 @@ fn spawn_maintenance(state: SharedState) -> Vec<JoinHandle<()>> {
             Box::pin(async move {
                 s.devices.prune();
                 s.reports.prune_limits();
+            })
+        }),
+        every(Duration::from_secs(30), state.clone(), |s| {
+            Box::pin(async move {
+                let repo = s.clone();
+                match tokio::task::spawn_blocking(move || repo.tuf.refresh_online(std::time::SystemTime::now())).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot sign the TUF snapshot and timestamp"),
+                    Err(e) => tracing::error!(error = %e, "TUF refresh panicked"),
+                    Ok(Ok(_)) => {}
+                }
             })
         }),
         every(Duration::from_secs(30), state.clone(), |s| {

@@ -31,6 +31,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Model package bytes.
     pub artifacts: crate::artifacts::ArtifactStore,
+    /// The TUF repository of the packages.
+    pub tuf: crate::tuf::TufRepo,
     /// Permits for package uploads received at once.
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Turns true when the server is shutting down (long-polls end early).

@@ -12,6 +12,7 @@ pub mod client;
 pub mod crypto;
 pub mod remote;
 pub mod store;
+pub mod verify;
 pub mod writer;
 
 pub use client::{TufClient, TufError};

@@ -123,14 +123,16 @@ impl Api {
         Ok(value)
     }
 
-    /// Streams `len` bytes of `reader` as an `application/octet-stream` POST; the answer's
-    /// status and JSON. No overall timeout (a large package takes as long as the link needs),
-    /// only one on the wait for the answer after the last byte.
-    pub fn send_reader<T: DeserializeOwned>(
+    /// Streams `len` bytes of `reader` as the body of a `method` request of `content_type`;
+    /// the answer's status and JSON. No overall timeout (a large package takes as long as the
+    /// link needs), only one on the wait for the answer after the last byte.
+    pub fn send_raw<T: DeserializeOwned>(
         &self,
+        method: &str,
         path: &str,
         reader: &mut dyn std::io::Read,
         len: u64,
+        content_type: &str,
     ) -> Result<(u16, T)> {
         let url = format!("{}{path}", self.base);
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -140,16 +142,16 @@ impl Api {
             .build()
             .into();
         let mut req = ureq::http::Request::builder()
-            .method("POST")
+            .method(method)
             .uri(&url)
             .header("accept", "application/json")
-            .header("content-type", "application/octet-stream")
+            .header("content-type", content_type)
             .header("content-length", len.to_string());
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let req = req.body(ureq::SendBody::from_reader(reader))?;
-        self.answer("POST", path, agent.run(req))
+        self.answer(method, path, agent.run(req))
     }
 
     fn answer<T: DeserializeOwned>(

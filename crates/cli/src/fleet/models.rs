@@ -13,6 +13,10 @@ use std::path::PathBuf;
 pub struct PublishArgs {
     /// The package: a `.opkg` file, or a package directory (packed to a `.opkg` first).
     package: PathBuf,
+    /// The operator's TUF keys (`outpost keys init`): the package is also added to the
+    /// repository, in a targets version signed here with the targets key.
+    #[arg(long, env = "OUTPOST_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
     #[command(flatten)]
     target: Target,
 }
@@ -59,7 +63,41 @@ pub fn publish(a: PublishArgs) -> Result<()> {
         .unwrap_or_else(|| outpost_proto::fleet::api::PackageRef { sha256: String::new(), size_bytes: 0 });
     let what = if status == 200 { "already published (same bytes)" } else { "published" };
     println!("{}@{} {what}: {} bytes, sha256 {}", model.name, model.version, pkg.size_bytes, pkg.sha256);
+    match &a.keys_dir {
+        Some(keys) => {
+            let version = sign_into_repository(&api, keys, &model, &pkg)?;
+            println!("TUF: targets v{version} lists {}", target_path(&model));
+        }
+        None => println!("(not in the TUF repository: pass --keys-dir to sign it into the targets)"),
+    }
     Ok(())
+}
+
+/// The target path a published version has in the TUF repository.
+pub fn target_path(model: &ModelVersion) -> String {
+    format!("{}/{}-{}.opkg", model.name, model.name, model.version)
+}
+
+/// Adds the package to the server's TUF targets (signed here) unless they already list it.
+fn sign_into_repository(
+    api: &Api,
+    keys: &std::path::Path,
+    model: &ModelVersion,
+    pkg: &outpost_proto::fleet::api::PackageRef,
+) -> Result<u64> {
+    let current: serde_json::Value = api.get("/v1/tuf/targets")?;
+    let path = target_path(model);
+    let entry = serde_json::json!({"length": pkg.size_bytes, "hashes": {"sha256": pkg.sha256},
+        "custom": {"name": model.name, "version": model.version, "task": model.task}});
+    let listed = &current["targets"][&path];
+    if listed["hashes"]["sha256"] == pkg.sha256.as_str() && listed["length"] == pkg.size_bytes {
+        return Ok(current["version"].as_u64().unwrap_or(0));
+    }
+    let signed = crate::keys::sign_next_targets(&current, keys, &path, entry)?;
+    let mut body = signed.as_slice();
+    let _: (u16, serde_json::Value) =
+        api.send_raw("PUT", "/v1/tuf/targets", &mut body, signed.len() as u64, "application/json")?;
+    Ok(current["version"].as_u64().unwrap_or(0) + 1)
 }
 
 fn package_cells(m: &ModelVersion) -> (String, String) {
@@ -128,6 +166,6 @@ impl Api {
         if len == 0 {
             bail!("{} is empty", file.display());
         }
-        self.send_reader(path, &mut f, len)
+        self.send_raw("POST", path, &mut f, len, "application/octet-stream")
     }
 }

@@ -73,6 +73,15 @@ impl ArtifactStore {
         self.prefix.clone().join("packages").join(format!("{sha256}.opkg"))
     }
 
+    /// The size of the stored package `sha256`, `None` when the store does not hold it.
+    pub async fn size(&self, sha256: &str) -> Result<Option<u64>, ApiError> {
+        match self.store.head(&self.key(sha256)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(unavailable("head", e)),
+        }
+    }
+
     /// Whether the store holds the package `sha256` with `size` bytes.
     pub async fn holds(&self, sha256: &str, size: u64) -> Result<bool, ApiError> {
         match self.store.head(&self.key(sha256)).await {

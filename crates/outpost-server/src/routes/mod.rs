@@ -5,6 +5,7 @@ pub mod channel;
 pub mod devices;
 pub mod packages;
 pub mod registry;
+pub mod tuf;
 
 use crate::error::ApiError;
 use crate::state::SharedState;
@@ -152,6 +153,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/models/{name}", get(registry::model_versions))
         .route("/v1/models/{name}/{version}/package", get(packages::download_package))
         .route("/v1/device/packages/{name}/{version}", get(packages::device_package))
+        .route("/v1/tuf/targets", get(tuf::current_targets).put(tuf::put_targets))
+        .route("/tuf/metadata/{file}", get(tuf::metadata))
+        .route("/tuf/targets/{name}/{file}", get(tuf::target))
         .route("/v1/assignments", post(registry::create_assignment).get(registry::list_assignments))
         .route("/v1/assignments/{id}", delete(registry::delete_assignment))
         .route("/v1/audit", get(registry::list_audit))

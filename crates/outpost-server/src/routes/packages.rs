@@ -146,8 +146,17 @@ async fn serve(
         }
         None => return Err(ApiError::not_found("model version", &format!("{name}@{version}"))),
     };
-    let etag = format!("\"{}\"", package.sha256);
-    let size = package.size_bytes;
+    serve_object(state, &package.sha256, package.size_bytes, headers).await
+}
+
+/// Streams the stored object `sha256` of `size` bytes, whole or the range `headers` ask for.
+pub async fn serve_object(
+    state: &SharedState,
+    sha256: &str,
+    size: u64,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{sha256}\"");
     let header_text = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
     // A resuming client that names another version of the bytes gets the whole object.
     let same_object = header_text(header::IF_RANGE).is_none_or(|v| v.trim() == etag);
@@ -165,11 +174,11 @@ async fn serve(
             return Ok(r);
         }
     };
-    let got = state.artifacts.get(&package.sha256, wanted.clone()).await?;
+    let got = state.artifacts.get(sha256, wanted.clone()).await?;
     if got.meta.size != size {
         return Err(ApiError::Internal(format!(
-            "package {} holds {} bytes in the artifact store, the registry says {size}",
-            package.sha256, got.meta.size
+            "package {sha256} holds {} bytes in the artifact store, the registry says {size}",
+            got.meta.size
         )));
     }
     let length = got.range.end - got.range.start;
@@ -186,7 +195,7 @@ async fn serve(
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, value(&etag));
-    h.insert(HEADER_SHA256, value(&package.sha256));
+    h.insert(HEADER_SHA256, value(sha256));
     if let Some(r) = wanted {
         h.insert(header::CONTENT_RANGE, value(&format!("bytes {}-{}/{size}", r.start, r.end - 1)));
     }
