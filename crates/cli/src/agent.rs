@@ -64,6 +64,10 @@ pub struct AgentArgs {
     /// Directory for the device key, enrollment record and report outbox [default: outpost-agent-data].
     #[arg(long, env = "OUTPOST_AGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The TUF root this device trusts (`outpost keys init` writes it as `1.root.json`): every
+    /// package is then checked against the server's signed TUF metadata before it is fetched.
+    #[arg(long, env = "OUTPOST_TUF_ROOT")]
+    tuf_root: Option<PathBuf>,
     /// Name in the fleet inventory [default: host name].
     #[arg(long, env = "OUTPOST_DEVICE_NAME")]
     device_name: Option<String>,
@@ -98,6 +102,9 @@ impl AgentArgs {
             poll_interval_ms,
             data_dir
         );
+        if self.tuf_root.is_some() {
+            c.tuf_root = self.tuf_root.clone();
+        }
         for (flag, field) in [
             (&self.server, &mut c.server),
             (&self.enroll_token, &mut c.enroll_token),

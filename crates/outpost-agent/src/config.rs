@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub enroll_token: Option<String>,
     /// Name shown in the fleet inventory (default: the host name).
     pub device_name: Option<String>,
+    /// The TUF root this device trusts; when set, a package is fetched only after the
+    /// server's signed TUF metadata vouches for its length and hash.
+    pub tuf_root: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -71,6 +74,7 @@ impl Default for AgentConfig {
             server: None,
             enroll_token: None,
             device_name: None,
+            tuf_root: None,
         }
     }
 }

@@ -135,6 +135,7 @@ impl Agent {
                     control::ControlOptions::new(server, config.data_dir.clone(), config.model_dir.clone());
                 options.enroll_token = config.enroll_token.clone();
                 options.device_name = config.device_name.clone();
+                options.tuf_root = config.tuf_root.clone();
                 let metrics = state.metrics.clone();
                 Some(control::ControlChannel::start(options, store.clone(), metrics, settings, shutdown.clone())?)
             }

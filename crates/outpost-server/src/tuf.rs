@@ -213,3 +213,7 @@ impl TufRepo {
         Ok(true)
     }
 }
+
+#[cfg(test)]
+#[path = "tuf_tests.rs"]
+mod tests;

@@ -29,6 +29,14 @@ pub enum TufError {
     },
 }
 
+impl TufError {
+    /// Whether the repository could not be reached or read (worth retrying), rather than
+    /// metadata that failed verification.
+    pub fn is_transport(&self) -> bool {
+        matches!(self, TufError::Tuf(sigstore_tuf::Error::Transport { .. }))
+    }
+}
+
 /// The byte limits and bounds the client works under.
 pub fn config() -> UpdaterConfig {
     UpdaterConfig::default()

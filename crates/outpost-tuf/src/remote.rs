@@ -31,19 +31,25 @@ impl HttpRemote {
             return Err(Error::transport(format!("{url}: HTTP {status}")));
         }
         if response.content_length().is_some_and(|n| n > max_length) {
-            return Err(Error::transport(format!("{url}: longer than the {max_length} bytes allowed")));
+            return Err(too_long(&url, max_length));
         }
         let mut body = Vec::new();
         while let Some(chunk) =
             response.chunk().await.map_err(|e| Error::transport(format!("{url}: {}", error_chain(&e))))?
         {
             if body.len() as u64 + chunk.len() as u64 > max_length {
-                return Err(Error::transport(format!("{url}: longer than the {max_length} bytes allowed")));
+                return Err(too_long(&url, max_length));
             }
             body.extend_from_slice(&chunk);
         }
         Ok(Some(body))
     }
+}
+
+/// A response past its limit: refused as bad data (an endless-data attack), not a network
+/// failure to retry.
+fn too_long(what: &str, max_length: u64) -> Error {
+    Error::IntegrityMismatch(format!("{what}: longer than the {max_length} bytes allowed"))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -110,7 +116,7 @@ impl DirRemote {
             .read_to_end(&mut bytes)
             .map_err(|e| Error::transport(format!("{}: {e}", path.display())))?;
         if bytes.len() as u64 > max_length {
-            return Err(Error::transport(format!("{}: longer than the {max_length} bytes allowed", path.display())));
+            return Err(too_long(&path.display().to_string(), max_length));
         }
         Ok(Some(bytes))
     }

@@ -93,7 +93,8 @@ fn sign_into_repository(
     if listed["hashes"]["sha256"] == pkg.sha256.as_str() && listed["length"] == pkg.size_bytes {
         return Ok(current["version"].as_u64().unwrap_or(0));
     }
-    let signed = crate::keys::sign_next_targets(&current, keys, &path, entry)?;
+    let key = outpost_tuf::writer::RoleKey::load(&keys.join("targets.json")).context("the targets key (--keys-dir)")?;
+    let signed = outpost_tuf::operator::sign_next_targets(&current, &key, &path, entry)?;
     let mut body = signed.as_slice();
     let _: (u16, serde_json::Value) =
         api.send_raw("PUT", "/v1/tuf/targets", &mut body, signed.len() as u64, "application/json")?;

@@ -66,6 +66,9 @@ pub struct Fetcher {
     dir: PathBuf,
     store: Arc<ModelStore>,
     jobs: Mutex<HashMap<String, Job>>,
+    /// Trusted TUF metadata (`<data_dir>/tuf`), when the device has a TUF root; one refresh at
+    /// a time.
+    tuf: Option<(PathBuf, tokio::sync::Mutex<()>)>,
 }
 
 /// Why one attempt failed.
@@ -91,9 +94,48 @@ fn staging_path(dir: &Path, name: &str, version: &str, sha256: &str) -> PathBuf 
 }
 
 impl Fetcher {
-    /// A fetcher installing into `dir` and telling `store` when a package arrived.
-    pub fn new(client: DeviceClient, dir: PathBuf, store: Arc<ModelStore>) -> Arc<Fetcher> {
-        Arc::new(Fetcher { client, dir, store, jobs: Mutex::new(HashMap::new()) })
+    /// A fetcher installing into `dir` and telling `store` when a package arrived. With
+    /// `tuf`, the trusted-metadata directory (already holding a root), every package must be
+    /// vouched for by the server's TUF repository before a byte of it is fetched.
+    pub fn new(client: DeviceClient, dir: PathBuf, store: Arc<ModelStore>, tuf: Option<PathBuf>) -> Arc<Fetcher> {
+        let tuf = tuf.map(|d| (d, tokio::sync::Mutex::new(())));
+        Arc::new(Fetcher { client, dir, store, jobs: Mutex::new(HashMap::new()), tuf })
+    }
+
+    /// Checks `package` against the signed TUF targets (`NAME/NAME-VERSION.opkg`) after a
+    /// refresh of the trusted metadata; a no-op without a TUF root.
+    async fn vouch(&self, name: &str, version: &str, package: &PackageRef) -> Result<(), Attempt> {
+        let Some((dir, lock)) = &self.tuf else { return Ok(()) };
+        let _one_at_a_time = lock.lock().await;
+        let base = self.client.base();
+        let remote = outpost_tuf::HttpRemote::new(
+            self.client.http().clone(),
+            &format!("{base}/tuf/metadata"),
+            &format!("{base}/tuf/targets"),
+        );
+        let untrusted = |e: outpost_tuf::TufError| {
+            if e.is_transport() {
+                Attempt::Transient(format!("TUF metadata: {e}"))
+            } else {
+                Attempt::Fatal(FailureKind::Untrusted, format!("TUF: {e}"))
+            }
+        };
+        let mut client = outpost_tuf::TufClient::open(dir, remote).map_err(untrusted)?;
+        let now = jiff::Timestamp::now();
+        client.refresh(now).await.map_err(untrusted)?;
+        let path = format!("{name}/{name}-{version}.opkg");
+        let info = client.target(&path, now).await.map_err(untrusted)?;
+        let sha = info.hashes.get("sha256").map(String::as_str).unwrap_or("");
+        if info.length != package.size_bytes || sha != package.sha256 {
+            return Err(Attempt::Fatal(
+                FailureKind::Untrusted,
+                format!(
+                    "TUF targets list {path} as {} bytes with sha256 {sha}, the desired state names {} bytes with sha256 {}",
+                    info.length, package.size_bytes, package.sha256
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
@@ -220,6 +262,8 @@ impl Fetcher {
                 Attempt::Fatal(FailureKind::Io, format!("{what} {}: {e}", part.display()))
             }
         };
+        // Nothing is fetched that the signed metadata does not vouch for.
+        self.vouch(name, version, package).await?;
         if let Some(parent) = part.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io("creating", e))?;
         }

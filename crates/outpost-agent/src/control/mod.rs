@@ -104,6 +104,8 @@ pub struct ControlOptions {
     pub max_queued_reports: usize,
     /// Log lines `collect_logs` reads.
     pub logs: LogRing,
+    /// The TUF root the device trusts (see [`crate::AgentConfig::tuf_root`]).
+    pub tuf_root: Option<PathBuf>,
 }
 
 impl ControlOptions {
@@ -118,6 +120,7 @@ impl ControlOptions {
             poll_wait: client::MAX_POLL_WAIT,
             max_queued_reports: outbox::DEFAULT_MAX_REPORTS,
             logs: LogRing::global().clone(),
+            tuf_root: None,
         }
     }
 }

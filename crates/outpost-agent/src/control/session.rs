@@ -101,7 +101,8 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
 
     let first_seq = parts.outbox.max_seq().map_or(1, |s| s + 1);
     let executed: HashSet<i64> = parts.outbox.acked_ids().into_iter().collect();
-    let fetcher = Fetcher::new(client.clone(), parts.options.model_dir.clone(), parts.store.clone());
+    let tuf = trusted_tuf_dir(&parts.options);
+    let fetcher = Fetcher::new(client.clone(), parts.options.model_dir.clone(), parts.store.clone(), tuf);
     let session = Arc::new(Session {
         client,
         fetcher,
@@ -127,6 +128,24 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
         poll_now: Notify::new(),
     });
     tokio::join!(session.clone().heartbeat_loop(stop.clone()), session.poll_loop(stop));
+}
+
+/// The trusted TUF metadata directory (`<data_dir>/tuf`), seeded with the configured root the
+/// first time; `None` without a TUF root. A root already there is kept: it may be newer than
+/// the configured one, which only bootstraps trust.
+fn trusted_tuf_dir(options: &ControlOptions) -> Option<std::path::PathBuf> {
+    let root = options.tuf_root.as_ref()?;
+    let dir = options.data_dir.join("tuf");
+    if !dir.join("root.json").exists() {
+        let seeded = std::fs::read(root)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| outpost_tuf::TufClient::init(&dir, &bytes).map_err(|e| e.to_string()));
+        if let Err(e) = seeded {
+            // Every package is then refused as untrusted: never fall back to trusting the server.
+            tracing::error!(root = %root.display(), error = %e, "cannot trust the configured TUF root");
+        }
+    }
+    Some(dir)
 }
 
 fn host_name() -> String {

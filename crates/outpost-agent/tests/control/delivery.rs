@@ -200,3 +200,84 @@ async fn an_update_that_does_not_fit_the_disk_fails_as_disk_full_and_the_old_ver
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
 }
+
+/// Signs `name@version` (published) into the server's TUF targets with the operator's key.
+async fn sign_into_tuf(plane: &ControlPlane, places: &outpost_tuf::operator::Places, name: &str, version: &str) {
+    let current = plane.call(reqwest::Method::GET, "/v1/tuf/targets", None).await;
+    let shown = plane.call(reqwest::Method::GET, &format!("/v1/models/{name}"), None).await;
+    let entry = shown.as_array().unwrap().iter().find(|m| m["version"] == version).unwrap()["package"].clone();
+    let target = serde_json::json!({"length": entry["size_bytes"], "hashes": {"sha256": entry["sha256"]}});
+    let key = outpost_tuf::writer::RoleKey::load(&places.key_path("targets")).unwrap();
+    let path = format!("{name}/{name}-{version}.opkg");
+    let signed = outpost_tuf::operator::sign_next_targets(&current, &key, &path, target).unwrap();
+    let response = plane
+        .http
+        .put(format!("{}/v1/tuf/targets", plane.base))
+        .bearer_auth(&plane.admin)
+        .body(signed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT, "{}", response.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_tuf_root_only_packages_the_signed_targets_vouch_for_are_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_data = dir.path().join("server");
+    let places = outpost_tuf::operator::Places { keys_dir: dir.path().join("keys"), repo_dir: server_data.join("tuf") };
+    places.init(365).unwrap();
+    let plane = ControlPlane::start(&server_data).await;
+    let token = plane.enrollment_token(1).await;
+    let build = dir.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    publish(&plane, package_bytes(&build, "affine", "1", 1.0)).await;
+    publish(&plane, package_bytes(&build, "affine", "2", 2.0)).await;
+    sign_into_tuf(&plane, &places, "affine", "1").await;
+
+    let mut config = agent_config(dir.path(), &plane.base, Some(token));
+    config.tuf_root = Some(places.keys_dir.join("1.root.json"));
+    let trusted = config.data_dir.join("tuf");
+    let agent = outpost_agent::Agent::start(config).await.unwrap();
+    let status = agent.control().unwrap().clone();
+    wait_until("enrollment", || status.device_id().is_some()).await;
+    let device = status.device_id().unwrap();
+    let store = agent.state.store.clone();
+    let serving = move || store.get("affine").map(|m| m.version().to_string());
+    let pin = |version: &str| serde_json::json!({"models": {"affine": version}, "config": {}});
+    let override_path = format!("/v1/devices/{device}/override");
+
+    plane.call(reqwest::Method::PUT, &override_path, Some(pin("1"))).await;
+    wait_until("v1, vouched for by TUF, serving", || serving().as_deref() == Some("1")).await;
+    let names: Vec<String> =
+        std::fs::read_dir(&trusted).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.contains(&"timestamp.json".to_string()), "the device keeps its trusted metadata: {names:?}");
+    let sent = bytes_sent(&plane).await;
+
+    // v2 is in the registry but no targets signature vouches for it: not a byte is fetched.
+    plane.call(reqwest::Method::PUT, &override_path, Some(pin("2"))).await;
+    let mut report = serde_json::Value::Null;
+    for _ in 0..150 {
+        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
+        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
+        if let Some(m) = model.filter(|m| m["update"]["state"] == "failed") {
+            report = m;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
+    assert_eq!(kind, FailureKind::Untrusted, "{report}");
+    assert!(report["update"]["reason"].as_str().unwrap().contains("affine/affine-2.opkg"), "{report}");
+    assert_eq!(bytes_sent(&plane).await, sent, "nothing of an unvouched package is downloaded");
+    assert_eq!(serving().as_deref(), Some("1"));
+
+    // Once the operator signs it, a new desired state brings it in.
+    sign_into_tuf(&plane, &places, "affine", "2").await;
+    plane.call(reqwest::Method::PUT, &override_path, Some(pin("1"))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    plane.call(reqwest::Method::PUT, &override_path, Some(pin("2"))).await;
+    wait_until("v2 serving once signed", || serving().as_deref() == Some("2")).await;
+    agent.shutdown().await.unwrap();
+    plane.server.shutdown().await.unwrap();
+}
