@@ -68,6 +68,9 @@ pub struct AgentArgs {
     /// package is then checked against the server's signed TUF metadata before it is fetched.
     #[arg(long, env = "OUTPOST_TUF_ROOT")]
     tuf_root: Option<PathBuf>,
+    /// Seconds a newly activated version is watched before it is trusted [default: 60].
+    #[arg(long, env = "OUTPOST_PROBATION_S")]
+    probation_s: Option<u64>,
     /// Name in the fleet inventory [default: host name].
     #[arg(long, env = "OUTPOST_DEVICE_NAME")]
     device_name: Option<String>,
@@ -100,7 +103,8 @@ impl AgentArgs {
             max_body_bytes,
             max_inflight_body_bytes,
             poll_interval_ms,
-            data_dir
+            data_dir,
+            probation_s
         );
         if self.tuf_root.is_some() {
             c.tuf_root = self.tuf_root.clone();

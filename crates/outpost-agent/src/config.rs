@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// The TUF root this device trusts; when set, a package is fetched only after the
     /// server's signed TUF metadata vouches for its length and hash.
     pub tuf_root: Option<PathBuf>,
+    /// Seconds a newly activated version is watched (errors, latency, crash loops against the
+    /// version it replaced) before it is trusted; a failure rolls it back. Default 60.
+    pub probation_s: u64,
 }
 
 impl Default for AgentConfig {
@@ -75,6 +78,7 @@ impl Default for AgentConfig {
             enroll_token: None,
             device_name: None,
             tuf_root: None,
+            probation_s: 60,
         }
     }
 }

@@ -100,6 +100,16 @@ impl Agent {
         let (shutdown, mut stop) = watch::channel(false);
 
         let dir = config.model_dir.clone();
+        // In a fleet, the versions the server last asked for and what probation blocked are on
+        // disk: both apply before the first scan, so a restart (also one without the server)
+        // serves what was serving, and a version that crashed the agent is not loaded again.
+        let probation = config.server.as_ref().map(|_| {
+            if let Some(desired) = control::pins::load(&config.data_dir) {
+                store.set_desired(desired);
+            }
+            let window = std::time::Duration::from_secs(config.probation_s);
+            control::probation::Probation::start(&config.data_dir, window, store.clone(), state.metrics.clone())
+        });
         let first = {
             let (store, dir) = (store.clone(), dir.clone());
             tokio::task::spawn_blocking(move || store.sync(&dir))
@@ -136,6 +146,8 @@ impl Agent {
                 options.enroll_token = config.enroll_token.clone();
                 options.device_name = config.device_name.clone();
                 options.tuf_root = config.tuf_root.clone();
+                options.probation = std::time::Duration::from_secs(config.probation_s);
+                options.probation_state = probation.clone();
                 let metrics = state.metrics.clone();
                 Some(control::ControlChannel::start(options, store.clone(), metrics, settings, shutdown.clone())?)
             }

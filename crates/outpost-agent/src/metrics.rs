@@ -64,6 +64,21 @@ pub struct Metrics {
     versions: Mutex<HashMap<String, String>>,
     /// Per-model counters and recent latencies for the control-plane state report.
     windows: Mutex<HashMap<String, ModelWindow>>,
+    /// Per-model request counts and latencies since the last [`Metrics::start_probe`]: what a
+    /// probation window judges a new version by.
+    probes: Mutex<HashMap<String, ModelWindow>>,
+}
+
+/// Counts one request into `window`, keeping at most [`WINDOW_SAMPLES`] latencies.
+fn record(window: &mut ModelWindow, failed: bool, ms: f64) {
+    window.requests += 1;
+    window.errors += u64::from(failed);
+    if window.latencies_ms.len() < WINDOW_SAMPLES {
+        window.latencies_ms.push(ms);
+    } else {
+        window.latencies_ms[(window.seen % WINDOW_SAMPLES as u64) as usize] = ms;
+    }
+    window.seen += 1;
 }
 
 /// Latency samples kept per model between two state reports; beyond this the newest overwrite
@@ -113,6 +128,7 @@ impl Metrics {
             models_loaded: Gauge::default(),
             versions: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashMap::new()),
         };
         registry.register("requests", "Inference requests received", m.requests.clone());
         registry.register("request_errors", "Inference requests answered with an error", m.errors.clone());
@@ -136,17 +152,29 @@ impl Metrics {
         if !(200..300).contains(&status) {
             self.errors.get_or_create(&ErrorLabels { model: model.to_string(), endpoint, status }).inc();
         }
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let window = windows.entry(model.to_string()).or_default();
-        window.requests += 1;
-        window.errors += u64::from(!(200..300).contains(&status));
         let ms = elapsed.as_secs_f64() * 1000.0;
-        if window.latencies_ms.len() < WINDOW_SAMPLES {
-            window.latencies_ms.push(ms);
-        } else {
-            window.latencies_ms[(window.seen % WINDOW_SAMPLES as u64) as usize] = ms;
-        }
-        window.seen += 1;
+        let failed = !(200..300).contains(&status);
+        record(
+            self.windows.lock().unwrap_or_else(|p| p.into_inner()).entry(model.to_string()).or_default(),
+            failed,
+            ms,
+        );
+        record(self.probes.lock().unwrap_or_else(|p| p.into_inner()).entry(model.to_string()).or_default(), failed, ms);
+    }
+
+    /// Starts a new probe window for `model`; returns the one it ends (requests, errors and
+    /// latencies since the previous start).
+    pub fn start_probe(&self, model: &str) -> ModelWindow {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model.to_string(), ModelWindow::default())
+            .unwrap_or_default()
+    }
+
+    /// The current probe window of `model`.
+    pub fn probe(&self, model: &str) -> ModelWindow {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner()).get(model).cloned().unwrap_or_default()
     }
 
     /// Every model's totals and the latencies recorded since the previous call, which starts a

@@ -41,6 +41,11 @@ pub struct ModelSlot {
     pub active_path: Option<PathBuf>,
     /// The most recent package of this model that failed to load.
     pub failure: Option<LoadFailure>,
+    /// The version the active one replaced, kept in memory while the new one is on probation
+    /// so a rollback is instant.
+    pub previous: Option<Arc<LoadedModel>>,
+    /// Where the previous version was loaded from.
+    pub previous_path: Option<PathBuf>,
 }
 
 impl ModelSlot {
@@ -79,6 +84,9 @@ pub struct ModelStore {
     desired: RwLock<BTreeMap<String, String>>,
     /// What each package's manifest said, by path: a poll re-reads only packages that changed.
     peeked: RwLock<HashMap<PathBuf, Candidate>>,
+    /// Versions rolled back, by model: never activated again until the desired version of the
+    /// model changes; the fallback serves in their place.
+    blocked: RwLock<HashMap<String, Blocked>>,
     budget: MemoryBudget,
     options: LoadOptions,
     metrics: Arc<Metrics>,
@@ -93,6 +101,7 @@ impl ModelStore {
             loaded: RwLock::new(HashMap::new()),
             desired: RwLock::new(BTreeMap::new()),
             peeked: RwLock::new(HashMap::new()),
+            blocked: RwLock::new(HashMap::new()),
             budget,
             options,
             metrics,
@@ -135,6 +144,8 @@ impl ModelStore {
         retry.iter().for_each(|p| {
             tried.remove(p);
         });
+        // A rolled-back version stays blocked only while it is still the one desired.
+        self.blocked.write().unwrap_or_else(|p| p.into_inner()).retain(|name, b| models.get(name) == Some(&b.version));
         *desired = models;
         true
     }
@@ -197,8 +208,19 @@ impl ModelStore {
         }
         // The version the server wants goes first, whatever its number; the others stay in
         // order as the fallback for a device that serves nothing yet.
-        let pin = self.desired.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
-        let mut order: Vec<&Candidate> = versions.iter().collect();
+        let mut pin = self.desired.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        let blocked = self.blocked.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        if let Some(b) = &blocked {
+            // The desired version was rolled back here: its fallback is what is wanted now.
+            if pin.is_none() || pin.as_ref() == Some(&b.version) {
+                pin = b.fallback.clone();
+            }
+        }
+        // A rolled-back version goes last: it serves only when no other version can, since a
+        // device must never be left without a model.
+        let is_blocked = |c: &Candidate| blocked.as_ref().is_some_and(|b| c.version.as_ref() == Some(&b.version));
+        let mut order: Vec<&Candidate> = versions.iter().filter(|c| !is_blocked(c)).collect();
+        order.extend(versions.iter().filter(|c| is_blocked(c)));
         if let Some(pos) = order.iter().position(|c| pin.is_some() && c.version == pin) {
             let pinned = order.remove(pos);
             order.insert(0, pinned);
@@ -249,6 +271,11 @@ impl ModelStore {
                     self.metrics.model_loaded(name, model.version());
                     let mut slots = self.write();
                     let slot = slots.entry(name.to_string()).or_default();
+                    let replaced = slot.active.as_ref().is_some_and(|m| Some(m.version()) != cand.version.as_deref());
+                    if replaced {
+                        slot.previous = slot.active.take();
+                        slot.previous_path = slot.active_path.take();
+                    }
                     slot.active = Some(Arc::new(model));
                     slot.active_path = Some(cand.path.clone());
                     if slot.failure.as_ref().is_some_and(|f| f.path == cand.path) {
@@ -331,6 +358,10 @@ impl ModelStore {
         LoadedModel::load(&pkg, &self.options, &self.budget).map_err(typed)
     }
 }
+
+#[path = "store_rollback.rs"]
+mod rollback;
+pub use rollback::Blocked;
 
 /// Orders versions: numeric dot-separated parts compare as numbers (`10` > `9`, `1.10` > `1.9`),
 /// anything else as text; `None` sorts lowest.

@@ -140,8 +140,8 @@ fn state_report_numbers_itself_and_flags_missing_desired_models() {
     let mut builder = ReportBuilder::new(store, metrics, dir.path().to_path_buf(), 5);
     let desired =
         [DesiredModel { name: "defect".into(), version: "3".into(), source: "override".into(), package: None }];
-    let a = builder.build(&desired, "etag-1", &Default::default());
-    let b = builder.build(&[], "etag-1", &Default::default());
+    let a = builder.build(&desired, "etag-1", &Default::default(), &Default::default());
+    let b = builder.build(&[], "etag-1", &Default::default(), &Default::default());
     assert_eq!((a.seq, b.seq), (5, 6));
     assert_eq!(a.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(a.applied_etag, "etag-1");

@@ -210,3 +210,32 @@ fn store_with_desired(desired: &std::collections::BTreeMap<String, String>) -> o
     s.set_desired(desired.clone());
     s
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_version_serves_only_when_no_other_version_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = write_package(dir.path(), "affine", "1", &affine_onnx(1.0));
+    write_package(dir.path(), "affine", "2", &affine_onnx(2.0));
+    let agent = start(dir.path(), |_| {}).await;
+    let store = agent.state.store.clone();
+    assert_eq!(store.get("affine").unwrap().version(), "2");
+    let blocked =
+        outpost_agent::store::Blocked { version: "2".into(), fallback: Some("1".into()), reason: "test".into() };
+    store.block("affine", blocked);
+    store.set_desired([("affine".to_string(), "2".to_string())].into());
+    let (s, d) = (store.clone(), dir.path().to_path_buf());
+    tokio::task::spawn_blocking(move || s.sync(&d)).await.unwrap();
+    assert_eq!(store.get("affine").unwrap().version(), "1", "the fallback serves in the blocked version's place");
+    // A fresh start with only the blocked version on disk: better it than no model at all.
+    std::fs::remove_file(v1).unwrap();
+    let metrics = std::sync::Arc::new(outpost_agent::metrics::Metrics::new());
+    let budget = outpost_runtime::model::MemoryBudget::new(1 << 30);
+    let fresh = outpost_agent::store::ModelStore::new(outpost_runtime::LoadOptions::default(), budget, metrics);
+    let blocked =
+        outpost_agent::store::Blocked { version: "2".into(), fallback: Some("1".into()), reason: "test".into() };
+    fresh.block("affine", blocked);
+    fresh.set_desired([("affine".to_string(), "2".to_string())].into());
+    fresh.sync(dir.path());
+    assert_eq!(fresh.get("affine").unwrap().version(), "2", "a device is never left without a model");
+    agent.shutdown().await.unwrap();
+}

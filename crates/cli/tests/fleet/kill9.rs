@@ -41,10 +41,16 @@ fn start_agent(url: &str, token: &str, models: &Path, data: &Path, listen: &str)
             .arg("--data-dir")
             .arg(data)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log(data))
             .spawn()
             .unwrap(),
     )
+}
+
+/// The agents' log, appended to by every start (read when a check fails).
+fn log(data: &Path) -> Stdio {
+    let path = data.parent().unwrap().join("agents.log");
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map(Stdio::from).unwrap_or(Stdio::null())
 }
 
 fn kill9(mut agent: Proc) {
@@ -85,11 +91,12 @@ fn served(listen: &str) -> Option<String> {
     body["versions"][0].as_str().map(String::from)
 }
 
-/// The version the device reports serving, when it reports the model ready.
-fn reported(url: &str, admin: &str, device: &str) -> Option<String> {
+/// The version the device reports serving (ready or on probation), and the model's report.
+fn reported(url: &str, admin: &str, device: &str) -> Option<(String, serde_json::Value)> {
     let shown = json(url, admin, &["device", "show", device]);
     let model = shown["models"].as_array()?.iter().find(|m| m["name"] == "vibration-anomaly")?.clone();
-    (model["state"] == "ready").then(|| model["version"].as_str().unwrap_or_default().to_string())
+    let serving = model["state"] == "ready" || model["state"] == "probation";
+    serving.then(|| (model["version"].as_str().unwrap_or_default().to_string(), model))
 }
 
 #[test]
@@ -143,6 +150,7 @@ fn agent_killed_at_random_points_of_updates_always_comes_back_on_one_verified_ve
     let mut desired = "2";
     // Where the kills landed: before any byte of the new version, mid-download, installed.
     let mut phases = [0usize; 3];
+    let mut crash_loops = 0;
     for trial in 0..trials {
         // Switch to the other version and make the agent fetch it: its package is removed
         // while the agent is down, so the update goes through download, verify and install.
@@ -165,17 +173,49 @@ fn agent_killed_at_random_points_of_updates_always_comes_back_on_one_verified_ve
         // Every 25th kill, and after the last: restart and check what it serves and reports.
         if trial % 25 == 24 || trial + 1 == trials {
             let agent = start_agent(&url, &token, &models, &data, &listen);
-            wait_for(&format!("trial {trial}: v{desired} served and reported"), || {
-                served(&listen).as_deref() == Some(desired)
-                    && reported(&url, &admin, &device).as_deref() == Some(desired)
-            });
+            // Exactly one verified version serves and the report names it: the desired one, or,
+            // when the kills read as a crash loop of the desired version while it was on
+            // probation, the one it replaced, with the desired version reported rolled back.
+            let mut outcome = None;
+            let mut last;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while outcome.is_none() {
+                let serving = served(&listen);
+                let reported = reported(&url, &admin, &device);
+                if let (Some(serving), Some((version, report))) = (&serving, &reported) {
+                    let rolled_back =
+                        report["update"]["state"] == "rolled_back" && report["update"]["version"] == desired;
+                    if version == serving && (serving == desired || rolled_back) {
+                        outcome = Some((serving.clone(), report.clone()));
+                    }
+                }
+                last = (serving, reported);
+                if Instant::now() >= deadline {
+                    let log = std::fs::read_to_string(dir.path().join("agents.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+                    panic!(
+                        "trial {trial}: desired v{desired}, no single version served and reported; last seen {last:?}\n{}",
+                        tail.join("\n")
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let (serving, report) = outcome.unwrap();
+            if serving != desired {
+                assert!(
+                    report["update"]["reason"].as_str().unwrap_or("").contains("crash loop"),
+                    "trial {trial}: {report}"
+                );
+                crash_loops += 1;
+            }
             let on_disk = assert_only_verified_packages(&models, trial);
-            assert!(on_disk.iter().any(|v| v == desired), "trial {trial}: {on_disk:?}");
+            assert!(on_disk.contains(&serving), "trial {trial}: {on_disk:?}");
             kill9(agent);
         }
     }
     eprintln!(
-        "{trials} kills: {} before the download, {} mid-download, {} after the install",
+        "{trials} kills: {} before the download, {} mid-download, {} after the install; \
+         {crash_loops} checks found the desired version rolled back as a crash loop",
         phases[0], phases[1], phases[2]
     );
     assert!(trials < 50 || phases.iter().all(|n| *n > 0), "kills must land in every phase: {phases:?}");

@@ -17,6 +17,8 @@ pub mod fetch;
 pub mod identity;
 pub mod logs;
 pub mod outbox;
+pub mod pins;
+pub mod probation;
 pub mod report;
 mod session;
 pub mod settings;
@@ -106,6 +108,10 @@ pub struct ControlOptions {
     pub logs: LogRing,
     /// The TUF root the device trusts (see [`crate::AgentConfig::tuf_root`]).
     pub tuf_root: Option<PathBuf>,
+    /// How long a newly activated version is watched before it is trusted.
+    pub probation: Duration,
+    /// The probation state the agent loaded before its first scan (made here when absent).
+    pub probation_state: Option<std::sync::Arc<probation::Probation>>,
 }
 
 impl ControlOptions {
@@ -121,6 +127,8 @@ impl ControlOptions {
             max_queued_reports: outbox::DEFAULT_MAX_REPORTS,
             logs: LogRing::global().clone(),
             tuf_root: None,
+            probation: Duration::from_secs(60),
+            probation_state: None,
         }
     }
 }

@@ -182,9 +182,15 @@ impl ReportBuilder {
         desired: &[DesiredModel],
         applied_etag: &str,
         updates: &HashMap<String, UpdateReport>,
+        on_probation: &HashMap<String, String>,
     ) -> StateReport {
         let served = served_models(&self.store);
-        let (models, health) = model_reports(&served, &self.metrics.take_windows(), desired, updates);
+        let (mut models, health) = model_reports(&served, &self.metrics.take_windows(), desired, updates);
+        for m in &mut models {
+            if m.state == "ready" && on_probation.get(&m.name) == Some(&m.version) {
+                m.state = "probation".into();
+            }
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let profile = super::system::hardware_profile(&self.data_dir);

@@ -11,6 +11,7 @@ use super::commands::{self, CommandContext};
 use super::fetch::Fetcher;
 use super::identity::{self, Enrollment};
 use super::outbox::Outbox;
+use super::probation::Probation;
 use super::report::{self, ReportBuilder};
 use super::settings::Settings;
 use super::{ControlOptions, ControlStatus};
@@ -78,6 +79,8 @@ struct Session {
     builder: Mutex<ReportBuilder>,
     /// Downloads of desired versions the device does not hold.
     fetcher: Arc<Fetcher>,
+    /// Watches newly activated versions and rolls back those that fail.
+    probation: Arc<Probation>,
     ctx: CommandContext,
     settings: Arc<Settings>,
     status: Arc<ControlStatus>,
@@ -103,9 +106,13 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
     let executed: HashSet<i64> = parts.outbox.acked_ids().into_iter().collect();
     let tuf = trusted_tuf_dir(&parts.options);
     let fetcher = Fetcher::new(client.clone(), parts.options.model_dir.clone(), parts.store.clone(), tuf);
+    let probation = parts.options.probation_state.clone().unwrap_or_else(|| {
+        Probation::start(&parts.options.data_dir, parts.options.probation, parts.store.clone(), parts.metrics.clone())
+    });
     let session = Arc::new(Session {
         client,
         fetcher,
+        probation,
         builder: Mutex::new(ReportBuilder::new(
             parts.store.clone(),
             parts.metrics,
@@ -127,7 +134,13 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
         stop: parts.stop,
         poll_now: Notify::new(),
     });
-    tokio::join!(session.clone().heartbeat_loop(stop.clone()), session.poll_loop(stop));
+    tokio::join!(
+        session.clone().heartbeat_loop(stop.clone()),
+        session.clone().probation_loop(stop.clone()),
+        session.clone().poll_loop(stop)
+    );
+    // Only a stop that gets here is clean; a crash or kill -9 never does.
+    session.probation.stopped_cleanly();
 }
 
 /// The trusted TUF metadata directory (`<data_dir>/tuf`), seeded with the configured root the
@@ -350,6 +363,21 @@ impl Session {
         }
     }
 
+    /// Looks at every model once a second: starts, passes or fails probations; after a
+    /// rollback the directory is scanned so a fallback not in memory is loaded.
+    async fn probation_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if !sleep_unless_stopped(Duration::from_secs(1), &mut stop).await {
+                return;
+            }
+            let probation = self.probation.clone();
+            if tokio::task::spawn_blocking(move || probation.tick()).await.unwrap_or(false) {
+                let (store, dir) = (self.ctx.store.clone(), self.ctx.model_dir.clone());
+                let _ = tokio::task::spawn_blocking(move || store.sync(&dir)).await;
+            }
+        }
+    }
+
     async fn heartbeat_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
@@ -361,8 +389,11 @@ impl Session {
                 // package deleted from the directory.
                 self.fetcher.want(&report::missing_models(&report::served_models(&self.ctx.store), &desired));
                 let etag = self.status.applied_etag();
-                let updates = self.fetcher.reports();
-                self.builder.lock().unwrap_or_else(|p| p.into_inner()).build(&desired, &etag, &updates)
+                let mut updates = self.fetcher.reports();
+                // A rollback says more than the download that brought the version.
+                updates.extend(self.probation.reports());
+                let on_probation = self.probation.on_probation();
+                self.builder.lock().unwrap_or_else(|p| p.into_inner()).build(&desired, &etag, &updates, &on_probation)
             };
             tokio::select! {
                 _ = self.deliver(report) => {}
@@ -428,7 +459,12 @@ impl Session {
         }
         // The store activates these versions, also when one is lower than what serves (a
         // rollback the operator asked for): scan now rather than at the next poll.
-        if self.ctx.store.set_desired(models.iter().map(|m| (m.name.clone(), m.version.clone())).collect()) {
+        let pins: std::collections::BTreeMap<String, String> =
+            models.iter().map(|m| (m.name.clone(), m.version.clone())).collect();
+        // The switch itself: the pins are written (temporary file, rename, directory sync)
+        // before the store acts on them, so a restart resumes from exactly this choice.
+        super::pins::save(&self.options.data_dir, &pins);
+        if self.ctx.store.set_desired(pins) {
             let (store, dir) = (self.ctx.store.clone(), self.ctx.model_dir.clone());
             if let Err(e) = tokio::task::spawn_blocking(move || store.sync(&dir)).await {
                 tracing::error!(error = %e, "model directory scan after a desired-state change failed");

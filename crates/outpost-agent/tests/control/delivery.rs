@@ -281,3 +281,103 @@ async fn with_a_tuf_root_only_packages_the_signed_targets_vouch_for_are_fetched(
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
 }
+
+/// `affine`'s inputs and outputs, but dozens of milliseconds per request: a regression.
+fn sluggish_affine_onnx() -> Vec<u8> {
+    use outpost_proto::manifest::Dim;
+    use outpost_train::onnx::{attr_int, encode, GraphBuilder};
+    let mut g = GraphBuilder::new("affine");
+    let x = g.input_f32("x", &[Dim::Symbol("batch".into()), Dim::Fixed(4)]);
+    let up: Vec<f64> = (0..4 * 512).map(|i| ((i % 5) as f64 - 2.0) / 64.0).collect();
+    let up = g.constant_f32("up", &[4, 512], &up);
+    let w: Vec<f64> = (0..512 * 512).map(|i| ((i % 7) as f64 - 3.0) / 512.0).collect();
+    let w = g.constant_f32("w", &[512, 512], &w);
+    let down: Vec<f64> = (0..512 * 4).map(|i| ((i % 3) as f64 - 1.0) / 64.0).collect();
+    let down = g.constant_f32("down", &[512, 4], &down);
+    let axes = g.constant_i64("axes", &[1], &[1]);
+    let mut v = g.node("MatMul", &[&x, &up], "h", vec![]);
+    for i in 0..40 {
+        v = g.node("MatMul", &[&v, &w], &format!("h{i}"), vec![]);
+    }
+    let y = g.node("MatMul", &[&v, &down], "y", vec![]);
+    g.node("ReduceSum", &[&y, &axes], "s", vec![attr_int("keepdims", 0)]);
+    g.output_f32("y", &[Dim::Symbol("batch".into()), Dim::Fixed(4)]);
+    g.output_f32("s", &[Dim::Symbol("batch".into())]);
+    encode(&g.finish("sluggish").expect("valid graph"))
+}
+
+async fn infer(http: &reqwest::Client, agent: &outpost_agent::Agent, n: usize) {
+    let body =
+        serde_json::json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]});
+    for _ in 0..n {
+        let r = http.post(format!("http://{}/v2/models/affine/infer", agent.addr)).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_regresses_on_probation_is_rolled_back_and_stays_blocked_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(&dir.path().join("server")).await;
+    let token = plane.enrollment_token(1).await;
+    let mut config = agent_config(dir.path(), &plane.base, Some(token));
+    config.probation_s = 120;
+    super::common::write_package(&config.model_dir, "affine", "1", &super::common::affine_onnx(1.0));
+    super::common::write_package(&config.model_dir, "affine", "2", &sluggish_affine_onnx());
+    let pin = |version: &str| serde_json::json!({"models": {"affine": version}, "config": {}});
+    let http = reqwest::Client::new();
+
+    let agent = outpost_agent::Agent::start(config.clone()).await.unwrap();
+    let status = agent.control().unwrap().clone();
+    wait_until("enrollment", || status.device_id().is_some()).await;
+    let device = status.device_id().unwrap();
+    let override_path = format!("/v1/devices/{device}/override");
+    plane.call(reqwest::Method::PUT, &override_path, Some(pin("1"))).await;
+    let store = agent.state.store.clone();
+    wait_until("v1 serving", || store.get("affine").is_some_and(|m| m.version() == "1")).await;
+    infer(&http, &agent, 40).await; // the baseline
+
+    plane.call(reqwest::Method::PUT, &override_path, Some(pin("2"))).await;
+    wait_until("v2 active", || store.get("affine").is_some_and(|m| m.version() == "2")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await; // the probation starts
+    infer(&http, &agent, 30).await;
+    wait_until("v2 rolled back to v1", || store.get("affine").is_some_and(|m| m.version() == "1")).await;
+    let mut report = serde_json::Value::Null;
+    for _ in 0..100 {
+        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
+        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
+        if let Some(m) = model.filter(|m| m["update"]["state"] == "rolled_back") {
+            report = m;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!((report["state"].as_str(), report["version"].as_str()), (Some("ready"), Some("1")), "{report}");
+    let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
+    assert_eq!(kind, FailureKind::Probation, "{report}");
+    assert!(report["update"]["reason"].as_str().unwrap().contains("p99 latency"), "{report}");
+    agent.shutdown().await.unwrap();
+
+    // After a restart the rolled-back version stays blocked although it is desired and highest.
+    let agent = outpost_agent::Agent::start(config.clone()).await.unwrap();
+    let store = agent.state.store.clone();
+    assert_eq!(store.get("affine").unwrap().version(), "1", "the first scan already skips the blocked version");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(store.get("affine").unwrap().version(), "1", "the blocked version is not retried");
+    let device = agent.control().unwrap().device_id().unwrap();
+    agent.shutdown().await.unwrap();
+
+    // A crash loop: the agent keeps dying while v2 is on probation; the third start rolls back.
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("1"))).await;
+    let state =
+        serde_json::json!({"probation": {"affine": {"version": "2", "previous": "1", "restarts": 2}}, "blocked": {}});
+    std::fs::write(config.data_dir.join("probation.json"), state.to_string()).unwrap();
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("2"))).await;
+    let agent = outpost_agent::Agent::start(config).await.unwrap();
+    let store = agent.state.store.clone();
+    assert_eq!(store.get("affine").unwrap().version(), "1", "the version that crash-looped is never loaded again");
+    let blocked = store.blocked();
+    assert!(blocked["affine"].reason.contains("crash loop"), "{blocked:?}");
+    agent.shutdown().await.unwrap();
+    plane.server.shutdown().await.unwrap();
+}

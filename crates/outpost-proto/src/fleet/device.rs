@@ -103,6 +103,9 @@ pub enum FailureKind {
     Download,
     /// The device has no room for the package.
     DiskFull,
+    /// The version failed its probation window after activation (errors, latency or a crash
+    /// loop) and was rolled back.
+    Probation,
     /// The signed TUF metadata does not vouch for the package (not listed, other length or
     /// hash, or metadata that fails verification: expired, rolled back, badly signed).
     Untrusted,

@@ -1,0 +1,261 @@
+//! Probation: a newly activated version is watched for a window before it is trusted, with the
+//! version it replaced kept in memory. It is rolled back, by itself, when during the window its
+//! error rate or its p99 latency is far worse than the previous version's just before the
+//! switch, or when the agent keeps restarting while it is on probation (a crash loop). A
+//! rolled-back version is blocked until the desired state names another version.
+//!
+//! What is on probation and what was rolled back is kept in `<data_dir>/probation.json`
+//! (written atomically), so a crash loop is seen across restarts and a rolled-back version stays
+//! blocked through them.
+
+use crate::metrics::{Metrics, ModelWindow};
+use crate::store::{Blocked, ModelStore};
+use outpost_proto::fleet::device::{FailureKind, UpdateReport};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// File of the persisted state, in the agent's data directory.
+pub const PROBATION_FILE: &str = "probation.json";
+/// Restarts during one probation that count as a crash loop.
+pub const MAX_RESTARTS: u32 = 3;
+/// Requests a window needs before its error rate or latency can fail it.
+pub const MIN_REQUESTS: u64 = 20;
+/// An error rate up to this is never a failure by itself.
+pub const ERROR_RATE_FLOOR: f64 = 0.05;
+/// A new version fails when its error rate or p99 is more than this times the previous one's.
+pub const WORSE_FACTOR: f64 = 2.0;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Persisted {
+    /// Versions on probation, by model.
+    probation: BTreeMap<String, Entry>,
+    /// Rolled-back versions, by model.
+    blocked: BTreeMap<String, Blocked>,
+    /// The last run ended with a clean stop: the next start is not a crash.
+    #[serde(default)]
+    clean_stop: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    version: String,
+    previous: Option<String>,
+    restarts: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    version: String,
+    started: Instant,
+    baseline: ModelWindow,
+}
+
+/// The probation of one agent's models.
+#[derive(Debug)]
+pub struct Probation {
+    path: PathBuf,
+    window: Duration,
+    store: Arc<ModelStore>,
+    metrics: Arc<Metrics>,
+    state: Mutex<Persisted>,
+    live: Mutex<HashMap<String, Live>>,
+}
+
+fn p99(samples: &[f64]) -> f64 {
+    let mut s = samples.to_vec();
+    super::report::percentile(&mut s, 0.99)
+}
+
+fn error_rate(w: &ModelWindow) -> f64 {
+    if w.requests == 0 {
+        0.0
+    } else {
+        w.errors as f64 / w.requests as f64
+    }
+}
+
+/// Why `now` (the new version's window) fails against `before` (the previous version's), if
+/// it does.
+pub fn verdict(before: &ModelWindow, now: &ModelWindow) -> Option<String> {
+    if now.requests < MIN_REQUESTS {
+        return None;
+    }
+    let (was, is) = (error_rate(before), error_rate(now));
+    if is > ERROR_RATE_FLOOR && is > was * WORSE_FACTOR {
+        return Some(format!(
+            "error rate {:.1} % over {} requests, {:.1} % before the update",
+            is * 100.0,
+            now.requests,
+            was * 100.0
+        ));
+    }
+    if before.latencies_ms.len() as u64 >= MIN_REQUESTS {
+        let (was, is) = (p99(&before.latencies_ms), p99(&now.latencies_ms));
+        // A millisecond of slack: sub-millisecond models jitter by more than 2x.
+        if is > was * WORSE_FACTOR + 1.0 {
+            return Some(format!("p99 latency {is:.2} ms, {was:.2} ms before the update"));
+        }
+    }
+    None
+}
+
+impl Probation {
+    /// Loads the persisted state: counts this start as a restart of every version on
+    /// probation (rolling back those that reach [`MAX_RESTARTS`]) and blocks again what was
+    /// rolled back.
+    pub fn start(data_dir: &Path, window: Duration, store: Arc<ModelStore>, metrics: Arc<Metrics>) -> Arc<Probation> {
+        let path = data_dir.join(PROBATION_FILE);
+        let mut state: Persisted =
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let crashed = !std::mem::take(&mut state.clean_stop);
+        for (name, entry) in std::mem::take(&mut state.probation) {
+            let restarts = entry.restarts + u32::from(crashed);
+            if restarts >= MAX_RESTARTS {
+                let reason = format!(
+                    "crash loop: the agent restarted {restarts} times while {name}@{} was on probation",
+                    entry.version
+                );
+                tracing::error!(model = %name, version = %entry.version, restarts, "rolling back after a crash loop");
+                let blocked = Blocked { version: entry.version.clone(), fallback: entry.previous.clone(), reason };
+                state.blocked.insert(name, blocked);
+            } else {
+                state.probation.insert(name, Entry { restarts, ..entry });
+            }
+        }
+        for (name, blocked) in &state.blocked {
+            store.block(name, blocked.clone());
+        }
+        let me = Probation { path, window, store, metrics, state: Mutex::new(state), live: Mutex::new(HashMap::new()) };
+        me.save();
+        Arc::new(me)
+    }
+
+    fn save(&self) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        if let Err(e) = outpost_tuf::store::write_atomic(&self.path, &bytes) {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot save the probation state");
+        }
+    }
+
+    /// One look at every model: starts the probation of a version that just replaced another,
+    /// rolls back one that fails, and ends those whose window passed. Returns whether the store
+    /// changed (a rollback).
+    pub fn tick(&self) -> bool {
+        let mut rolled_back = false;
+        let mut dirty = false;
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            // The store unblocks a version when the desired state moves on; follow it.
+            let blocked = self.store.blocked();
+            let before = state.blocked.len();
+            state.blocked.retain(|name, b| blocked.get(name) == Some(b));
+            dirty |= state.blocked.len() != before;
+        }
+        for (name, slot) in self.store.slots() {
+            let Some(active) = slot.active.as_ref().map(|m| m.version().to_string()) else { continue };
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            let watching = live.get(&name).is_some_and(|l| l.version == active);
+            if !watching {
+                live.remove(&name);
+                let previous = slot.previous.as_ref().map(|m| m.version().to_string());
+                if previous.is_some() && self.store.blocked().get(&name).map(|b| &b.version) == previous.as_ref() {
+                    // Back on the fallback after a rollback: the blocked version is let go.
+                    self.store.release_previous(&name);
+                    continue;
+                }
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let resumed = state.probation.get(&name).is_some_and(|e| e.version == active);
+                if previous.is_none() && !resumed {
+                    continue; // nothing was replaced: a first load, or a passed probation
+                }
+                let baseline = self.metrics.start_probe(&name);
+                live.insert(name.clone(), Live { version: active.clone(), started: Instant::now(), baseline });
+                if !resumed {
+                    state.probation.insert(name.clone(), Entry { version: active.clone(), previous, restarts: 0 });
+                    dirty = true;
+                }
+                tracing::info!(model = %name, version = %active, window_s = self.window.as_secs(), "on probation");
+                continue;
+            }
+            let Some(l) = live.get(&name).cloned() else { continue };
+            if let Some(reason) = verdict(&l.baseline, &self.metrics.probe(&name)) {
+                live.remove(&name);
+                drop(live);
+                self.store.roll_back(&name, &l.version, &reason);
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).probation.remove(&name);
+                rolled_back = true;
+                dirty = true;
+            } else if l.started.elapsed() >= self.window {
+                live.remove(&name);
+                self.store.release_previous(&name);
+                self.state.lock().unwrap_or_else(|p| p.into_inner()).probation.remove(&name);
+                tracing::info!(model = %name, version = %l.version, "passed probation");
+                dirty = true;
+            }
+        }
+        if rolled_back || dirty {
+            let blocked = self.store.blocked();
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).blocked = blocked.into_iter().collect();
+            self.save();
+        }
+        rolled_back
+    }
+
+    /// Records a clean stop, so the next start is not counted toward a crash loop.
+    pub fn stopped_cleanly(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clean_stop = true;
+        self.save();
+    }
+
+    /// Models on probation now (name → version).
+    pub fn on_probation(&self) -> HashMap<String, String> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, l)| (n.clone(), l.version.clone()))
+            .collect()
+    }
+
+    /// The rolled-back versions as update reports, by model.
+    pub fn reports(&self) -> HashMap<String, UpdateReport> {
+        self.store
+            .blocked()
+            .into_iter()
+            .map(|(name, b)| {
+                let report = UpdateReport {
+                    version: b.version,
+                    state: "rolled_back".into(),
+                    reason: Some(b.reason),
+                    failure_kind: Some(FailureKind::Probation),
+                    ..UpdateReport::default()
+                };
+                (name, report)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(requests: u64, errors: u64, ms: f64) -> ModelWindow {
+        ModelWindow { requests, errors, latencies_ms: vec![ms; requests as usize], seen: requests }
+    }
+
+    #[test]
+    fn verdicts_need_enough_requests_and_a_clear_regression() {
+        assert_eq!(verdict(&window(100, 0, 2.0), &window(10, 10, 2.0)), None, "too few requests to judge");
+        assert_eq!(verdict(&window(100, 0, 2.0), &window(100, 4, 2.0)), None, "4 % is under the floor");
+        assert!(verdict(&window(100, 0, 2.0), &window(100, 30, 2.0)).unwrap().contains("error rate 30.0 %"));
+        assert_eq!(verdict(&window(100, 20, 2.0), &window(100, 30, 2.0)), None, "not twice as bad as before");
+        assert!(verdict(&window(100, 0, 2.0), &window(100, 0, 9.0)).unwrap().contains("p99 latency 9.00 ms"));
+        assert_eq!(verdict(&window(100, 0, 0.2), &window(100, 0, 0.9)), None, "within the millisecond of slack");
+        assert_eq!(verdict(&window(5, 0, 2.0), &window(100, 0, 9.0)), None, "no latency baseline to compare with");
+    }
+}
