@@ -51,6 +51,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let model_dir = root.join("models");
     std::fs::create_dir_all(&model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
+    let keys = root.join("keys");
 
     println!("== 1. train: vibration anomaly detector on synthetic 3-axis accelerometer data");
     let started = Instant::now();
@@ -81,26 +82,25 @@ pub fn run(args: DemoArgs) -> Result<()> {
     pkg.write_opkg(&opkg)?;
     println!("   {} ({} bytes, onnx {} bytes)", opkg.display(), std::fs::metadata(&opkg)?.len(), trained.onnx.len());
 
-    println!("== 3. start the control plane, enroll two real agents, start a simulated fleet");
+    println!("== 3. TUF keys, the control plane, two real agents (empty model directories), a simulated fleet");
+    let places = outpost_tuf::operator::Places { keys_dir: keys.clone(), repo_dir: root.join("server/tuf") };
+    places.init(365)?;
+    println!("   keys: root and targets in {} (offline), snapshot and timestamp with the server", keys.display());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let fleet = crate::demo_fleet::start(&rt, &root, &model_dir, 2, args.simulated)?;
+    let fleet = crate::demo_fleet::start(&rt, &root, &keys.join("1.root.json"), 2, args.simulated)?;
     let base = fleet.agent_url();
+
+    println!("== 4. publish v1 through the registry and the TUF repository; the agents download it");
+    fleet.publish_and_assign(&opkg, &keys)?;
+    fleet.wait_serving(&name, &pkg.manifest.model.version, Duration::from_secs(60))?;
     let model = fleet.agents[0].state.store.get(&name).context("the agent did not load the demo model")?;
     println!(
-        "   model `{name}` v{} on {} (loaded, verified and self-tested in {} ms)",
-        model.version(),
+        "   both agents verified v1 against the signed TUF targets, downloaded it, and serve it on {} \
+         (loaded, verified and self-tested in {} ms)",
         model.backend(),
         model.load_time.as_millis()
     );
     drop(model);
-
-    println!("== 4. model registry and assignment by label selector");
-    let metadata = serde_json::json!({
-        "task": "anomaly",
-        "model_sha256": pkg.manifest.files.get(&pkg.manifest.model.file),
-        "roc_auc": ev.roc_auc,
-    });
-    fleet.assign(&name, &pkg.manifest.model.version, metadata)?;
 
     println!("== 5. stream sensor windows to POST /v1/models/{name}/predict");
     let outcome = stream(&base, &name, args.seed, args.verbose);
@@ -118,6 +118,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     println!("== 7. remote command and fleet view");
     let fleet_result = fleet.command_round_trip().and_then(|_| fleet.print_summary(args.simulated));
+    println!("== 8. over-the-air updates while the agents keep serving");
+    let updates = crate::demo_delivery::run(&fleet, &trained, &root, &keys);
     if args.keep_running && fleet_result.is_ok() {
         fleet.print_where_to_look();
         println!("   running until Ctrl-C");
@@ -127,6 +129,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let outcome = outcome?;
     oip?;
     fleet_result?;
+    updates?;
     println!("== done: the agents ran the model on-device and only results and health reached the server; {}", outcome);
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use outpost_agent::{Agent, AgentConfig};
 use outpost_proto::fleet::api::{
     Assignment, Command, CreateAssignment, CreateCommand, CreateEnrollmentToken, Device, EnrollmentToken, FleetSummary,
-    ModelVersion, Page, PublishModel,
+    ModelVersion, Page,
 };
 use outpost_proto::fleet::device::{CommandKind, DesiredState};
 use outpost_server::{Server, ServerConfig};
@@ -48,8 +48,9 @@ fn enrollment_token(api: &Api, uses: usize, labels: &[(&str, &str)], note: &str)
     token.secret.context("the server returned no token secret")
 }
 
-/// Starts the server, enrolls `agents` real agents serving `model_dir`, and a simulated fleet.
-pub fn start(rt: &Runtime, root: &Path, model_dir: &Path, agents: usize, simulated: usize) -> Result<DemoFleet> {
+/// Starts the server, enrolls `agents` real agents (each with its own, empty model directory,
+/// trusting the TUF root `tuf_root`), and a simulated fleet.
+pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulated: usize) -> Result<DemoFleet> {
     let data_dir = root.join("server");
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -74,10 +75,14 @@ pub fn start(rt: &Runtime, root: &Path, model_dir: &Path, agents: usize, simulat
     let secret = enrollment_token(&api, agents, &[("site", "demo-lab"), ("line", "1")], "outpost demo agents")?;
     let mut started = Vec::new();
     for i in 0..agents {
+        let model_dir = root.join(format!("agent-{i}/models"));
+        std::fs::create_dir_all(&model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
         let config = AgentConfig {
             listen: "127.0.0.1:0".parse()?,
-            model_dir: model_dir.to_path_buf(),
-            data_dir: root.join(format!("agent-{i}")),
+            model_dir,
+            data_dir: root.join(format!("agent-{i}/data")),
+            tuf_root: Some(tuf_root.to_path_buf()),
+            probation_s: 20,
             server: Some(base.clone()),
             enroll_token: Some(secret.clone()),
             device_name: Some(format!("demo-agent-{i}")),
@@ -128,29 +133,53 @@ pub fn start(rt: &Runtime, root: &Path, model_dir: &Path, agents: usize, simulat
 }
 
 impl DemoFleet {
-    /// Registers the model in the registry and assigns it to the real agents by label selector.
-    pub fn assign(&self, name: &str, version: &str, metadata: serde_json::Value) -> Result<()> {
-        let name: outpost_proto::ModelName = name.parse()?;
-        let version: outpost_proto::Version = version.parse()?;
-        let published: ModelVersion = self.api.send(
-            "POST",
-            "/v1/models",
-            Some(&PublishModel { name: name.clone(), version: version.clone(), metadata }),
-        )?;
+    /// Publishes the package in the registry and the TUF repository (targets signed with the
+    /// operator's key in `keys`) and assigns it to the real agents by label selector.
+    pub fn publish_and_assign(&self, package: &Path, keys: &Path) -> Result<ModelVersion> {
+        let (_, published): (u16, ModelVersion) = self.api.upload("/v1/model-packages", package)?;
+        let pkg = published.package.clone().context("the server recorded no package")?;
+        let targets = crate::fleet::models::sign_into_repository(&self.api, keys, &published, &pkg)?;
+        let name: outpost_proto::ModelName = published.name.parse()?;
+        let version: outpost_proto::Version = published.version.parse()?;
+        println!(
+            "   published {}@{}: {} bytes, sha256 {}…; TUF targets v{targets} signed with the operator's key",
+            name,
+            version,
+            pkg.size_bytes,
+            &pkg.sha256[..12]
+        );
         let assignment: Assignment = self.api.send(
             "POST",
             "/v1/assignments",
             Some(&CreateAssignment { selector: AGENT_SELECTOR.into(), model: name, version }),
         )?;
         println!(
-            "   registry: {}@{} published by {}; assignment #{} runs it on `{}`",
-            published.name, published.version, published.published_by, assignment.id, assignment.selector
+            "   assignment #{} runs {}@{} on `{}`",
+            assignment.id, published.name, published.version, assignment.selector
         );
         let desired: DesiredState = self.api.get(&format!("/v1/devices/{}/desired-state", self.device_ids[0]))?;
         let models: Vec<String> =
             desired.models.iter().map(|m| format!("{}@{} ({})", m.name, m.version, m.source)).collect();
         println!("   desired state of {}: etag {}, models [{}]", self.device_ids[0], desired.etag, models.join(", "));
+        Ok(published)
+    }
+
+    /// Waits until every real agent serves `name@version`.
+    pub fn wait_serving(&self, name: &str, version: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while !self.agents.iter().all(|a| a.state.store.get(name).is_some_and(|m| m.version() == version)) {
+            if Instant::now() > deadline {
+                bail!("the agents do not serve {name}@{version} after {} s", within.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Ok(())
+    }
+
+    /// The first agent's report of `name`, as the server shows it.
+    pub fn reported(&self, name: &str) -> Result<Option<outpost_proto::fleet::device::ModelReport>> {
+        let device: Device = self.api.get(&format!("/v1/devices/{}", self.device_ids[0]))?;
+        Ok(device.models.into_iter().find(|m| m.name == name))
     }
 
     /// The first real agent's inference API base URL.

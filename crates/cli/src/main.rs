@@ -5,6 +5,7 @@
 
 mod agent;
 mod demo;
+mod demo_delivery;
 mod demo_fleet;
 mod fleet;
 mod http_bench;

@@ -27,6 +27,16 @@ fn demo_trains_serves_and_detects_faults_offline() {
     assert!(text.contains("reverify_models → succeeded"), "{text}");
     assert!(text.contains("models [vibration-anomaly@1 (assignment:1)]"), "{text}");
     assert!(dir.path().join("server/outpost.db").exists());
+    // Delivery: v1 downloaded through TUF, v2 taken, v3 (corrupted) and v4 (bad self-test)
+    // refused, and not one request failed meanwhile.
+    assert!(text.contains("both agents verified v1 against the signed TUF targets"), "{text}");
+    assert!(text.contains("v2 serving on both agents"), "{text}");
+    assert!(text.contains("v3 refused by the agents: hash_mismatch"), "{text}");
+    assert!(text.contains("v4 refused at load: self_test"), "{text}");
+    assert!(text.contains("still serving: v2, v2"), "{text}");
+    assert!(text.contains("requests during the updates, 0 failed"), "{text}");
+    assert!(dir.path().join("agent-0/models/vibration-anomaly-2.opkg").exists());
+    assert!(!dir.path().join("agent-0/models/vibration-anomaly-3.opkg").exists(), "corrupt bytes never installed");
 }
 
 #[test]

@@ -78,8 +78,9 @@ pub fn target_path(model: &ModelVersion) -> String {
     format!("{}/{}-{}.opkg", model.name, model.name, model.version)
 }
 
-/// Adds the package to the server's TUF targets (signed here) unless they already list it.
-fn sign_into_repository(
+/// Adds the package to the server's TUF targets (signed here) unless they already list it;
+/// returns the targets version listing it.
+pub fn sign_into_repository(
     api: &Api,
     keys: &std::path::Path,
     model: &ModelVersion,

@@ -112,7 +112,17 @@ pub fn model_reports(
             state: state.to_string(),
             reason,
             failure_kind,
-            update: updates.get(&model.name).filter(|u| model.active_version.as_ref() != Some(&u.version)).cloned(),
+            update: updates.get(&model.name).filter(|u| model.active_version.as_ref() != Some(&u.version)).map(|u| {
+                let mut u = u.clone();
+                // Downloaded and installed, then refused at load (a self-test that does not
+                // reproduce, over budget, …): the update failed for the load's reason.
+                if let Some((Some(v), kind, why)) = &model.failure {
+                    if *v == u.version && u.state == "installed" {
+                        (u.state, u.failure_kind, u.reason) = ("failed".into(), Some(*kind), Some(why.clone()));
+                    }
+                }
+                u
+            }),
             requests: window.requests,
             errors: window.errors,
             latency_p50_ms: percentile(&mut window.latencies_ms, 0.50),
