@@ -8,6 +8,7 @@ use outpost_proto::fleet::device::FailureKind;
 use outpost_runtime::Package;
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::time::Instant;
 
 async fn publish(plane: &ControlPlane, bytes: Vec<u8>) -> serde_json::Value {
     let response = plane
@@ -35,6 +36,19 @@ async fn bytes_sent(plane: &ControlPlane) -> u64 {
     let text = plane.http.get(format!("{}/metrics", plane.base)).send().await.unwrap().text().await.unwrap();
     let line = text.lines().find(|l| l.starts_with("outpost_server_package_bytes_sent_total ")).expect("counter");
     line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
+}
+
+/// Waits until the server shows `affine`'s update on `device` in `state`; the model's report.
+async fn wait_update(plane: &ControlPlane, device: &str, state: &str) -> serde_json::Value {
+    for _ in 0..150 {
+        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
+        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
+        if let Some(m) = model.filter(|m| m["update"]["state"] == state) {
+            return m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the device never reported an update of affine in state {state}");
 }
 
 fn hex_sha(bytes: &[u8]) -> String {
@@ -98,17 +112,8 @@ async fn published_packages_are_downloaded_verified_installed_and_bad_bytes_refu
     corrupt[at] ^= 0xff;
     std::fs::write(&object, &corrupt).unwrap();
     plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("3"))).await;
-    let mut report = serde_json::Value::Null;
-    for _ in 0..150 {
-        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
-        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
-        if let Some(m) = model.filter(|m| m["update"]["state"] == "failed") {
-            report = m;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(report["state"], "ready", "{report}");
+    let report = wait_update(&plane, &device, "failed").await;
+    assert!(report["state"] == "ready" || report["state"] == "probation", "{report}");
     assert_eq!(report["version"], "2", "the verified version keeps serving: {report}");
     assert_eq!(report["update"]["version"], "3", "{report}");
     let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
@@ -181,16 +186,7 @@ async fn an_update_that_does_not_fit_the_disk_fails_as_disk_full_and_the_old_ver
     let device = status.device_id().unwrap();
     let pin = serde_json::json!({"models": {"affine": "2"}, "config": {}});
     plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin)).await;
-    let mut report = serde_json::Value::Null;
-    for _ in 0..150 {
-        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
-        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
-        if let Some(m) = model.filter(|m| m["update"]["state"] == "failed") {
-            report = m;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let report = wait_update(&plane, &device, "failed").await;
     let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
     assert_eq!(kind, FailureKind::DiskFull, "{report}");
     assert_eq!((report["state"].as_str(), report["version"].as_str()), (Some("ready"), Some("1")), "{report}");
@@ -256,16 +252,7 @@ async fn with_a_tuf_root_only_packages_the_signed_targets_vouch_for_are_fetched(
 
     // v2 is in the registry but no targets signature vouches for it: not a byte is fetched.
     plane.call(reqwest::Method::PUT, &override_path, Some(pin("2"))).await;
-    let mut report = serde_json::Value::Null;
-    for _ in 0..150 {
-        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
-        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
-        if let Some(m) = model.filter(|m| m["update"]["state"] == "failed") {
-            report = m;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let report = wait_update(&plane, &device, "failed").await;
     let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
     assert_eq!(kind, FailureKind::Untrusted, "{report}");
     assert!(report["update"]["reason"].as_str().unwrap().contains("affine/affine-2.opkg"), "{report}");
@@ -296,7 +283,7 @@ fn sluggish_affine_onnx() -> Vec<u8> {
     let down = g.constant_f32("down", &[512, 4], &down);
     let axes = g.constant_i64("axes", &[1], &[1]);
     let mut v = g.node("MatMul", &[&x, &up], "h", vec![]);
-    for i in 0..40 {
+    for i in 0..2000 {
         v = g.node("MatMul", &[&v, &w], &format!("h{i}"), vec![]);
     }
     let y = g.node("MatMul", &[&v, &down], "y", vec![]);
@@ -340,18 +327,11 @@ async fn a_version_that_regresses_on_probation_is_rolled_back_and_stays_blocked_
     plane.call(reqwest::Method::PUT, &override_path, Some(pin("2"))).await;
     wait_until("v2 active", || store.get("affine").is_some_and(|m| m.version() == "2")).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await; // the probation starts
+    let sluggish = Instant::now();
     infer(&http, &agent, 30).await;
+    eprintln!("30 requests to the regressed version took {:?}", sluggish.elapsed());
     wait_until("v2 rolled back to v1", || store.get("affine").is_some_and(|m| m.version() == "1")).await;
-    let mut report = serde_json::Value::Null;
-    for _ in 0..100 {
-        let shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
-        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "affine")).cloned();
-        if let Some(m) = model.filter(|m| m["update"]["state"] == "rolled_back") {
-            report = m;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let report = wait_update(&plane, &device, "rolled_back").await;
     assert_eq!((report["state"].as_str(), report["version"].as_str()), (Some("ready"), Some("1")), "{report}");
     let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
     assert_eq!(kind, FailureKind::Probation, "{report}");
