@@ -64,9 +64,17 @@ pub struct Metrics {
     versions: Mutex<HashMap<String, String>>,
     /// Per-model counters and recent latencies for the control-plane state report.
     windows: Mutex<HashMap<String, ModelWindow>>,
-    /// Per-model request counts and latencies since the last [`Metrics::start_probe`]: what a
-    /// probation window judges a new version by.
-    probes: Mutex<HashMap<String, ModelWindow>>,
+    /// Per-model requests since the serving version was activated, and those of the version
+    /// before it: what a probation judges a new version by.
+    probes: Mutex<HashMap<String, Probe>>,
+}
+
+/// The request windows of a model's serving version and of the one it replaced.
+#[derive(Debug, Clone, Default)]
+struct Probe {
+    version: String,
+    current: ModelWindow,
+    previous: Option<ModelWindow>,
 }
 
 /// Counts one request into `window`, keeping at most [`WINDOW_SAMPLES`] latencies.
@@ -159,22 +167,15 @@ impl Metrics {
             failed,
             ms,
         );
-        record(self.probes.lock().unwrap_or_else(|p| p.into_inner()).entry(model.to_string()).or_default(), failed, ms);
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        record(&mut probes.entry(model.to_string()).or_default().current, failed, ms);
     }
 
-    /// Starts a new probe window for `model`; returns the one it ends (requests, errors and
-    /// latencies since the previous start).
-    pub fn start_probe(&self, model: &str) -> ModelWindow {
-        self.probes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(model.to_string(), ModelWindow::default())
-            .unwrap_or_default()
-    }
-
-    /// The current probe window of `model`.
-    pub fn probe(&self, model: &str) -> ModelWindow {
-        self.probes.lock().unwrap_or_else(|p| p.into_inner()).get(model).cloned().unwrap_or_default()
+    /// `model`'s requests since its serving version was activated, and those the version
+    /// before it served (none when it is the first).
+    pub fn probe(&self, model: &str) -> (ModelWindow, Option<ModelWindow>) {
+        let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes.get(model).map(|p| (p.current.clone(), p.previous.clone())).unwrap_or_default()
     }
 
     /// Every model's totals and the latencies recorded since the previous call, which starts a
@@ -211,6 +212,15 @@ impl Metrics {
     /// A version of `model` is now serving.
     pub fn model_loaded(&self, model: &str, version: &str) {
         self.forget_version(model);
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        let probe = probes.entry(model.to_string()).or_default();
+        if probe.version != version {
+            // A version change: what was recorded so far belongs to the version it replaces.
+            let served = std::mem::take(&mut probe.current);
+            probe.previous = (!probe.version.is_empty()).then_some(served);
+            probe.version = version.to_string();
+        }
+        drop(probes);
         self.versions.lock().unwrap_or_else(|p| p.into_inner()).insert(model.into(), version.into());
         self.model_info.get_or_create(&VersionLabels { model: model.into(), version: version.into() }).set(1);
     }

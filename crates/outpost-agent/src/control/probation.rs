@@ -1,7 +1,8 @@
 //! Probation: a newly activated version is watched for a window before it is trusted, with the
 //! version it replaced kept in memory. It is rolled back, by itself, when during the window its
-//! error rate or its p99 latency is far worse than the previous version's just before the
-//! switch, or when the agent keeps restarting while it is on probation (a crash loop). A
+//! error rate or its p99 latency is far worse than the previous version's while that one served
+//! (the request windows are kept per activation, see [`Metrics::probe`]), or when the agent
+//! keeps restarting while it is on probation (a crash loop). A
 //! rolled-back version is blocked until the desired state names another version.
 //!
 //! What is on probation and what was rolled back is kept in `<data_dir>/probation.json`
@@ -172,7 +173,7 @@ impl Probation {
                 if previous.is_none() && !resumed {
                     continue; // nothing was replaced: a first load, or a passed probation
                 }
-                let baseline = self.metrics.start_probe(&name);
+                let baseline = self.metrics.probe(&name).1.unwrap_or_default();
                 live.insert(name.clone(), Live { version: active.clone(), started: Instant::now(), baseline });
                 if !resumed {
                     state.probation.insert(name.clone(), Entry { version: active.clone(), previous, restarts: 0 });
@@ -182,7 +183,7 @@ impl Probation {
                 continue;
             }
             let Some(l) = live.get(&name).cloned() else { continue };
-            if let Some(reason) = verdict(&l.baseline, &self.metrics.probe(&name)) {
+            if let Some(reason) = verdict(&l.baseline, &self.metrics.probe(&name).0) {
                 live.remove(&name);
                 drop(live);
                 self.store.roll_back(&name, &l.version, &reason);
