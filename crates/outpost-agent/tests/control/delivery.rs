@@ -361,3 +361,117 @@ async fn a_version_that_regresses_on_probation_is_rolled_back_and_stays_blocked_
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
 }
+
+/// A TCP proxy in front of the server that breaks the connection carrying the first package
+/// download once `cut_after` bytes of its answer went through: the server vanishing mid-body.
+/// What the proxy saw: whether it cut, and the `Range` a resumed request asked for.
+#[derive(Default)]
+struct ProxyLog {
+    fired: std::sync::atomic::AtomicBool,
+    range: std::sync::Mutex<Option<String>>,
+}
+
+async fn cutting_proxy(upstream: String, cut_after: u64) -> (String, std::sync::Arc<ProxyLog>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = std::sync::Arc::new(ProxyLog::default());
+    let seen = log.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            let log = seen.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream.trim_start_matches("http://")).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let armed = std::sync::Arc::new(AtomicBool::new(false));
+                let arm = armed.clone();
+                let log_up = log.clone();
+                let up = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                        if text.contains("get /v1/device/packages/") {
+                            arm.store(true, Ordering::SeqCst);
+                            if let Some(range) = text.lines().find_map(|l| l.strip_prefix("range: ")) {
+                                *log_up.range.lock().unwrap() = Some(range.trim().to_string());
+                            }
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 16 << 10];
+                let mut passed = 0u64;
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if armed.load(Ordering::SeqCst) && !log.fired.load(Ordering::SeqCst) {
+                        if passed + n as u64 > cut_after {
+                            let keep = (cut_after - passed) as usize;
+                            let _ = cw.write_all(&buf[..keep]).await;
+                            log.fired.store(true, Ordering::SeqCst);
+                            break; // both halves drop: the connection is gone mid-answer
+                        }
+                        passed += n as u64;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                up.abort();
+            });
+        }
+    });
+    (format!("http://{addr}"), log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_off_mid_body_resumes_where_it_broke_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(&dir.path().join("server")).await;
+    let token = plane.enrollment_token(1).await;
+    let build = dir.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    let onnx = super::common::affine_onnx(1.0);
+    let noise: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let files = vec![("model.onnx".to_string(), onnx.clone()), ("padding.bin".to_string(), noise)];
+    Package::from_parts(super::common::manifest("affine", "1", &onnx), files)
+        .unwrap()
+        .write_opkg(&build.join("affine-1.opkg"))
+        .unwrap();
+    let bytes = std::fs::read(build.join("affine-1.opkg")).unwrap();
+    publish(&plane, bytes.clone()).await;
+    let (proxy, log) = cutting_proxy(plane.base.clone(), 1 << 20).await;
+
+    let config = agent_config(dir.path(), &proxy, Some(token));
+    let models = config.model_dir.clone();
+    let agent = outpost_agent::Agent::start(config).await.unwrap();
+    let status = agent.control().unwrap().clone();
+    wait_until("enrollment through the proxy", || status.device_id().is_some()).await;
+    let device = status.device_id().unwrap();
+    let pin = serde_json::json!({"models": {"affine": "1"}, "config": {}});
+    plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin)).await;
+    let store = agent.state.store.clone();
+    // The first attempt breaks after about 1 MiB; the retry (backoff of at most 2 s) resumes.
+    for _ in 0..100 {
+        if store.get("affine").is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.get("affine").map(|m| m.version().to_string()).as_deref(), Some("1"));
+    assert_eq!(std::fs::read(models.join("affine-1.opkg")).unwrap(), bytes, "the resumed file is the published one");
+    assert!(log.fired.load(std::sync::atomic::Ordering::SeqCst), "the proxy cut the first download");
+    let range = log.range.lock().unwrap().clone().expect("the retry asked for a range");
+    let from: u64 = range.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
+    assert!(from > 0 && from < bytes.len() as u64, "resumed from byte {from}, not from zero: {range}");
+    agent.shutdown().await.unwrap();
+    plane.server.shutdown().await.unwrap();
+}
