@@ -52,7 +52,9 @@ fn too_long(what: &str, max_length: u64) -> Error {
     Error::IntegrityMismatch(format!("{what}: longer than the {max_length} bytes allowed"))
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, `outer: inner: …` (reqwest hides the cause of a failed request in
+/// its sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -10,6 +10,7 @@ use outpost_proto::fleet::device::{
     CommandAck, DesiredState, EnrollRequest, EnrollResponse, ReportAck, ReportBatch, StateReport,
 };
 use outpost_proto::fleet::signing::DeviceKey;
+use outpost_tuf::remote::error_chain;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -292,17 +293,6 @@ impl DeviceClient {
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Serializing these plain structs cannot fail (string keys, no custom serializers).
     serde_json::to_vec(value).unwrap_or_default()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 async fn decode<T: DeserializeOwned>(path: &str, response: reqwest::Response) -> Result<T, ClientError> {

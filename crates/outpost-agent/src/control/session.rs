@@ -371,7 +371,14 @@ impl Session {
                 return;
             }
             let probation = self.probation.clone();
-            if tokio::task::spawn_blocking(move || probation.tick()).await.unwrap_or(false) {
+            let rolled_back = match tokio::task::spawn_blocking(move || probation.tick()).await {
+                Ok(rolled_back) => rolled_back,
+                Err(e) => {
+                    tracing::error!(error = %e, "probation check panicked; it runs again in a second");
+                    false
+                }
+            };
+            if rolled_back {
                 let (store, dir) = (self.ctx.store.clone(), self.ctx.model_dir.clone());
                 let _ = tokio::task::spawn_blocking(move || store.sync(&dir)).await;
             }
