@@ -109,8 +109,15 @@ impl Probation {
     /// rolled back.
     pub fn start(data_dir: &Path, window: Duration, store: Arc<ModelStore>, metrics: Arc<Metrics>) -> Arc<Probation> {
         let path = data_dir.join(PROBATION_FILE);
-        let mut state: Persisted =
-            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let mut state: Persisted = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                // Written atomically, so this is tampering or disk damage: say so rather than
+                // silently forgetting what was rolled back.
+                tracing::error!(path = %path.display(), error = %e, "probation state unreadable; starting without it");
+                Persisted::default()
+            }),
+            Err(_) => Persisted::default(),
+        };
         let crashed = !std::mem::take(&mut state.clean_stop);
         for (name, entry) in std::mem::take(&mut state.probation) {
             let restarts = entry.restarts + u32::from(crashed);
