@@ -1,5 +1,5 @@
 //! The delivery half of `outpost demo`: while a client keeps sending requests to an agent, a
-//! retrained v2 is published and taken by every agent; a v3 whose bytes were corrupted in the
+//! v2 refit on more data is published and taken by every agent as a delta from v1; a v3 whose bytes were corrupted in the
 //! artifact store is refused by verification; a v4 whose golden self-test does not reproduce
 //! is refused at load. The request loop counts failures: there must be none.
 
@@ -59,6 +59,41 @@ fn wait_refused(fleet: &DemoFleet, name: &str, version: &str) -> Result<String> 
     }
 }
 
+/// The server's delivery egress so far: (whole packages, deltas), bytes.
+fn egress(fleet: &DemoFleet) -> Result<(u64, u64)> {
+    let text = ureq::get(&format!("{}/metrics", fleet.api.base())).call()?.body_mut().read_to_string()?;
+    let counter = |name: &str| -> u64 {
+        let line = text.lines().find(|l| l.split_whitespace().next() == Some(name));
+        line.and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64
+    };
+    Ok((counter("outpost_server_package_bytes_sent_total"), counter("outpost_server_delta_bytes_sent_total")))
+}
+
+/// Flips a byte of the stored package `sha` and of the delta to it that publishing builds in
+/// the background (waited for first, so it is not built from the good bytes afterwards).
+fn corrupt_stored(artifacts: &Path, sha: &str) -> Result<()> {
+    let mine = |ext: &str| -> Vec<PathBuf> {
+        let entries = std::fs::read_dir(artifacts.join("deltas")).into_iter().flatten().flatten();
+        entries
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(sha)))
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mine("plan").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let object = artifacts.join("packages").join(format!("{sha}.opkg"));
+    for file in mine("blobs").into_iter().chain([object]) {
+        let mut bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&file, bytes).with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs the updates; prints what happened.
 pub fn run(fleet: &DemoFleet, v1: &TrainedModel, root: &Path, keys: &Path) -> Result<()> {
     let build = root.join("build");
@@ -83,29 +118,36 @@ pub fn run(fleet: &DemoFleet, v1: &TrainedModel, root: &Path, keys: &Path) -> Re
         })
     };
     let outcome = (|| -> Result<()> {
-        // v2: retrained on other data (another seed), published and taken by every agent.
-        let retrained = outpost_train::train_vibration_anomaly(&TrainConfig { seed: 11, ..TrainConfig::default() })?;
+        // v2: refit with 10% more data (the first 4 000 windows are v1's), so every weight
+        // moves a little, as after a fine-tune; the agents rebuild it from v1 by a delta.
+        let defaults = TrainConfig::default();
+        let retrained = outpost_train::train_vibration_anomaly(&TrainConfig {
+            train_windows: defaults.train_windows * 11 / 10,
+            ..defaults
+        })?;
         let (path, _) = package(&retrained, "2", 0.0, &build)?;
+        let before = egress(fleet)?;
         let published = fleet.publish_and_assign(&path, keys)?;
         let started = Instant::now();
         fleet.wait_serving(&name, "2", Duration::from_secs(60))?;
+        let after = egress(fleet)?;
         let size = published.package.map(|p| p.size_bytes).unwrap_or_default();
+        let agents = fleet.agents.len().max(1) as u64;
+        let (whole, delta) = ((after.0 - before.0) / agents, (after.1 - before.1) / agents);
         println!(
-            "   v2 serving on both agents {:.1} s after the assignment: each fetched {size} of {size} bytes \
-             (a full download; per-tensor deltas are not built yet)",
-            started.elapsed().as_secs_f64()
+            "   v2 serving on both agents {:.1} s after the assignment: each fetched {} bytes \
+             ({delta} as a delta from v1, {whole} as whole packages) of the {size}-byte package: {:.0} %",
+            started.elapsed().as_secs_f64(),
+            whole + delta,
+            100.0 * (whole + delta) as f64 / size.max(1) as f64
         );
         // v3: signed and published, then its bytes corrupted in the artifact store.
         let (path, _) = package(&retrained, "3", 0.0, &build)?;
         let (_, staged): (u16, outpost_proto::fleet::api::ModelVersion) =
             fleet.api.upload("/v1/model-packages", &path)?;
         let sha = staged.package.context("no package recorded")?.sha256;
-        let object = root.join("server/artifacts/packages").join(format!("{sha}.opkg"));
-        let mut bytes = std::fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
-        let at = bytes.len() / 2;
-        bytes[at] ^= 0xff;
-        std::fs::write(&object, bytes)?;
-        println!("   v3: one byte flipped in the server's stored copy after publishing");
+        corrupt_stored(&root.join("server/artifacts"), &sha)?;
+        println!("   v3: one byte flipped in the server's stored copy (and in the delta to it) after publishing");
         fleet.publish_and_assign(&path, keys)?;
         println!("   v3 refused by the agents: {}", wait_refused(fleet, &name, "3")?);
         // v4: bytes intact and signed, but its golden self-test does not reproduce.

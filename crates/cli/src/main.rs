@@ -4,6 +4,7 @@
 //! crates (`outpost-agent`, `outpost-server`, `outpost-sim`, `outpost-runtime`, `outpost-train`).
 
 mod agent;
+mod delta;
 mod demo;
 mod demo_delivery;
 mod demo_fleet;

@@ -27,6 +27,9 @@ pub enum ModelCommand {
     List(crate::fleet::models::ListArgs),
     /// One model's versions on the server, with how many devices serve each.
     Show(crate::fleet::models::ShowArgs),
+    /// Delta downloads on local files: make, apply, index.
+    #[command(subcommand)]
+    Delta(crate::delta::DeltaCommand),
 }
 
 /// `KEY=VALUE` pairs pinning symbolic dimensions.
@@ -129,6 +132,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Publish(a) => crate::fleet::models::publish(a),
         ModelCommand::List(a) => crate::fleet::models::list(a),
         ModelCommand::Show(a) => crate::fleet::models::show(a),
+        ModelCommand::Delta(cmd) => crate::delta::run(cmd),
     }
 }
 

@@ -31,6 +31,11 @@ fn demo_trains_serves_and_detects_faults_offline() {
     // refused, and not one request failed meanwhile.
     assert!(text.contains("both agents verified v1 against the signed TUF targets"), "{text}");
     assert!(text.contains("v2 serving on both agents"), "{text}");
+    // v2 came as a delta: no whole-package bytes, and fewer delta bytes than the package has.
+    let line = text.lines().find(|l| l.contains("v2 serving on both agents")).unwrap();
+    assert!(line.contains(", 0 as whole packages)"), "{line}");
+    let percent: f64 = line.rsplit(": ").next().unwrap().trim_end_matches(" %").trim().parse().unwrap();
+    assert!(percent > 0.0 && percent < 100.0, "{line}");
     assert!(text.contains("v3 refused by the agents: hash_mismatch"), "{text}");
     assert!(text.contains("v4 refused at load: self_test"), "{text}");
     assert!(text.contains("still serving: v2, v2"), "{text}");

@@ -4,6 +4,8 @@
 mod common;
 #[path = "control/delivery.rs"]
 mod delivery;
+#[path = "control/delta.rs"]
+mod delta;
 
 use outpost_agent::control::identity::{self, Enrollment, IdentityError, KEY_FILE};
 use outpost_agent::control::outbox::Outbox;

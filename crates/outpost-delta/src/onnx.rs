@@ -100,7 +100,7 @@ fn bad(what: &str) -> io::Error {
 pub fn tensor_spans<R: Read + Seek>(r: R, start: u64, len: u64) -> io::Result<Vec<TensorSpan>> {
     let mut wire = Wire { r: io::BufReader::with_capacity(8192, r), pos: start };
     let mut out = Vec::new();
-    message(&mut wire, Msg::Model, start + len, 0, &mut out)?;
+    message(&mut wire, Msg::Model, start + len, 0, "", &mut out)?;
     out.sort_by_key(|s| s.offset);
     Ok(out)
 }
@@ -131,16 +131,20 @@ enum Child {
     Tensor,
 }
 
+/// `hint` names the tensors of a node's attributes (a `Constant`'s tensor has no name of its
+/// own): the node's first output, which is what identifies it across versions.
 fn message<R: BufRead + Seek>(
     w: &mut Wire<R>,
     msg: Msg,
     end: u64,
     depth: u32,
+    hint: &str,
     out: &mut Vec<TensorSpan>,
 ) -> io::Result<()> {
     if depth > MAX_DEPTH {
         return Err(bad("messages nested too deep"));
     }
+    let mut node_output: Option<String> = None;
     while w.pos < end {
         let tag = w.varint()?;
         let (field, wire_type) = (tag >> 3, tag & 7);
@@ -154,9 +158,14 @@ fn message<R: BufRead + Seek>(
                 let len = w.varint()?;
                 let field_end =
                     w.pos.checked_add(len).filter(|e| *e <= end).ok_or_else(|| bad("field runs past its message"))?;
+                let hint = node_output.as_deref().unwrap_or(hint);
                 match child(msg, field) {
-                    Some(Child::Msg(m)) => message(w, m, field_end, depth + 1, out)?,
-                    Some(Child::Tensor) => tensor(w, field_end, out)?,
+                    Some(Child::Msg(m)) => message(w, m, field_end, depth + 1, hint, out)?,
+                    Some(Child::Tensor) => tensor(w, field_end, hint, out)?,
+                    // A node's first output (field 2).
+                    None if msg == Msg::Node && field == 2 && node_output.is_none() => {
+                        node_output = Some(String::from_utf8_lossy(&w.bytes(len, 1 << 16)?).into_owned());
+                    }
                     None => w.skip(len)?,
                 }
                 if w.pos != field_end {
@@ -174,7 +183,7 @@ fn message<R: BufRead + Seek>(
 
 /// A `TensorProto`: its name, type, first dimension and where `raw_data` (or packed
 /// `float_data`/`double_data`) lies.
-fn tensor<R: BufRead + Seek>(w: &mut Wire<R>, end: u64, out: &mut Vec<TensorSpan>) -> io::Result<()> {
+fn tensor<R: BufRead + Seek>(w: &mut Wire<R>, end: u64, hint: &str, out: &mut Vec<TensorSpan>) -> io::Result<()> {
     let mut span = TensorSpan { name: String::new(), offset: 0, len: 0, elem: 1, data_type: 0, first_dim: 0 };
     let mut first_dim = None;
     let mut data_elem = None;
@@ -226,6 +235,9 @@ fn tensor<R: BufRead + Seek>(w: &mut Wire<R>, end: u64, out: &mut Vec<TensorSpan
     }
     if w.pos != end {
         return Err(bad("tensor runs past its end"));
+    }
+    if span.name.is_empty() {
+        span.name = hint.to_string();
     }
     span.first_dim = first_dim.unwrap_or(0);
     span.elem = data_elem.unwrap_or_else(|| elem_size(span.data_type));

@@ -45,6 +45,7 @@ fn model(inits: &[(&str, Vec<u64>, Vec<f32>)], constant: &[f32], sub: &[f32]) ->
     field(1, b"value", &mut attr);
     field(5, &tensor("", &[constant.len() as u64], constant), &mut attr);
     let mut node = Vec::new();
+    field(2, b"const_out", &mut node);
     field(4, b"Constant", &mut node);
     field(5, &attr, &mut node);
     field(1, &node, &mut graph);
@@ -146,7 +147,7 @@ fn the_walker_finds_initializers_constants_and_subgraph_tensors_where_they_are()
     let m = model(&weights(1), &noise(9, 100), &noise(10, 70));
     let spans = crate::onnx::tensor_spans(std::io::Cursor::new(&m), 0, m.len() as u64).unwrap();
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["", "sub_w", "conv1.weight", "conv2.weight", "fc.weight", "fc.bias"]);
+    assert_eq!(names, ["const_out", "sub_w", "conv1.weight", "conv2.weight", "fc.weight", "fc.bias"]);
     let conv2 = &spans[3];
     assert_eq!((conv2.elem, conv2.data_type, conv2.first_dim, conv2.len), (4, 1, 32, 32 * 144 * 4));
     let expect: Vec<u8> = weights(1)[1].2.iter().flat_map(|v| v.to_le_bytes()).collect();

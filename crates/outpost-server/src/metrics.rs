@@ -53,6 +53,8 @@ pub struct Metrics {
     pub long_polls_waiting: Gauge,
     /// Package bytes sent (downloads by devices and operators): the server's delivery egress.
     pub package_bytes_sent: Counter,
+    /// Delta plan and blob bytes sent to devices (egress of delta downloads).
+    pub delta_bytes_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -77,6 +79,8 @@ impl Metrics {
             "Model package bytes sent to devices and operators",
             package_bytes_sent.clone(),
         );
+        let delta_bytes_sent = Counter::default();
+        registry.register("delta_bytes_sent", "Delta plan and blob bytes sent to devices", delta_bytes_sent.clone());
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
         registry.register("reports_received", "State reports received from devices", reports_received.clone());
@@ -96,6 +100,7 @@ impl Metrics {
             write_latency,
             long_polls_waiting,
             package_bytes_sent,
+            delta_bytes_sent,
         }
     }
 

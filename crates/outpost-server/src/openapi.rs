@@ -2,7 +2,7 @@
 //! cannot drift from the handlers.
 
 use crate::routes::registry::{API_TOKEN_NAME_MAX, MAX_EXPIRES_IN_S};
-use crate::routes::{self, channel, devices, packages, registry, tuf, MAX_LIMIT};
+use crate::routes::{self, channel, deltas, devices, packages, registry, tuf, MAX_LIMIT};
 use outpost_proto::fleet::selector::{MAX_SELECTOR_BYTES, SELECTOR_PATTERN};
 use outpost_proto::fleet::signing::{HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         registry::create_assignment, registry::list_assignments, registry::delete_assignment,
         registry::list_audit,
         packages::publish_package, packages::download_package, packages::device_package,
+        deltas::device_delta_plan, deltas::device_delta_blobs, deltas::package_index,
         tuf::metadata, tuf::target, tuf::current_targets, tuf::put_targets,
         channel::enroll, channel::heartbeat, channel::reports, channel::desired_state, channel::ack_command,
     ),
@@ -139,8 +140,16 @@ fn add_limits(doc: &mut serde_json::Value) {
         ("cursor", "/v1/models", model_cursor),
         ("name", "/v1/models/{name}/{version}/package", model_name.clone()),
         ("version", "/v1/models/{name}/{version}/package", version.clone()),
-        ("name", "/v1/device/packages/{name}/{version}", model_name),
-        ("version", "/v1/device/packages/{name}/{version}", version),
+        ("name", "/v1/device/packages/{name}/{version}", model_name.clone()),
+        ("version", "/v1/device/packages/{name}/{version}", version.clone()),
+        ("name", "/v1/models/{name}/{version}/index", model_name.clone()),
+        ("version", "/v1/models/{name}/{version}/index", version.clone()),
+        ("name", "/v1/device/packages/{name}/{version}/delta/{base}", model_name.clone()),
+        ("version", "/v1/device/packages/{name}/{version}/delta/{base}", version.clone()),
+        ("base", "/v1/device/packages/{name}/{version}/delta/{base}", version.clone()),
+        ("name", "/v1/device/packages/{name}/{version}/delta/{base}/blobs", model_name),
+        ("version", "/v1/device/packages/{name}/{version}/delta/{base}/blobs", version.clone()),
+        ("base", "/v1/device/packages/{name}/{version}/delta/{base}/blobs", version),
     ];
     for (path, item) in doc["paths"].as_object_mut().into_iter().flatten() {
         let ops = item.as_object_mut().into_iter().flat_map(|item| item.values_mut());

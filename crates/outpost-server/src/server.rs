@@ -156,6 +156,7 @@ impl Server {
         let artifacts = crate::artifacts::ArtifactStore::open(&config).map_err(ServerError::ArtifactStore)?;
         tracing::info!(store = artifacts.describe(), "artifact store");
         let uploads = config.max_concurrent_uploads.max(1);
+        let deltas = Arc::new(crate::artifacts::delta::Deltas::new(config.data_dir.join("delta-work")));
         let data_dir = config.data_dir.clone();
         let metrics = Arc::new(Metrics::new());
         let writer_options = WriterOptions {
@@ -178,6 +179,7 @@ impl Server {
             artifacts,
             tuf: crate::tuf::TufRepo::open(&data_dir),
             uploads: Arc::new(tokio::sync::Semaphore::new(uploads)),
+            deltas,
             shutdown: shutdown_rx.clone(),
         });
         let tasks = spawn_maintenance(state.clone());

@@ -33,6 +33,8 @@ pub struct AppState {
     pub artifacts: crate::artifacts::ArtifactStore,
     /// The TUF repository of the packages.
     pub tuf: crate::tuf::TufRepo,
+    /// Delta plans between stored packages, built on first request.
+    pub deltas: Arc<crate::artifacts::delta::Deltas>,
     /// Permits for package uploads received at once.
     pub uploads: Arc<tokio::sync::Semaphore>,
     /// Turns true when the server is shutting down (long-polls end early).

@@ -22,6 +22,8 @@ pub const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a whole package download may take.
 pub const PACKAGE_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// Longest wait for a delta plan: the server builds it on the first request for a pair.
+pub const DELTA_PLAN_TIMEOUT: Duration = Duration::from_secs(600);
 /// How many times a request refused as a replay is sent again with a fresh nonce.
 const REPLAY_RETRIES: usize = 2;
 
@@ -248,6 +250,36 @@ impl DeviceClient {
             Vec::new()
         };
         // The body may take long on a slow link; the fetcher bounds each read instead.
+        self.send(Method::GET, &path, Vec::new(), Some(PACKAGE_TIMEOUT), &extra).await
+    }
+
+    /// The plan that rebuilds `version` of `name` from `base` (zstd-compressed JSON), at most
+    /// `max` bytes. The server may build it first, hence the long timeout.
+    pub async fn delta_plan(&self, name: &str, version: &str, base: &str, max: u64) -> Result<Vec<u8>, ClientError> {
+        let path = format!("/v1/device/packages/{name}/{version}/delta/{base}");
+        let mut response = self.send(Method::GET, &path, Vec::new(), Some(DELTA_PLAN_TIMEOUT), &[]).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) =
+            response.chunk().await.map_err(|e| ClientError::Network { url: path.clone(), reason: error_chain(&e) })?
+        {
+            if out.len() as u64 + chunk.len() as u64 > max {
+                return Err(ClientError::Network { url: path, reason: format!("the plan is larger than {max} bytes") });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Bytes `range` of the blob file of the plan from `base` to `version`.
+    pub async fn delta_blobs(
+        &self,
+        name: &str,
+        version: &str,
+        base: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let path = format!("/v1/device/packages/{name}/{version}/delta/{base}/blobs");
+        let extra = [("range", format!("bytes={}-{}", range.start, range.end.saturating_sub(1)))];
         self.send(Method::GET, &path, Vec::new(), Some(PACKAGE_TIMEOUT), &extra).await
     }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::time::Instant;
 
-async fn publish(plane: &ControlPlane, bytes: Vec<u8>) -> serde_json::Value {
+pub(super) async fn publish(plane: &ControlPlane, bytes: Vec<u8>) -> serde_json::Value {
     let response = plane
         .http
         .post(format!("{}/v1/model-packages", plane.base))
@@ -32,9 +32,14 @@ fn package_bytes(dir: &Path, name: &str, version: &str, scale: f64) -> Vec<u8> {
 }
 
 /// The server's delivery egress so far (its `package_bytes_sent` counter).
-async fn bytes_sent(plane: &ControlPlane) -> u64 {
+pub(super) async fn bytes_sent(plane: &ControlPlane) -> u64 {
+    counter(plane, "outpost_server_package_bytes_sent_total").await
+}
+
+/// A counter of the server's `/metrics`.
+pub(super) async fn counter(plane: &ControlPlane, name: &str) -> u64 {
     let text = plane.http.get(format!("{}/metrics", plane.base)).send().await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with("outpost_server_package_bytes_sent_total ")).expect("counter");
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some(name)).expect("counter");
     line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() as u64
 }
 
@@ -95,22 +100,20 @@ async fn published_packages_are_downloaded_verified_installed_and_bad_bytes_refu
     assert_eq!(bytes_sent(&plane).await, resumed, "only the missing half was fetched (a Range request)");
     Package::open(&installed).expect("the installed package verifies");
 
-    // A staging file holding wrong bytes is thrown away and the download starts over.
+    // v2 is rebuilt from v1 by a delta; a staging file holding wrong bytes is overwritten.
     let part2 = staging.join(format!(".affine-2-{}.part", &hex_sha(&v2)[..16]));
     std::fs::write(&part2, vec![0u8; v2.len() / 3]).unwrap();
     plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("2"))).await;
     wait_until("v2 downloaded and serving", || serving().as_deref() == Some("2")).await;
     assert_eq!(std::fs::read(models.join("affine-2.opkg")).unwrap(), v2);
-    let wasted = (v2.len() - v2.len() / 3) as u64;
-    assert_eq!(bytes_sent(&plane).await, resumed + wasted + v2.len() as u64, "one wasted resume, then all of v2");
+    assert_eq!(bytes_sent(&plane).await, resumed, "v2 came as a delta, not as a whole package");
+    let delta = counter(&plane, "outpost_server_delta_bytes_sent_total").await;
+    assert!(delta > 0 && delta < v2.len() as u64, "delta {delta} bytes for a {} byte package", v2.len());
 
-    // Bytes corrupted in the artifact store: the device refuses them, v2 keeps serving, and
-    // the report says what happened to v3 and why.
-    let object = server_data.join("artifacts/packages").join(format!("{}.opkg", hex_sha(&v3)));
-    let mut corrupt = std::fs::read(&object).unwrap();
-    let at = corrupt.len() / 2;
-    corrupt[at] ^= 0xff;
-    std::fs::write(&object, &corrupt).unwrap();
+    // Bytes corrupted in the artifact store: no delta can be built from them, the whole
+    // package is fetched, the device refuses it, v2 keeps serving, and the report says what
+    // happened to v3 and why.
+    corrupt_stored(&server_data, &hex_sha(&v3)).await;
     plane.call(reqwest::Method::PUT, &format!("/v1/devices/{device}/override"), Some(pin("3"))).await;
     let report = wait_update(&plane, &device, "failed").await;
     assert!(report["state"] == "ready" || report["state"] == "probation", "{report}");
@@ -126,6 +129,34 @@ async fn published_packages_are_downloaded_verified_installed_and_bad_bytes_refu
 
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
+}
+
+/// Flips a byte of the stored package `sha` and of the delta to it that publishing built in
+/// the background (waited for, so it cannot be rebuilt from the good bytes afterwards).
+pub(super) async fn corrupt_stored(server_data: &Path, sha: &str) {
+    let deltas = server_data.join("artifacts/deltas");
+    let mine = |ext: &str| -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(&deltas).into_iter().flatten().flatten().map(|e| e.path());
+        entries
+            .filter(|p| {
+                let file = p.file_name().unwrap().to_string_lossy().to_string();
+                file.starts_with(sha) && file.ends_with(ext)
+            })
+            .collect()
+    };
+    for _ in 0..200 {
+        if !mine(".plan").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let object = server_data.join("artifacts/packages").join(format!("{sha}.opkg"));
+    for file in mine(".blobs").into_iter().chain([object]) {
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+    }
 }
 
 /// A size-limited filesystem (tmpfs), unmounted on drop.
@@ -366,12 +397,17 @@ async fn a_version_that_regresses_on_probation_is_rolled_back_and_stays_blocked_
 /// download once `cut_after` bytes of its answer went through: the server vanishing mid-body.
 /// What the proxy saw: whether it cut, and the `Range` a resumed request asked for.
 #[derive(Default)]
-struct ProxyLog {
-    fired: std::sync::atomic::AtomicBool,
-    range: std::sync::Mutex<Option<String>>,
+pub(super) struct ProxyLog {
+    pub(super) fired: std::sync::atomic::AtomicBool,
+    pub(super) range: std::sync::Mutex<Option<String>>,
 }
 
-async fn cutting_proxy(upstream: String, cut_after: u64) -> (String, std::sync::Arc<ProxyLog>) {
+/// The proxy arms on the first request whose head contains `pattern` (lowercase).
+pub(super) async fn cutting_proxy(
+    upstream: String,
+    cut_after: u64,
+    pattern: &'static str,
+) -> (String, std::sync::Arc<ProxyLog>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -398,7 +434,7 @@ async fn cutting_proxy(upstream: String, cut_after: u64) -> (String, std::sync::
                             break;
                         }
                         let text = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-                        if text.contains("get /v1/device/packages/") {
+                        if text.contains(pattern) {
                             arm.store(true, Ordering::SeqCst);
                             if let Some(range) = text.lines().find_map(|l| l.strip_prefix("range: ")) {
                                 *log_up.range.lock().unwrap() = Some(range.trim().to_string());
@@ -448,7 +484,7 @@ async fn a_download_cut_off_mid_body_resumes_where_it_broke_and_verifies() {
         .unwrap();
     let bytes = std::fs::read(build.join("affine-1.opkg")).unwrap();
     publish(&plane, bytes.clone()).await;
-    let (proxy, log) = cutting_proxy(plane.base.clone(), 1 << 20).await;
+    let (proxy, log) = cutting_proxy(plane.base.clone(), 1 << 20, "get /v1/device/packages/").await;
 
     let config = agent_config(dir.path(), &proxy, Some(token));
     let models = config.model_dir.clone();

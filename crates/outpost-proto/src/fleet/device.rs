@@ -131,6 +131,9 @@ pub struct UpdateReport {
     pub bytes_fetched: u64,
     /// The package's full size.
     pub bytes_total: u64,
+    /// The version a delta download rebuilt this one from (absent: a full download).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_from: Option<String>,
 }
 
 /// One served (or failed) model in a report.

@@ -6,6 +6,7 @@
 //! registry row that names a hash is written only after its object is complete, so the
 //! registry never points at bytes that are not there.
 
+pub mod delta;
 pub mod range;
 pub mod upload;
 pub mod verify;
@@ -70,7 +71,11 @@ impl ArtifactStore {
     }
 
     fn key(&self, sha256: &str) -> StorePath {
-        self.prefix.clone().join("packages").join(format!("{sha256}.opkg"))
+        self.object("packages", &format!("{sha256}.opkg"))
+    }
+
+    fn object(&self, dir: &str, name: &str) -> StorePath {
+        self.prefix.clone().join(dir).join(name)
     }
 
     /// The size of the stored package `sha256`, `None` when the store does not hold it.
@@ -97,12 +102,16 @@ impl ArtifactStore {
         if self.holds(sha256, size).await? {
             return Ok(());
         }
-        let mut f = tokio::fs::File::open(file).await.map_err(|e| ApiError::Internal(format!("upload spool: {e}")))?;
-        let upload = self.store.put_multipart(&self.key(sha256)).await.map_err(|e| unavailable("upload", e))?;
+        self.put_at(self.key(sha256), file).await
+    }
+
+    async fn put_at(&self, key: StorePath, file: &std::path::Path) -> Result<(), ApiError> {
+        let mut f = tokio::fs::File::open(file).await.map_err(|e| ApiError::Internal(format!("spool: {e}")))?;
+        let upload = self.store.put_multipart(&key).await.map_err(|e| unavailable("upload", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut buf = vec![0u8; PART_BYTES];
         loop {
-            let n = f.read(&mut buf).await.map_err(|e| ApiError::Internal(format!("upload spool: {e}")))?;
+            let n = f.read(&mut buf).await.map_err(|e| ApiError::Internal(format!("spool: {e}")))?;
             if n == 0 {
                 break;
             }
@@ -114,6 +123,44 @@ impl ArtifactStore {
         }
         writer.finish().await.map_err(|e| unavailable("upload", e))?;
         Ok(())
+    }
+
+    /// Stores `file` as `dir/name` (derived objects: delta plans and blobs, indexes).
+    pub async fn put_derived(&self, dir: &str, name: &str, file: &std::path::Path) -> Result<(), ApiError> {
+        self.put_at(self.object(dir, name), file).await
+    }
+
+    /// The size of the derived object `dir/name`, `None` when the store does not hold it.
+    pub async fn derived_size(&self, dir: &str, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.store.head(&self.object(dir, name)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(unavailable("head", e)),
+        }
+    }
+
+    /// The derived object `dir/name`, or the byte range of it that `range` asks for.
+    pub async fn get_derived(&self, dir: &str, name: &str, range: Option<Range<u64>>) -> Result<GetResult, ApiError> {
+        let options = GetOptions { range: range.map(GetRange::Bounded), ..GetOptions::default() };
+        match self.store.get_opts(&self.object(dir, name), options).await {
+            Ok(r) => Ok(r),
+            Err(object_store::Error::NotFound { .. }) => Err(ApiError::NotFound(format!("{dir}/{name} is not stored"))),
+            Err(e) => Err(unavailable("read", e)),
+        }
+    }
+
+    /// Copies the package `sha256` into the local file `to`, streaming.
+    pub async fn fetch_package(&self, sha256: &str, to: &std::path::Path) -> Result<(), ApiError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let got = self.get(sha256, None).await?;
+        let local = |e: std::io::Error| ApiError::Internal(format!("{}: {e}", to.display()));
+        let mut f = tokio::fs::File::create(to).await.map_err(local)?;
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            f.write_all(&chunk.map_err(|e| unavailable("read", e))?).await.map_err(local)?;
+        }
+        f.flush().await.map_err(local)
     }
 
     /// The package `sha256`, or the byte range of it that `range` asks for.

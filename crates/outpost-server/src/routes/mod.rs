@@ -2,6 +2,7 @@
 //! keep even unknown paths answering with `{code, message}`.
 
 pub mod channel;
+pub mod deltas;
 pub mod devices;
 pub mod packages;
 pub mod registry;
@@ -152,7 +153,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/models", post(registry::publish_model).get(registry::list_models))
         .route("/v1/models/{name}", get(registry::model_versions))
         .route("/v1/models/{name}/{version}/package", get(packages::download_package))
+        .route("/v1/models/{name}/{version}/index", get(deltas::package_index))
         .route("/v1/device/packages/{name}/{version}", get(packages::device_package))
+        .route("/v1/device/packages/{name}/{version}/delta/{base}", get(deltas::device_delta_plan))
+        .route("/v1/device/packages/{name}/{version}/delta/{base}/blobs", get(deltas::device_delta_blobs))
         .route("/v1/tuf/targets", get(tuf::current_targets).put(tuf::put_targets))
         .route("/tuf/metadata/{file}", get(tuf::metadata))
         .route("/tuf/targets/{name}/{file}", get(tuf::target))

@@ -82,10 +82,32 @@ pub async fn publish_package(
         PackagePublish::Created(model) => {
             state.hub.assignments_changed();
             tracing::info!(model = %name, %version, sha256 = %package.sha256, bytes = package.size_bytes, "package published");
+            prebuild_delta(state.clone(), name.to_string(), package.clone());
             Ok((StatusCode::CREATED, Json(model)).into_response())
         }
         PackagePublish::Unchanged(model) => Ok((StatusCode::OK, Json(model)).into_response()),
     }
+}
+
+/// Builds, in the background, the delta from the previously published version of `name` (the
+/// one most devices run) to `package`, so the first device to update does not wait for it.
+fn prebuild_delta(state: SharedState, name: String, package: PackageRef) {
+    tokio::spawn(async move {
+        let versions = match state.db.model_versions(&name).await {
+            Ok(v) => v,
+            Err(e) => return tracing::warn!(model = %name, error = %e, "no delta prebuilt"),
+        };
+        let previous = versions
+            .into_iter()
+            .filter_map(|v| Some((v.published_ms, v.package?)))
+            .filter(|(_, p)| p.sha256 != package.sha256)
+            .max_by_key(|(ms, _)| *ms);
+        if let Some((_, base)) = previous {
+            if let Err(e) = state.deltas.get_or_build(&state.artifacts, &package, &base).await {
+                tracing::warn!(model = %name, error = %e, "delta prebuild failed; devices will get the whole package");
+            }
+        }
+    });
 }
 
 /// Downloads a published package (operators). Supports `Range` and `If-Range`.
@@ -146,15 +168,28 @@ async fn serve(
         }
         None => return Err(ApiError::not_found("model version", &format!("{name}@{version}"))),
     };
-    serve_object(state, &package.sha256, package.size_bytes, headers).await
+    let sent = state.metrics.package_bytes_sent.clone();
+    serve_object(state, Stored::Package(&package.sha256), &package.sha256, package.size_bytes, headers, sent).await
 }
 
-/// Streams the stored object `sha256` of `size` bytes, whole or the range `headers` ask for.
+/// An object of the artifact store.
+#[derive(Debug, Clone, Copy)]
+pub enum Stored<'a> {
+    /// The package with this sha256.
+    Package(&'a str),
+    /// A derived object: directory and name.
+    Derived(&'a str, &'a str),
+}
+
+/// Streams the stored `object` of `size` bytes, whole or the range `headers` ask for, counting
+/// what it sends in `sent`; `sha256` names the content (its ETag).
 pub async fn serve_object(
     state: &SharedState,
+    object: Stored<'_>,
     sha256: &str,
     size: u64,
     headers: &HeaderMap,
+    sent: prometheus_client::metrics::counter::Counter,
 ) -> Result<Response, ApiError> {
     let etag = format!("\"{sha256}\"");
     let header_text = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
@@ -174,15 +209,17 @@ pub async fn serve_object(
             return Ok(r);
         }
     };
-    let got = state.artifacts.get(sha256, wanted.clone()).await?;
+    let got = match object {
+        Stored::Package(sha) => state.artifacts.get(sha, wanted.clone()).await?,
+        Stored::Derived(dir, name) => state.artifacts.get_derived(dir, name, wanted.clone()).await?,
+    };
     if got.meta.size != size {
         return Err(ApiError::Internal(format!(
-            "package {sha256} holds {} bytes in the artifact store, the registry says {size}",
+            "{object:?} holds {} bytes in the artifact store, {size} were expected",
             got.meta.size
         )));
     }
     let length = got.range.end - got.range.start;
-    let sent = state.metrics.package_bytes_sent.clone();
     let counted = futures_util::StreamExt::inspect(got.into_stream(), move |chunk| {
         if let Ok(bytes) = chunk {
             sent.inc_by(bytes.len() as u64);

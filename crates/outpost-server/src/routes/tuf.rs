@@ -59,7 +59,8 @@ pub async fn target(
         return Err(ApiError::not_found("TUF target", &file));
     }
     let size = state.artifacts.size(sha).await?.ok_or_else(|| ApiError::not_found("TUF target", &file))?;
-    serve_object(&state, sha, size, &headers).await
+    let sent = state.metrics.package_bytes_sent.clone();
+    serve_object(&state, super::packages::Stored::Package(sha), sha, size, &headers, sent).await
 }
 
 /// The current top-level targets (`signed` part; version 0 before the first), to sign the

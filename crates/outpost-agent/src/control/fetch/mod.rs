@@ -10,6 +10,8 @@
 //! fails at once, before a byte is fetched. Failures are reported with a typed kind and tried
 //! again only when the desired version changes or after [`RETRY_FAILED_AFTER`].
 
+mod delta;
+
 use super::client::{ClientError, DeviceClient};
 use super::system::disk_space;
 use crate::store::ModelStore;
@@ -57,6 +59,12 @@ struct Job {
     package: PackageRef,
     state: FetchState,
     fetched: u64,
+    /// The version a delta is being rebuilt from.
+    delta_from: Option<String>,
+    /// A delta failed in a way a whole download may not: fetch the whole package.
+    no_delta: bool,
+    /// Delta pieces that did not verify, in a row.
+    delta_misses: u32,
 }
 
 /// The downloads of one agent.
@@ -165,6 +173,9 @@ impl Fetcher {
                     package: package.clone(),
                     state: FetchState::Downloading,
                     fetched: 0,
+                    delta_from: None,
+                    no_delta: false,
+                    delta_misses: 0,
                 };
                 jobs.insert(m.name.clone(), job);
                 let me = self.clone();
@@ -192,6 +203,7 @@ impl Fetcher {
                     failure_kind,
                     bytes_fetched: job.fetched,
                     bytes_total: job.package.size_bytes,
+                    delta_from: job.delta_from.clone(),
                 };
                 (name.clone(), report)
             })
@@ -264,6 +276,9 @@ impl Fetcher {
         };
         // Nothing is fetched that the signed metadata does not vouch for.
         self.vouch(name, version, package).await?;
+        if let Some(outcome) = self.delta(name, version, package).await {
+            return outcome;
+        }
         if let Some(parent) = part.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io("creating", e))?;
         }
@@ -303,9 +318,19 @@ impl Fetcher {
         if !self.current(name, package) {
             return Err(Attempt::Cancelled);
         }
+        self.install(&part, name, version)
+    }
+
+    /// Moves the verified `part` into the model directory in one step: synced first, then
+    /// renamed, then the directory synced.
+    fn install(&self, part: &Path, name: &str, version: &str) -> Result<(), Attempt> {
+        let io = |what: &str, e: std::io::Error| {
+            let kind = if e.raw_os_error() == Some(libc::ENOSPC) { FailureKind::DiskFull } else { FailureKind::Io };
+            Attempt::Fatal(kind, format!("{what} {}: {e}", part.display()))
+        };
         let target = installed_path(&self.dir, name, version);
-        std::fs::File::open(&part).and_then(|f| f.sync_all()).map_err(|e| io("syncing", e))?;
-        std::fs::rename(&part, &target).map_err(|e| io("installing", e))?;
+        std::fs::File::open(part).and_then(|f| f.sync_all()).map_err(|e| io("syncing", e))?;
+        std::fs::rename(part, &target).map_err(|e| io("installing", e))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))?;
         Ok(())
     }
