@@ -71,6 +71,12 @@ pub struct AgentArgs {
     /// Seconds a newly activated version is watched before it is trusted [default: 60].
     #[arg(long, env = "OUTPOST_PROBATION_S")]
     probation_s: Option<u64>,
+    /// Older versions of each model kept on disk once a new one passed probation [default: 2].
+    #[arg(long, env = "OUTPOST_KEEP_VERSIONS")]
+    keep_versions: Option<usize>,
+    /// MiB those kept older versions of one model may take [default: 1024].
+    #[arg(long, env = "OUTPOST_PACKAGE_BUDGET_MB")]
+    package_budget_mb: Option<u64>,
     /// Name in the fleet inventory [default: host name].
     #[arg(long, env = "OUTPOST_DEVICE_NAME")]
     device_name: Option<String>,
@@ -104,7 +110,9 @@ impl AgentArgs {
             max_inflight_body_bytes,
             poll_interval_ms,
             data_dir,
-            probation_s
+            probation_s,
+            keep_versions,
+            package_budget_mb
         );
         if self.tuf_root.is_some() {
             c.tuf_root = self.tuf_root.clone();

@@ -54,6 +54,11 @@ pub struct AgentConfig {
     /// Seconds a newly activated version is watched (errors, latency, crash loops against the
     /// version it replaced) before it is trusted; a failure rolls it back. Default 60.
     pub probation_s: u64,
+    /// Older versions of each model kept on disk after a new one passed probation (for an
+    /// instant rollback and cheap deltas back). Default 2.
+    pub keep_versions: usize,
+    /// Disk those kept older versions of one model may take, MiB. Default 1024.
+    pub package_budget_mb: u64,
 }
 
 impl Default for AgentConfig {
@@ -79,6 +84,8 @@ impl Default for AgentConfig {
             device_name: None,
             tuf_root: None,
             probation_s: 60,
+            keep_versions: 2,
+            package_budget_mb: 1024,
         }
     }
 }

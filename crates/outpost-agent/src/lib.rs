@@ -108,7 +108,14 @@ impl Agent {
                 store.set_desired(desired);
             }
             let window = std::time::Duration::from_secs(config.probation_s);
-            control::probation::Probation::start(&config.data_dir, window, store.clone(), state.metrics.clone())
+            let p =
+                control::probation::Probation::start(&config.data_dir, window, store.clone(), state.metrics.clone());
+            let retention = control::prune::Retention {
+                keep_versions: config.keep_versions,
+                budget_bytes: config.package_budget_mb.saturating_mul(1 << 20),
+            };
+            p.prune_after_passing(config.model_dir.clone(), retention);
+            p
         });
         let first = {
             let (store, dir) = (store.clone(), dir.clone());

@@ -81,6 +81,17 @@ pub fn document() -> serde_json::Value {
             });
         }
     }
+    if let Some(prop) = schemas["FleetSummary"]["properties"].get_mut("updates_by_model_version") {
+        let description = prop.get("description").cloned().unwrap_or_default();
+        *prop = serde_json::json!({
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "format": "int64", "minimum": 0},
+            },
+            "description": description,
+        });
+    }
     add_limits(&mut doc);
     doc
 }

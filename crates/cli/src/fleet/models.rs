@@ -140,11 +140,13 @@ pub fn show(a: ShowArgs) -> Result<()> {
     let api = a.target.connect()?;
     let versions: Vec<ModelVersion> = api.get(&format!("/v1/models/{}", encode(&a.name)))?;
     let summary: FleetSummary = api.get("/v1/fleet/summary")?;
-    let serving = |m: &ModelVersion| summary.by_model_version.get(&format!("{}@{}", m.name, m.version)).copied();
+    let key = |m: &ModelVersion| format!("{}@{}", m.name, m.version);
+    let serving = |m: &ModelVersion| summary.by_model_version.get(&key(m)).copied().unwrap_or(0);
+    let updates = |m: &ModelVersion| summary.updates_by_model_version.get(&key(m)).cloned().unwrap_or_default();
     if api.json {
         let doc: Vec<_> = versions
             .iter()
-            .map(|m| serde_json::json!({"version": m, "devices_serving": serving(m).unwrap_or(0)}))
+            .map(|m| serde_json::json!({"version": m, "devices_serving": serving(m), "devices_updating": updates(m)}))
             .collect();
         return print_json(&doc);
     }
@@ -153,10 +155,22 @@ pub fn show(a: ShowArgs) -> Result<()> {
         .map(|m| {
             let (size, sha) = package_cells(m);
             let by = m.published_by.clone();
-            vec![m.version.clone(), size, sha, serving(m).unwrap_or(0).to_string(), by, ago(Some(m.published_ms))]
+            let u = updates(m);
+            let arriving: u64 = u.iter().filter(|(state, _)| state.as_str() != "failed").map(|(_, n)| n).sum();
+            let failed = u.get("failed").copied().unwrap_or(0);
+            vec![
+                m.version.clone(),
+                size,
+                sha,
+                serving(m).to_string(),
+                arriving.to_string(),
+                failed.to_string(),
+                by,
+                ago(Some(m.published_ms)),
+            ]
         })
         .collect::<Vec<_>>();
-    table(&["VERSION", "BYTES", "SHA256", "SERVING", "BY", "PUBLISHED"], &rows);
+    table(&["VERSION", "BYTES", "SHA256", "SERVING", "ARRIVING", "FAILED", "BY", "PUBLISHED"], &rows);
     Ok(())
 }
 

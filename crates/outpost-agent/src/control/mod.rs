@@ -19,6 +19,7 @@ pub mod logs;
 pub mod outbox;
 pub mod pins;
 pub mod probation;
+pub mod prune;
 pub mod report;
 mod session;
 pub mod settings;

@@ -63,6 +63,8 @@ pub struct Probation {
     metrics: Arc<Metrics>,
     state: Mutex<Persisted>,
     live: Mutex<HashMap<String, Live>>,
+    /// The model directory and what to keep of it once a version has passed.
+    retention: Mutex<Option<(PathBuf, super::prune::Retention)>>,
 }
 
 fn p99(samples: &[f64]) -> f64 {
@@ -136,9 +138,23 @@ impl Probation {
         for (name, blocked) in &state.blocked {
             store.block(name, blocked.clone());
         }
-        let me = Probation { path, window, store, metrics, state: Mutex::new(state), live: Mutex::new(HashMap::new()) };
+        let me = Probation {
+            path,
+            window,
+            store,
+            metrics,
+            state: Mutex::new(state),
+            live: Mutex::new(HashMap::new()),
+            retention: Mutex::new(None),
+        };
         me.save();
         Arc::new(me)
+    }
+
+    /// Deletes, after each passed probation, the model's old packages in `dir` that `retention`
+    /// does not keep.
+    pub fn prune_after_passing(&self, dir: PathBuf, retention: super::prune::Retention) {
+        *self.retention.lock().unwrap_or_else(|p| p.into_inner()) = Some((dir, retention));
     }
 
     fn save(&self) {
@@ -203,6 +219,12 @@ impl Probation {
                 self.state.lock().unwrap_or_else(|p| p.into_inner()).probation.remove(&name);
                 tracing::info!(model = %name, version = %l.version, "passed probation");
                 dirty = true;
+                let retention = self.retention.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let (Some((dir, retention)), Some(active)) = (retention, slot.active_path.as_ref()) {
+                    for path in super::prune::prune(&dir, &name, active, retention) {
+                        tracing::info!(model = %name, path = %path.display(), "old package deleted");
+                    }
+                }
             }
         }
         if rolled_back || dirty {

@@ -122,6 +122,11 @@ async fn published_packages_are_downloaded_verified_installed_and_bad_bytes_refu
     let kind: FailureKind = serde_json::from_value(report["update"]["failure_kind"].clone()).unwrap();
     assert_eq!(kind, FailureKind::HashMismatch, "{report}");
     assert!(report["update"]["reason"].as_str().unwrap().contains("sha256"), "{report}");
+    // The fleet view counts where each version runs and where one failed to arrive.
+    let summary = plane.call(reqwest::Method::GET, "/v1/fleet/summary", None).await;
+    assert_eq!(summary["by_model_version"]["affine@2"], 1, "{summary}");
+    assert_eq!(summary["updates_by_model_version"]["affine@3"]["failed"], 1, "{summary}");
+    assert!(summary["by_model_version"].get("affine@3").is_none(), "failing to arrive is not serving: {summary}");
     assert!(!models.join("affine-3.opkg").exists(), "nothing unverified is installed");
     let leftovers: Vec<_> = std::fs::read_dir(&staging).unwrap().flatten().collect();
     assert!(leftovers.is_empty(), "refused bytes are deleted: {leftovers:?}");

@@ -131,3 +131,39 @@ async fn a_corrupted_delta_is_fetched_again_then_replaced_by_the_whole_package()
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_probation_only_the_newest_older_packages_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = ControlPlane::start(&dir.path().join("server")).await;
+    let build = dir.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    for (v, tune) in [("1", 0.0), ("2", 1e-4), ("3", 2e-4)] {
+        publish(&plane, package(&build, v, tune)).await;
+    }
+    let token = plane.enrollment_token(1).await;
+    let mut config = agent_config(dir.path(), &plane.base, Some(token));
+    config.probation_s = 1;
+    config.keep_versions = 1;
+    let models = config.model_dir.clone();
+    let agent = outpost_agent::Agent::start(config).await.unwrap();
+    let status = agent.control().unwrap().clone();
+    wait_until("enrollment", || status.device_id().is_some()).await;
+    let device = status.device_id().unwrap();
+    for v in ["1", "2", "3"] {
+        pin(&plane, &agent, &device, v).await;
+    }
+    let on_disk = || {
+        let mut names: Vec<String> = std::fs::read_dir(&models)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".opkg"))
+            .collect();
+        names.sort();
+        names
+    };
+    wait_until("v3 passed probation and v1 was deleted", || on_disk() == ["mlp-2.opkg", "mlp-3.opkg"]).await;
+    agent.shutdown().await.unwrap();
+    plane.server.shutdown().await.unwrap();
+}

@@ -198,6 +198,10 @@ pub struct FleetSummary {
     pub by_agent_version: Counts,
     /// By served model, `name@version`.
     pub by_model_version: Counts,
+    /// Devices a version is on its way to, by `name@version`, then by update state
+    /// (`downloading`, `verifying`, `installed`, `failed`).
+    #[serde(default)]
+    pub updates_by_model_version: BTreeMap<String, Counts>,
 }
 
 /// `POST /v1/enrollment-tokens`.

@@ -20,10 +20,23 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 
-/// Hash of what `device_models` holds for a device: (name, version, state), order-independent.
+/// What `device_models` holds for a device's models: (name, version, state) of each served
+/// model, and of each update on its way as (name, update version, `update:<state>`), so the
+/// fleet view can count where each version runs and where it is arriving or failed.
+fn model_rows(models: &[ModelReport]) -> Vec<(&str, &str, String)> {
+    let mut rows = Vec::with_capacity(models.len());
+    for m in models {
+        rows.push((m.name.as_str(), m.version.as_str(), m.state.clone()));
+        if let Some(u) = &m.update {
+            rows.push((m.name.as_str(), u.version.as_str(), format!("update:{}", u.state)));
+        }
+    }
+    rows
+}
+
+/// Hash of what `device_models` holds for a device, order-independent.
 fn model_set_hash(models: &[ModelReport]) -> u64 {
-    let mut set: Vec<(&str, &str, &str)> =
-        models.iter().map(|m| (m.name.as_str(), m.version.as_str(), m.state.as_str())).collect();
+    let mut set = model_rows(models);
     set.sort_unstable();
     let mut h = DefaultHasher::new();
     set.hash(&mut h);
@@ -162,7 +175,7 @@ struct ModelRow<'a> {
     device_id: &'a str,
     name: &'a str,
     version: &'a str,
-    state: &'a str,
+    state: String,
 }
 
 #[derive(Serialize)]
@@ -263,11 +276,11 @@ impl Db {
         let models: Vec<ModelRow<'_>> = changed
             .iter()
             .flat_map(|(row, _)| {
-                row.report.models.iter().map(|m| ModelRow {
+                model_rows(&row.report.models).into_iter().map(|(name, version, state)| ModelRow {
                     device_id: &row.device_id,
-                    name: &m.name,
-                    version: &m.version,
-                    state: &m.state,
+                    name,
+                    version,
+                    state,
                 })
             })
             .collect();

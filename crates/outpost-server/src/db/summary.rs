@@ -15,7 +15,8 @@ fn count(n: i64) -> u64 {
 impl Db {
     /// Counts of the devices a selector matches. Devices that never reported count under
     /// health `unknown`; `by_model_version` counts devices per `name@version` in their last
-    /// report, whatever the model's state.
+    /// report, whatever the model's state; `updates_by_model_version` counts devices per
+    /// version on its way to them, by update state.
     pub async fn fleet_summary(
         &self,
         selector: &Selector,
@@ -33,17 +34,24 @@ impl Db {
         q.push(" GROUP BY 1, 2, 3");
         let mut models = Sql::new(
             "SELECT m.name, m.version, COUNT(DISTINCT m.device_id) AS n FROM device_models m \
-             JOIN devices d ON d.id = m.device_id WHERE 1 = 1",
+             JOIN devices d ON d.id = m.device_id WHERE m.state NOT LIKE 'update:%'",
         );
         push_selector(&mut models, selector);
         models.push(" GROUP BY m.name, m.version");
-        let (groups, model_rows) = self
+        let mut updates = Sql::new(
+            "SELECT m.name, m.version, m.state, COUNT(DISTINCT m.device_id) AS n FROM device_models m \
+             JOIN devices d ON d.id = m.device_id WHERE m.state LIKE 'update:%'",
+        );
+        push_selector(&mut updates, selector);
+        updates.push(" GROUP BY m.name, m.version, m.state");
+        let (groups, model_rows, update_rows) = self
             .operator_deadline(async {
                 let mut conn = self.operator_conn().await?;
                 let groups = q.query().fetch_all(&mut *conn).await?;
                 let model_rows = models.query().fetch_all(&mut *conn).await?;
+                let update_rows = updates.query().fetch_all(&mut *conn).await?;
                 conn.finish();
-                Ok::<_, DbError>((groups, model_rows))
+                Ok::<_, DbError>((groups, model_rows, update_rows))
             })
             .await?;
         let mut summary = FleetSummary::default();
@@ -57,6 +65,12 @@ impl Db {
         for row in model_rows {
             let key = format!("{}@{}", row.try_get::<String, _>("name")?, row.try_get::<String, _>("version")?);
             summary.by_model_version.insert(key, count(row.try_get("n")?));
+        }
+        for row in update_rows {
+            let key = format!("{}@{}", row.try_get::<String, _>("name")?, row.try_get::<String, _>("version")?);
+            let state: String = row.try_get("state")?;
+            let state = state.trim_start_matches("update:").to_string();
+            summary.updates_by_model_version.entry(key).or_default().insert(state, count(row.try_get("n")?));
         }
         Ok(summary)
     }
