@@ -41,7 +41,7 @@ pub fn prune(dir: &Path, name: &str, active: &Path, retention: Retention) -> Vec
             Some((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), path))
         })
         .collect();
-    others.sort_by(|a, b| b.0.cmp(&a.0));
+    others.sort_by_key(|o| std::cmp::Reverse(o.0));
     let (mut kept, mut used) = (0usize, 0u64);
     let mut deleted = Vec::new();
     for (_, len, path) in others {
