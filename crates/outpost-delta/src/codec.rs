@@ -144,8 +144,17 @@ fn fit_scales(new: &[u8], old: &[u8], channels: usize) -> Vec<f32> {
 }
 
 fn compress(raw: &[u8], prefix: Option<&[u8]>) -> Result<Vec<u8>, DeltaError> {
+    compress_parts(&[raw], prefix)
+}
+
+/// zstd of the concatenated `parts`, each ended with a flush: a flush ends a zstd block, and
+/// each block has its own entropy tables, so byte planes of very different statistics (noisy
+/// low mantissa bytes, nearly constant exponent bytes) are each coded with their own, while
+/// matches still reach across them. The decoder sees one ordinary frame.
+fn compress_parts(parts: &[&[u8]], prefix: Option<&[u8]>) -> Result<Vec<u8>, DeltaError> {
     let err = |e: std::io::Error| DeltaError::Io(format!("zstd: {e}"));
-    let out = Vec::with_capacity(raw.len() / 2);
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let out = Vec::with_capacity(total / 2);
     let mut e = match prefix {
         Some(p) => zstd::stream::write::Encoder::with_ref_prefix(out, LEVEL, p).map_err(err)?,
         None => zstd::stream::write::Encoder::new(out, LEVEL).map_err(err)?,
@@ -153,9 +162,27 @@ fn compress(raw: &[u8], prefix: Option<&[u8]>) -> Result<Vec<u8>, DeltaError> {
     e.window_log(if prefix.is_some() { PREFIX_WINDOW_LOG } else { WINDOW_LOG }).map_err(err)?;
     e.include_checksum(false).map_err(err)?;
     // The size in the frame header lets the device's decoder size its buffer to the piece.
-    e.set_pledged_src_size(Some(raw.len() as u64)).map_err(err)?;
-    e.write_all(raw).map_err(err)?;
+    e.set_pledged_src_size(Some(total as u64)).map_err(err)?;
+    for part in parts {
+        e.write_all(part).map_err(err)?;
+        if parts.len() > 1 {
+            e.flush().map_err(err)?;
+        }
+    }
     e.finish().map_err(err)
+}
+
+/// The byte planes of `raw` (made of blocks of [`BLOCK`] bytes, each `elem` planes), as parts.
+fn planes(raw: &[u8], elem: usize, head: usize) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    if head > 0 {
+        parts.push(&raw[..head]);
+    }
+    for block in raw[head..].chunks(BLOCK) {
+        let n = block.len() / elem;
+        parts.extend((0..elem).map(|b| &block[b * n..(b + 1) * n]));
+    }
+    parts
 }
 
 /// Encodes `new` with `codec`, `base` being the whole base package's piece the codec names.
@@ -169,7 +196,7 @@ pub fn encode(codec: &Codec, new: &[u8], base: &[u8]) -> Result<Vec<u8>, DeltaEr
             for (n, o) in new.chunks(BLOCK).zip(base.chunks(BLOCK)) {
                 diff_block(n, o, elem, &mut raw);
             }
-            compress(&raw, None)
+            compress_parts(&planes(&raw, elem, 0), None)
         }
         Codec::Scaled { channels, .. } => {
             let channels = *channels as usize;
@@ -182,7 +209,7 @@ pub fn encode(codec: &Codec, new: &[u8], base: &[u8]) -> Result<Vec<u8>, DeltaEr
                 predict_scaled(o, b * BLOCK / 4, per, &scales, p);
                 diff_block(n, p, 4, &mut raw);
             }
-            compress(&raw, None)
+            compress_parts(&planes(&raw, 4, channels * 4), None)
         }
     }
 }

@@ -12,8 +12,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// Pieces smaller than this stay in the frame: a hash per piece would cost more than it saves.
-pub const MIN_PIECE: u64 = 256;
+/// Pieces smaller than this stay in the frame (biases, scales, shapes): a hash and a zstd
+/// frame per piece would cost more than they save, and the frame is coded in one stream
+/// against the base's frame.
+pub const MIN_PIECE: u64 = 4096;
 /// Files other than ONNX models are cut into pieces of at most this many bytes.
 pub const CHUNK: u64 = 1 << 20;
 

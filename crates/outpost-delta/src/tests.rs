@@ -167,9 +167,10 @@ fn a_fine_tune_rebuilds_bit_exactly_and_costs_less_than_zstd_of_the_new_file() {
             *x += d * 1e-3 * x.abs();
         }
     }
+    let (constant, sub) = (noise(9, 2000), noise(10, 1500));
     let p = pair(
-        &[("manifest.toml", manifest()), ("model.onnx", model(&base, &noise(9, 100), &noise(10, 70)))],
-        &[("manifest.toml", manifest()), ("model.onnx", model(&new, &noise(9, 100), &noise(10, 70)))],
+        &[("manifest.toml", manifest()), ("model.onnx", model(&base, &constant, &sub))],
+        &[("manifest.toml", manifest()), ("model.onnx", model(&new, &constant, &sub))],
     );
     let (plan, out) = round_trip(&p, &Held::new()).unwrap();
     assert_eq!(out, std::fs::read(&p.new).unwrap());
