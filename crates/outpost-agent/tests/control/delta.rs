@@ -37,9 +37,16 @@ fn package(dir: &Path, version: &str, tune: f64) -> Vec<u8> {
     std::fs::read(super::common::write_package(dir, "mlp", version, &mlp(tune))).unwrap()
 }
 
-async fn start_pinned(plane: &ControlPlane, dir: &Path, server: &str) -> (outpost_agent::Agent, String) {
+async fn start_enrolled(
+    plane: &ControlPlane,
+    dir: &Path,
+    server: &str,
+    tweak: impl FnOnce(&mut outpost_agent::AgentConfig),
+) -> (outpost_agent::Agent, String) {
     let token = plane.enrollment_token(1).await;
-    let agent = outpost_agent::Agent::start(agent_config(dir, server, Some(token))).await.unwrap();
+    let mut config = agent_config(dir, server, Some(token));
+    tweak(&mut config);
+    let agent = outpost_agent::Agent::start(config).await.unwrap();
     let status = agent.control().unwrap().clone();
     wait_until("enrollment", || status.device_id().is_some()).await;
     let device = status.device_id().unwrap();
@@ -65,7 +72,7 @@ async fn a_fine_tuned_version_arrives_as_a_delta_and_a_cut_blob_download_resumes
     publish(&plane, v2.clone()).await;
     // The blob download is cut after 16 KiB; the retry asks for the rest with a Range.
     let (proxy, log) = cutting_proxy(plane.base.clone(), 16 << 10, "/blobs http/1.1").await;
-    let (agent, device) = start_pinned(&plane, dir.path(), &proxy).await;
+    let (agent, device) = start_enrolled(&plane, dir.path(), &proxy, |_| {}).await;
     let models = dir.path().join("models");
 
     pin(&plane, &agent, &device, "1").await;
@@ -116,7 +123,7 @@ async fn a_corrupted_delta_is_fetched_again_then_replaced_by_the_whole_package()
     bytes[at] ^= 0x5a;
     std::fs::write(&blobs, &bytes).unwrap();
 
-    let (agent, device) = start_pinned(&plane, dir.path(), &plane.base).await;
+    let (agent, device) = start_enrolled(&plane, dir.path(), &plane.base, |_| {}).await;
     pin(&plane, &agent, &device, "1").await;
     pin(&plane, &agent, &device, "2").await;
     let models = dir.path().join("models");
@@ -141,15 +148,12 @@ async fn after_probation_only_the_newest_older_packages_are_kept() {
     for (v, tune) in [("1", 0.0), ("2", 1e-4), ("3", 2e-4)] {
         publish(&plane, package(&build, v, tune)).await;
     }
-    let token = plane.enrollment_token(1).await;
-    let mut config = agent_config(dir.path(), &plane.base, Some(token));
-    config.probation_s = 1;
-    config.keep_versions = 1;
-    let models = config.model_dir.clone();
-    let agent = outpost_agent::Agent::start(config).await.unwrap();
-    let status = agent.control().unwrap().clone();
-    wait_until("enrollment", || status.device_id().is_some()).await;
-    let device = status.device_id().unwrap();
+    let (agent, device) = start_enrolled(&plane, dir.path(), &plane.base, |c| {
+        c.probation_s = 1;
+        c.keep_versions = 1;
+    })
+    .await;
+    let models = dir.path().join("models");
     for v in ["1", "2", "3"] {
         pin(&plane, &agent, &device, v).await;
     }
