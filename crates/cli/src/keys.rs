@@ -7,8 +7,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use outpost_tuf::operator::{newest, Places, ROLES};
-use outpost_tuf::writer::RoleKey;
+use outpost_tuf::operator::{newest, KeyCounts, Places, ROLES};
 use std::path::PathBuf;
 
 /// Where keys and metadata live.
@@ -31,13 +30,25 @@ impl KeyPlaces {
 /// `outpost keys ...`
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
-    /// Make the four role keys, sign root version 1 and an empty targets version 1.
+    /// Make the role keys, sign root version 1 and an empty targets version 1.
     Init {
         #[command(flatten)]
         places: KeyPlaces,
         /// Days the root stays valid.
         #[arg(long, default_value_t = 365)]
         root_days: i64,
+        /// Root keys to make (each in its own file, to hand to a different person).
+        #[arg(long, default_value_t = 1)]
+        root_keys: usize,
+        /// How many root keys must sign a new root.
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u32,
+        /// Targets keys to make.
+        #[arg(long, default_value_t = 1)]
+        targets_keys: usize,
+        /// How many targets keys must sign the targets.
+        #[arg(long, default_value_t = 1)]
+        targets_threshold: u32,
     },
     /// The newest root: version, expiry, each role's keys and threshold, which keys are here.
     Show {
@@ -61,12 +72,14 @@ pub enum KeysCommand {
 /// Runs a keys subcommand.
 pub fn run(cmd: KeysCommand) -> Result<()> {
     match cmd {
-        KeysCommand::Init { places, root_days } => {
+        KeysCommand::Init { places, root_days, root_keys, root_threshold, targets_keys, targets_threshold } => {
             let p = places.places();
-            p.init(root_days)?;
+            let counts = KeyCounts { root: (root_keys, root_threshold), targets: (targets_keys, targets_threshold) };
+            p.init_with(root_days, counts)?;
             for role in ROLES {
-                let key = RoleKey::load(&p.key_path(role))?;
-                println!("{role:<9} key {}  {}", key.key_id(), p.key_path(role).display());
+                for (i, key) in p.load_all(role)?.iter().enumerate() {
+                    println!("{role:<9} key {}  {}", key.key_id(), p.nth_key_path(role, i).display());
+                }
             }
             println!(
                 "root v1  {}  (give it to devices as their trusted root: agent --tuf-root)",
@@ -93,8 +106,9 @@ fn show(p: &Places) -> Result<()> {
     for role in ROLES {
         let ids: Vec<&str> =
             signed["roles"][role]["keyids"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect();
-        let here = RoleKey::load(&p.key_path(role)).ok().filter(|k| ids.contains(&k.key_id().as_str()));
-        let held = if here.is_some() { format!("held in {}", p.key_path(role).display()) } else { "not here".into() };
+        let here = p.load_all(role).unwrap_or_default();
+        let here = here.iter().filter(|k| ids.contains(&k.key_id().as_str())).count();
+        let held = if here > 0 { format!("{here} held in {}", p.key_path(role).display()) } else { "not here".into() };
         println!(
             "{role:<9} threshold {} keys {}  ({held})",
             signed["roles"][role]["threshold"].as_u64().unwrap_or(1),

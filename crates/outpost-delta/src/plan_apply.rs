@@ -138,7 +138,8 @@ impl Plan {
         }
         // The frame, decoded whole (it is small: the structure around the pieces).
         let frame_local = *local.get(&self.frame.at).ok_or(DeltaError::Corrupt("frame not fetched".into()))?;
-        let mut frame = Vec::with_capacity(self.frame.len as usize);
+        // Grown as it decodes: a plan's claimed length reserves nothing by itself.
+        let mut frame = Vec::with_capacity(self.frame.len.min(1 << 20) as usize);
         let slice = Slice { file: blobs, at: frame_local, left: self.frame.size };
         match (&self.frame.codec, base) {
             (Codec::Prefix { .. }, Some((file, index))) => {

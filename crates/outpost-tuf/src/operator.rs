@@ -14,6 +14,46 @@ use std::path::{Path, PathBuf};
 pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
 /// Days a targets version signed here stays valid.
 pub const TARGETS_DAYS: i64 = 90;
+/// Most keys one role may have here.
+pub const MAX_KEYS: usize = 16;
+
+/// How many keys the offline roles get and how many of them must sign. The online roles
+/// (snapshot, timestamp) have one key each: the server signs them alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// Root: keys, threshold.
+    pub root: (usize, u32),
+    /// Targets: keys, threshold.
+    pub targets: (usize, u32),
+}
+
+impl Default for KeyCounts {
+    fn default() -> KeyCounts {
+        KeyCounts { root: (1, 1), targets: (1, 1) }
+    }
+}
+
+impl KeyCounts {
+    fn of(&self, role: &str) -> (usize, u32) {
+        match role {
+            "root" => self.root,
+            "targets" => self.targets,
+            _ => (1, 1),
+        }
+    }
+
+    fn check(&self) -> Result<(), WriteError> {
+        for role in ["root", "targets"] {
+            let (n, t) = self.of(role);
+            if n == 0 || n > MAX_KEYS || t == 0 || t as usize > n {
+                return Err(invalid(format!(
+                    "{role}: {n} keys with threshold {t}; a role needs 1 to {MAX_KEYS} keys and a threshold from 1 to its key count"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Where the operator's keys and the server's repository are.
 #[derive(Debug, Clone)]
@@ -53,74 +93,117 @@ impl Places {
         }
     }
 
+    /// The file of `role`'s key number `i` (0-based): `ROLE.json`, then `ROLE-2.json`, ….
+    pub fn nth_key_path(&self, role: &str, i: usize) -> PathBuf {
+        let first = self.key_path(role);
+        if i == 0 {
+            return first;
+        }
+        first.with_file_name(format!("{role}-{}.json", i + 1))
+    }
+
     fn repo(&self) -> RepoDir {
         RepoDir::new(&self.repo_dir)
     }
 
-    fn load(&self, role: &str) -> Result<RoleKey, WriteError> {
-        RoleKey::load(&self.key_path(role))
+    /// Every key of `role` held here, in order (at least the first).
+    pub fn load_all(&self, role: &str) -> Result<Vec<RoleKey>, WriteError> {
+        let mut keys = vec![RoleKey::load(&self.key_path(role))?];
+        while keys.len() < MAX_KEYS {
+            let path = self.nth_key_path(role, keys.len());
+            if !path.exists() {
+                break;
+            }
+            keys.push(RoleKey::load(&path)?);
+        }
+        Ok(keys)
     }
 
-    /// Makes the four keys, root version 1 (also `1.root.json` in the keys directory: the
+    /// Makes one key per role, root version 1 (also `1.root.json` in the keys directory: the
     /// root devices are given) and an empty targets version 1. Returns the root's bytes.
     pub fn init(&self, root_days: i64) -> Result<Vec<u8>, WriteError> {
+        self.init_with(root_days, KeyCounts::default())
+    }
+
+    /// [`Places::init`] with `counts` keys and thresholds for root and targets; root version 1
+    /// is signed by every root key.
+    pub fn init_with(&self, root_days: i64, counts: KeyCounts) -> Result<Vec<u8>, WriteError> {
+        counts.check()?;
         for role in ROLES {
-            if self.key_path(role).exists() {
-                return Err(invalid(format!(
-                    "{} exists: keys are made once; rotate one to replace it",
-                    self.key_path(role).display()
-                )));
+            for i in 0..counts.of(role).0 {
+                let path = self.nth_key_path(role, i);
+                if path.exists() {
+                    return Err(invalid(format!(
+                        "{} exists: keys are made once; rotate a role to replace its keys",
+                        path.display()
+                    )));
+                }
             }
         }
         if newest(&self.repo_dir.join("metadata"), "root").is_some() {
             return Err(invalid(format!("{} already holds a TUF repository", self.repo_dir.display())));
         }
-        let keys: Vec<RoleKey> = ROLES.iter().map(|_| RoleKey::generate()).collect();
-        for (role, key) in ROLES.iter().zip(&keys) {
-            key.save(&self.key_path(role))?;
+        let mut specs = Vec::new();
+        for role in ROLES {
+            let (n, threshold) = counts.of(role);
+            let keys: Vec<RoleKey> = (0..n).map(|_| RoleKey::generate()).collect();
+            for (i, key) in keys.iter().enumerate() {
+                key.save(&self.nth_key_path(role, i))?;
+            }
+            specs.push(RoleSpec { keys, threshold });
         }
-        let roles = Roles {
-            root: RoleSpec::single(keys[0].clone()),
-            targets: RoleSpec::single(keys[1].clone()),
-            snapshot: RoleSpec::single(keys[2].clone()),
-            timestamp: RoleSpec::single(keys[3].clone()),
-        };
-        let root = sign(&root_signed(&roles, 1, days(root_days)?), &[&keys[0]]);
+        let roles = roles_of(specs);
+        let root_keys: Vec<&RoleKey> = roles.root.keys.iter().collect();
+        let root = sign(&root_signed(&roles, 1, days(root_days)?), &root_keys);
         let anchor = self.keys_dir.join("1.root.json");
         write_atomic(&anchor, &root).map_err(|source| WriteError::Io { path: anchor, source })?;
         let repo = self.repo();
         repo.put_metadata("1.root.json", &root)?;
-        repo.put_metadata("1.targets.json", &sign(&targets_signed(1, days(TARGETS_DAYS)?, &[], None), &[&keys[1]]))?;
+        let targets_keys: Vec<&RoleKey> = roles.targets.keys.iter().collect();
+        repo.put_metadata("1.targets.json", &sign(&targets_signed(1, days(TARGETS_DAYS)?, &[], None), &targets_keys))?;
         Ok(root)
     }
 
-    /// Replaces `role`'s key: root version N+1 signed by the current root key (and the new
-    /// one, for root); rotating targets also signs the newest targets again with the new key,
-    /// since what the old key signed no longer verifies. Returns the new key.
+    /// Replaces `role`'s keys (as many as it has, same threshold): root version N+1 signed by
+    /// the current root keys (and the new ones, for root); rotating targets also signs the
+    /// newest targets again with the new keys, since what the old ones signed no longer
+    /// verifies. Returns the first new key.
     pub fn rotate(&self, role: &str, root_days: i64) -> Result<RoleKey, WriteError> {
         if !ROLES.contains(&role) {
             return Err(invalid(format!("the role must be one of {}", ROLES.join(", "))));
         }
         let metadata = self.repo_dir.join("metadata");
-        let (v, _) = newest(&metadata, "root").ok_or_else(|| invalid("no TUF repository to rotate a key of"))?;
-        let old_root = self.load("root")?;
-        let mut keys = Vec::new();
+        let (v, current) = newest(&metadata, "root").ok_or_else(|| invalid("no TUF repository to rotate a key of"))?;
+        let old_root = self.load_all("root")?;
+        let mut specs = Vec::new();
+        let mut replaced = Vec::new();
         for r in ROLES {
-            keys.push(if r == role { RoleKey::generate() } else { self.load(r)? });
+            let held = self.load_all(r)?;
+            let threshold = current["signed"]["roles"][r]["threshold"].as_u64().unwrap_or(1).max(1) as u32;
+            if threshold as usize > held.len() {
+                return Err(invalid(format!(
+                    "{r} needs {threshold} keys to sign, {} are here; rotate where the keys are",
+                    held.len()
+                )));
+            }
+            let keys = if r == role { held.iter().map(|_| RoleKey::generate()).collect() } else { held };
+            if r == role {
+                replaced = keys.clone();
+            }
+            specs.push(RoleSpec { keys, threshold });
         }
-        let roles = Roles {
-            root: RoleSpec::single(keys[0].clone()),
-            targets: RoleSpec::single(keys[1].clone()),
-            snapshot: RoleSpec::single(keys[2].clone()),
-            timestamp: RoleSpec::single(keys[3].clone()),
-        };
-        let signers: Vec<&RoleKey> = if role == "root" { vec![&old_root, &keys[0]] } else { vec![&old_root] };
+        let roles = roles_of(specs);
+        let mut signers: Vec<&RoleKey> = old_root.iter().collect();
+        if role == "root" {
+            signers.extend(roles.root.keys.iter());
+        }
         let next = sign(&root_signed(&roles, v + 1, days(root_days)?), &signers);
-        let new_key = keys[ROLES.iter().position(|r| *r == role).unwrap_or(0)].clone();
-        // The old key file stays beside the new one, renamed.
-        let path = self.key_path(role);
-        let _ = std::fs::rename(&path, path.with_extension(format!("json.v{v}")));
-        new_key.save(&path)?;
+        // The old key files stay beside the new ones, renamed.
+        for (i, key) in replaced.iter().enumerate() {
+            let path = self.nth_key_path(role, i);
+            let _ = std::fs::rename(&path, path.with_extension(format!("json.v{v}")));
+            key.save(&path)?;
+        }
         let copy = self.keys_dir.join(format!("{}.root.json", v + 1));
         write_atomic(&copy, &next).map_err(|source| WriteError::Io { path: copy, source })?;
         let repo = self.repo();
@@ -129,17 +212,37 @@ impl Places {
             let mut signed = doc["signed"].clone();
             signed["version"] = serde_json::json!(tv + 1);
             signed["expires"] = serde_json::json!(expires(days(TARGETS_DAYS)?));
-            repo.put_metadata(&format!("{}.targets.json", tv + 1), &sign(&signed, &[&new_key]))?;
+            let keys: Vec<&RoleKey> = replaced.iter().collect();
+            repo.put_metadata(&format!("{}.targets.json", tv + 1), &sign(&signed, &keys))?;
         }
         // Written last: the server takes a new root as the signal to sign again.
         repo.put_metadata(&format!("{}.root.json", v + 1), &next)?;
-        Ok(new_key)
+        replaced.into_iter().next().ok_or_else(|| invalid("a role without keys"))
     }
+}
+
+/// The four roles from their specs in [`ROLES`] order.
+fn roles_of(mut specs: Vec<RoleSpec>) -> Roles {
+    let timestamp = specs.pop().unwrap_or_else(|| RoleSpec::single(RoleKey::generate()));
+    let snapshot = specs.pop().unwrap_or_else(|| RoleSpec::single(RoleKey::generate()));
+    let targets = specs.pop().unwrap_or_else(|| RoleSpec::single(RoleKey::generate()));
+    let root = specs.pop().unwrap_or_else(|| RoleSpec::single(RoleKey::generate()));
+    Roles { root, targets, snapshot, timestamp }
 }
 
 /// The next targets version after `current` (a targets `signed` part), with `path` set to
 /// `entry`, signed by `key`.
 pub fn sign_next_targets(current: &Value, key: &RoleKey, path: &str, entry: Value) -> Result<Vec<u8>, WriteError> {
+    sign_next_targets_by(current, &[key], path, entry)
+}
+
+/// [`sign_next_targets`] signed by each of `keys` (a threshold of the targets keys).
+pub fn sign_next_targets_by(
+    current: &Value,
+    keys: &[&RoleKey],
+    path: &str,
+    entry: Value,
+) -> Result<Vec<u8>, WriteError> {
     let mut signed = current.clone();
     let version = signed["version"].as_u64().unwrap_or(0) + 1;
     signed["_type"] = serde_json::json!("targets");
@@ -150,5 +253,5 @@ pub fn sign_next_targets(current: &Value, key: &RoleKey, path: &str, entry: Valu
         signed["targets"] = serde_json::json!({});
     }
     signed["targets"][path] = entry;
-    Ok(sign(&signed, &[key]))
+    Ok(sign(&signed, keys))
 }

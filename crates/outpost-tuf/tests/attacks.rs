@@ -267,3 +267,49 @@ fn hex_sha(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[tokio::test]
+async fn keys_made_with_several_root_and_targets_keys_need_their_thresholds() {
+    use outpost_tuf::operator::{KeyCounts, Places};
+    let tmp = tempfile::tempdir().unwrap();
+    let places = Places { keys_dir: tmp.path().join("keys"), repo_dir: tmp.path().join("repo") };
+    let counts = KeyCounts { root: (3, 2), targets: (2, 2) };
+    let root = places.init_with(365, counts).unwrap();
+    let doc: Value = serde_json::from_slice(&root).unwrap();
+    assert_eq!(doc["signed"]["roles"]["root"]["threshold"], 2);
+    assert_eq!(doc["signed"]["roles"]["root"]["keyids"].as_array().unwrap().len(), 3);
+    assert_eq!(doc["signed"]["roles"]["targets"]["threshold"], 2);
+    assert_eq!(doc["signatures"].as_array().unwrap().len(), 3, "root v1 carries every root key's signature");
+    assert!(places.nth_key_path("root", 2).exists() && !places.nth_key_path("root", 3).exists());
+    // Refused: a threshold above the key count, or no keys.
+    let bad = Places { keys_dir: tmp.path().join("k2"), repo_dir: tmp.path().join("r2") };
+    assert!(bad.init_with(365, KeyCounts { root: (2, 3), targets: (1, 1) }).is_err());
+    assert!(bad.init_with(365, KeyCounts { root: (1, 1), targets: (0, 1) }).is_err());
+
+    let client_dir = tmp.path().join("client");
+    TufClient::init(&client_dir, &root).unwrap();
+    let repo = RepoDir::new(&places.repo_dir);
+    let now = jiff::Timestamp::now();
+    let soon = now.checked_add(jiff::SignedDuration::from_hours(24 * 30)).unwrap();
+    let targets = places.load_all("targets").unwrap();
+    let snapshot = places.load_all("snapshot").unwrap().remove(0);
+    let timestamp = places.load_all("timestamp").unwrap().remove(0);
+    repo.put_target("a.bin", b"one").unwrap();
+    let client = || TufClient::open(&client_dir, DirRemote::new(&repo.dir)).unwrap();
+    // One of the two targets keys is below the threshold.
+    let signed = targets_signed(2, soon, &[("a.bin", b"one")], None);
+    repo.release(2, &signed, &[&targets[0]], &[], &snapshot, &timestamp, soon).unwrap();
+    refused(client().refresh(now).await, "threshold not met for role targets: 1/2");
+    let signed = targets_signed(3, soon, &[("a.bin", b"one")], None);
+    repo.release(3, &signed, &[&targets[0], &targets[1]], &[], &snapshot, &timestamp, soon).unwrap();
+    client().refresh(now).await.unwrap();
+    // Rotating root replaces all three keys; the new root is signed by old and new, and taken.
+    places.rotate("root", 365).unwrap();
+    let mut c = client();
+    c.refresh(now).await.unwrap();
+    let trusted: Value = serde_json::from_slice(&std::fs::read(client_dir.join("root.json")).unwrap()).unwrap();
+    assert_eq!(trusted["signed"]["version"], 2);
+    assert_eq!(trusted["signed"]["roles"]["root"]["threshold"], 2);
+    let new_ids = trusted["signed"]["roles"]["root"]["keyids"].as_array().unwrap().clone();
+    assert!(new_ids.iter().all(|id| !doc["signed"]["roles"]["root"]["keyids"].as_array().unwrap().contains(id)));
+}

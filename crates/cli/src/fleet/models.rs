@@ -94,8 +94,11 @@ pub fn sign_into_repository(
     if listed["hashes"]["sha256"] == pkg.sha256.as_str() && listed["length"] == pkg.size_bytes {
         return Ok(current["version"].as_u64().unwrap_or(0));
     }
-    let key = outpost_tuf::writer::RoleKey::load(&keys.join("targets.json")).context("the targets key (--keys-dir)")?;
-    let signed = outpost_tuf::operator::sign_next_targets(&current, &key, &path, entry)?;
+    // Every targets key held here signs (the root says how many must).
+    let places = outpost_tuf::operator::Places { keys_dir: keys.to_path_buf(), repo_dir: keys.join("unused") };
+    let held = places.load_all("targets").context("the targets keys (--keys-dir)")?;
+    let signers: Vec<&outpost_tuf::writer::RoleKey> = held.iter().collect();
+    let signed = outpost_tuf::operator::sign_next_targets_by(&current, &signers, &path, entry)?;
     let mut body = signed.as_slice();
     let _: (u16, serde_json::Value) =
         api.send_raw("PUT", "/v1/tuf/targets", &mut body, signed.len() as u64, "application/json")?;
