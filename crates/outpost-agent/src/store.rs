@@ -118,6 +118,18 @@ impl ModelStore {
         self.read().get(name).cloned()
     }
 
+    /// Versions of `name` whose packages are in the model directory as of the last scan (and
+    /// still there: pruning deletes between scans), highest first: the active one, kept older
+    /// ones, and staged ones not yet activated.
+    pub fn installed(&self, name: &str) -> Vec<String> {
+        let peeked = self.peeked.read().unwrap_or_else(|p| p.into_inner());
+        let mut versions: Vec<String> =
+            peeked.values().filter(|c| c.name == name && c.path.exists()).filter_map(|c| c.version.clone()).collect();
+        versions.sort_by(|a, b| version_cmp(Some(b), Some(a)));
+        versions.dedup();
+        versions
+    }
+
     /// All models, ready or not, by name.
     pub fn slots(&self) -> BTreeMap<String, ModelSlot> {
         self.read().clone()

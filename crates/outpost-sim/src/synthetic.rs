@@ -65,6 +65,7 @@ pub fn state_report(
             state: "ready".into(),
             reason: None,
             failure_kind: None,
+            installed: vec!["1".into()],
             update: None,
             requests: model.requests,
             errors: model.errors,

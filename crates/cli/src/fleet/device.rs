@@ -222,11 +222,15 @@ fn show(d: &Device) {
             m.latency_p99_ms,
             m.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
         );
+        if !m.installed.is_empty() {
+            println!("  installed {}", m.installed.join(", "));
+        }
         if let Some(u) = &m.update {
             let kind =
                 u.failure_kind.map(|k| format!(" {}", serde_json::to_value(k).unwrap_or_default())).unwrap_or_default();
+            let via = u.delta_from.as_deref().map(|b| format!(" (delta from {b})")).unwrap_or_default();
             println!(
-                "  update {}@{} {}{kind}: {} of {} bytes{}",
+                "  update {}@{} {}{kind}: {} of {} bytes{via}{}",
                 m.name,
                 u.version,
                 u.state,

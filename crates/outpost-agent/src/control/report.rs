@@ -112,6 +112,7 @@ pub fn model_reports(
             state: state.to_string(),
             reason,
             failure_kind,
+            installed: Vec::new(),
             update: updates.get(&model.name).filter(|u| model.active_version.as_ref() != Some(&u.version)).map(|u| {
                 let mut u = u.clone();
                 // Downloaded and installed, then refused at load (a self-test that does not
@@ -200,6 +201,7 @@ impl ReportBuilder {
             if m.state == "ready" && on_probation.get(&m.name) == Some(&m.version) {
                 m.state = "probation".into();
             }
+            m.installed = self.store.installed(&m.name);
         }
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -168,6 +168,18 @@ async fn after_probation_only_the_newest_older_packages_are_kept() {
         names
     };
     wait_until("v3 passed probation and v1 was deleted", || on_disk() == ["mlp-2.opkg", "mlp-3.opkg"]).await;
+    // The device reports what is on its disk, and the server shows it.
+    let mut shown = serde_json::Value::Null;
+    for _ in 0..100 {
+        shown = plane.call(reqwest::Method::GET, &format!("/v1/devices/{device}"), None).await;
+        let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "mlp")).cloned();
+        if model.is_some_and(|m| m["installed"] == serde_json::json!(["3", "2"])) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let model = shown["models"].as_array().and_then(|m| m.iter().find(|m| m["name"] == "mlp")).cloned();
+    assert_eq!(model.map(|m| m["installed"].clone()), Some(serde_json::json!(["3", "2"])), "{shown}");
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
 }

@@ -152,6 +152,10 @@ pub struct ModelReport {
     /// The kind of that failure, when the package failed to load.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_kind: Option<FailureKind>,
+    /// Versions of this model whose packages are on the device (the active one, older ones
+    /// kept for rollback, staged ones), highest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub installed: Vec<String>,
     /// The desired version on its way, when it is not the one reported above.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateReport>,
