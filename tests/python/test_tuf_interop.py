@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import shutil
 import subprocess
+import tarfile
 import threading
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -182,6 +183,36 @@ def test_python_tuf_downloads_a_package_published_to_the_server(tmp_path):
         # Publishing again changes nothing; a package the targets key did not sign is not listed.
         out = run("model", "publish", package, "--keys-dir", keys, "--server", url, "--token", token)
         assert "already published" in out and "targets v2" in out, out
+
+        # A namespace delegated to a team's own keys: the team publishes `vision.cam` with only
+        # those keys; both clients find it through the delegation.
+        out = run("keys", "delegate", "vision", "--keys-dir", keys, "--server", url, "--token", token)
+        assert "targets v3 delegates" in out and "role vision v1" in out, out
+        team = tmp_path / "team-keys"
+        (team / "delegated").mkdir(parents=True)
+        shutil.move(keys / "delegated" / "vision.json", team / "delegated" / "vision.json")
+        with tarfile.open(package) as tar:
+            tar.extract("model.onnx", tmp_path / "onnx")
+        cam = tmp_path / "models" / "vision.cam-1.opkg"
+        run("model", "pack", tmp_path / "onnx" / "model.onnx", "--name", "vision.cam", "--task", "anomaly", "-o", cam)
+        r = subprocess.run([str(BINARY), "model", "publish", cam, "--keys-dir", keys, "--server", url, "--token", token],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "delegate" in r.stderr, "the targets keys alone cannot sign into the namespace"
+        out = run("model", "publish", cam, "--keys-dir", team, "--server", url, "--token", token)
+        assert "TUF: role vision v2 lists vision.cam/vision.cam-1.opkg" in out, out
+        shown = run("keys", "show", "--keys-dir", keys, "--data-dir", data)
+        assert "delegated vision" in shown and "not here" in shown, shown
+        updater = Updater(metadata_dir=str(trusted), metadata_base_url=f"{url}/tuf/metadata/",
+                          target_base_url=f"{url}/tuf/targets/", target_dir=str(downloads), bootstrap=None)
+        updater.refresh()
+        info = updater.get_targetinfo("vision.cam/vision.cam-1.opkg")
+        assert info is not None and Path(updater.download_target(info)).read_bytes() == cam.read_bytes()
+        assert updater.get_targetinfo("vision.other/vision.other-1.opkg") is None
+        run("tuf-client", "--metadata-dir", meta, "--metadata-url", f"{url}/tuf/metadata", "download",
+            "--target-name", "vision.cam/vision.cam-1.opkg",
+            "--target-base-url", f"{url}/tuf/targets", "--target-dir", tmp_path / "outpost-downloads")
+        assert (tmp_path / "outpost-downloads" / "vision.cam%2Fvision.cam-1.opkg").read_bytes() == cam.read_bytes()
+        assert (meta / "vision.json").exists()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

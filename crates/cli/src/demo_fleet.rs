@@ -142,7 +142,7 @@ impl DemoFleet {
         let name: outpost_proto::ModelName = published.name.parse()?;
         let version: outpost_proto::Version = published.version.parse()?;
         println!(
-            "   published {}@{}: {} bytes, sha256 {}…; TUF targets v{targets} signed with the operator's key",
+            "   published {}@{}: {} bytes, sha256 {}…; TUF {targets} signed with the operator's key",
             name,
             version,
             pkg.size_bytes,

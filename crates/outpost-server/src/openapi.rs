@@ -24,7 +24,7 @@ use utoipa::{Modify, OpenApi};
         registry::list_audit,
         packages::publish_package, packages::download_package, packages::device_package,
         deltas::device_delta_plan, deltas::device_delta_blobs, deltas::package_index,
-        tuf::metadata, tuf::target, tuf::current_targets, tuf::put_targets,
+        tuf::metadata, tuf::target, tuf::current_targets, tuf::put_targets, tuf::current_role, tuf::put_release,
         channel::enroll, channel::heartbeat, channel::reports, channel::desired_state, channel::ack_command,
     ),
     modifiers(&SecuritySchemes),

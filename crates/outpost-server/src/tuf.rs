@@ -9,9 +9,15 @@
 //! a timestamp with its online keys. It signs those again before they expire, and when a newer
 //! root appears (a key rotation), so devices never see a frozen repository from an honest server.
 //!
-//! Layout (consistent snapshots): `metadata/N.root.json`, `N.targets.json`, `N.snapshot.json`,
-//! `timestamp.json`; targets are served from the artifact store at `targets/NAME/HASH.FILE`.
+//! Delegated roles (one per model namespace, `outpost keys delegate`) are signed offline too,
+//! by the namespace's keys, and checked against the delegation the top-level targets make.
+//!
+//! Layout (consistent snapshots): `metadata/N.root.json`, `N.targets.json`, `N.ROLE.json` (the
+//! role name percent-encoded), `N.snapshot.json`, `timestamp.json`; targets are served from the
+//! artifact store at `targets/NAME/HASH.FILE`.
 
+use outpost_tuf::delegation::{check_role_name, role_covers, RESERVED};
+use outpost_tuf::remote::{decode_name, encode_name};
 use outpost_tuf::verify::{role_of, verify_role};
 use outpost_tuf::writer::{expires, sign, RepoDir, RoleKey};
 use serde_json::{json, Value};
@@ -39,6 +45,37 @@ pub enum TufRepoError {
     /// A file could not be read or written.
     #[error("{0}")]
     Io(String),
+}
+
+/// What an operator sends in one release: a top-level targets version, delegated roles'
+/// versions (role name, metadata bytes), or both.
+#[derive(Debug, Clone, Default)]
+pub struct Release {
+    /// The next top-level targets.
+    pub targets: Option<Vec<u8>>,
+    /// The next version of each of these delegated roles.
+    pub roles: Vec<(String, Vec<u8>)>,
+}
+
+/// That every target `signed` lists is inside `entry`'s paths (for a delegated role) and a
+/// published package.
+fn check_listed(
+    signed: &Value,
+    entry: Option<&Value>,
+    published: &impl Fn(&str, u64, &str) -> Result<(), String>,
+) -> Result<(), TufRepoError> {
+    for (path, info) in signed["targets"].as_object().into_iter().flatten() {
+        if let Some(entry) = entry.filter(|e| !role_covers(e, path)) {
+            return Err(TufRepoError::Refused(format!(
+                "role {} lists {path:?}, outside its paths {}: clients would ignore it",
+                entry["name"], entry["paths"]
+            )));
+        }
+        let length = info["length"].as_u64().unwrap_or(u64::MAX);
+        let sha = info["hashes"]["sha256"].as_str().unwrap_or("");
+        published(path, length, sha).map_err(|e| TufRepoError::Refused(format!("target {path:?}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The repository.
@@ -123,41 +160,163 @@ impl TufRepo {
         Ok(key)
     }
 
-    /// Accepts targets an operator signed offline: verified against the newest root, the next
-    /// version, and every target's length and hash confirmed by `published(path, length,
-    /// sha256)`. Then releases a snapshot and timestamp. Returns the new targets version.
+    /// The current `signed` part of delegated role `role` (an empty version 0 before its first).
+    pub fn role(&self, role: &str) -> Result<Value, TufRepoError> {
+        if !self.is_configured() {
+            return Err(TufRepoError::NotConfigured);
+        }
+        check_role_name(role).map_err(TufRepoError::Refused)?;
+        Ok(match self.latest(&encode_name(role)) {
+            Some(v) => read_json(&self.metadata_dir().join(format!("{v}.{}.json", encode_name(role))))
+                .map(|d| d["signed"].clone())
+                .ok_or_else(|| TufRepoError::Io(format!("{v}.{role}.json is unreadable")))?,
+            None => json!({"_type": "targets", "version": 0, "targets": {}}),
+        })
+    }
+
+    /// Accepts targets an operator signed offline: [`TufRepo::put_release`] of the top-level
+    /// targets alone. Returns the new targets version.
     pub fn put_targets(
         &self,
         bytes: &[u8],
         published: impl Fn(&str, u64, &str) -> Result<(), String>,
         now: std::time::SystemTime,
     ) -> Result<u64, TufRepoError> {
+        let release = Release { targets: Some(bytes.to_vec()), roles: Vec::new() };
+        let out = self.put_release(&release, published, now)?;
+        Ok(out.first().map(|(_, v)| *v).unwrap_or(0))
+    }
+
+    /// Accepts one release signed offline: a new top-level targets version (verified against
+    /// the newest root) and/or new versions of delegated roles (each verified against the
+    /// delegation the top-level targets make: its keys and threshold, every target inside its
+    /// paths). Each is the next version of its role, unexpired, and lists only packages the
+    /// registry holds with that length and sha256 (`published(path, length, sha256)`). Every
+    /// role the top-level targets delegate to must then have metadata that verifies. Then
+    /// releases a snapshot and timestamp. Returns each role published with its version.
+    pub fn put_release(
+        &self,
+        release: &Release,
+        published: impl Fn(&str, u64, &str) -> Result<(), String>,
+        now: std::time::SystemTime,
+    ) -> Result<Vec<(String, u64)>, TufRepoError> {
         let mut guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let (_, root) = self.root().ok_or(TufRepoError::NotConfigured)?;
-        let (ids, threshold) = role_of(&root, "targets").map_err(TufRepoError::Refused)?;
-        let signed = verify_role(bytes, "targets", &root["keys"], &ids, threshold).map_err(TufRepoError::Refused)?;
-        let current = self.latest("targets").unwrap_or(0);
+        let refused = TufRepoError::Refused;
+        let mut out = Vec::new();
+        let top = match &release.targets {
+            Some(bytes) => {
+                let (ids, threshold) = role_of(&root, "targets").map_err(refused)?;
+                let signed = verify_role(bytes, "targets", &root["keys"], &ids, threshold).map_err(refused)?;
+                let version = self.check_next("targets", &signed, now)?;
+                check_listed(&signed, None, &published)?;
+                out.push(("targets".to_string(), version));
+                signed
+            }
+            None => match self.latest("targets") {
+                Some(_) => self.targets()?,
+                None => return Err(refused("no targets metadata yet: send the top-level targets first".into())),
+            },
+        };
+        let delegations = &top["delegations"];
+        let entries: Vec<&Value> = delegations["roles"].as_array().map(|r| r.iter().collect()).unwrap_or_default();
+        let entry_of = |role: &str| entries.iter().copied().find(|e| e["name"] == role);
+        let verify_delegated = |role: &str, bytes: &[u8]| -> Result<Value, TufRepoError> {
+            let entry = entry_of(role)
+                .ok_or_else(|| refused(format!("the top-level targets delegate no role named {role:?}")))?;
+            let ids: Vec<String> =
+                entry["keyids"].as_array().into_iter().flatten().filter_map(|k| k.as_str().map(String::from)).collect();
+            let threshold = entry["threshold"].as_u64().unwrap_or(1);
+            verify_role(bytes, "targets", &delegations["keys"], &ids, threshold)
+                .map_err(|e| refused(format!("role {role:?}: {e}")))
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for (role, bytes) in &release.roles {
+            check_role_name(role).map_err(refused)?;
+            if !seen.insert(role.as_str()) {
+                return Err(refused(format!("role {role:?} appears twice in one release")));
+            }
+            let signed = verify_delegated(role, bytes)?;
+            let version = self.check_next(&encode_name(role), &signed, now)?;
+            if signed["delegations"]["roles"].as_array().is_some_and(|r| !r.is_empty()) {
+                return Err(refused(format!(
+                    "role {role:?} delegates further: this server releases one level of delegation"
+                )));
+            }
+            check_listed(&signed, entry_of(role), &published)?;
+            out.push((role.clone(), version));
+        }
+        // A new top-level targets must not strand a delegated role clients can no longer verify.
+        if release.targets.is_some() {
+            for entry in &entries {
+                let role = entry["name"].as_str().unwrap_or_default();
+                check_role_name(role).map_err(refused)?;
+                if seen.contains(role) {
+                    continue;
+                }
+                let stored = self.latest(&encode_name(role)).and_then(|v| {
+                    std::fs::read(self.metadata_dir().join(format!("{v}.{}.json", encode_name(role)))).ok()
+                });
+                let Some(stored) = stored else {
+                    return Err(refused(format!(
+                        "role {role:?} is delegated but has no metadata: send its first version in the same release"
+                    )));
+                };
+                verify_delegated(role, &stored).map_err(|e| {
+                    refused(format!(
+                        "{e}; a re-keyed role needs a new version signed by its new keys in the same release"
+                    ))
+                })?;
+            }
+        }
+        let repo = RepoDir::new(&self.dir);
+        let io = |e: outpost_tuf::writer::WriteError| TufRepoError::Io(e.to_string());
+        // Roles first, the top-level targets next, snapshot and timestamp last: nothing a
+        // client can reach pins a file that is not there yet.
+        for ((role, bytes), (_, version)) in
+            release.roles.iter().zip(out.iter().skip(release.targets.is_some() as usize))
+        {
+            repo.put_metadata(&format!("{version}.{}.json", encode_name(role)), bytes).map_err(io)?;
+        }
+        if let (Some(bytes), Some((_, version))) = (&release.targets, out.first()) {
+            repo.put_metadata(&format!("{version}.targets.json"), bytes).map_err(io)?;
+        }
+        self.release(&root, now)?;
+        *guard = self.latest("root");
+        Ok(out)
+    }
+
+    /// That `signed` is the next version after the stored `N.FILE.json` and unexpired.
+    fn check_next(&self, file: &str, signed: &Value, now: std::time::SystemTime) -> Result<u64, TufRepoError> {
+        let current = self.latest(file).unwrap_or(0);
         let version = signed["version"].as_u64().unwrap_or(0);
         if version != current + 1 {
             return Err(TufRepoError::Refused(format!(
-                "targets version {version} does not follow the published version {current}: sign version {}",
+                "{file} version {version} does not follow the published version {current}: sign version {}",
                 current + 1
             )));
         }
         let expiry = signed["expires"].as_str().and_then(|e| e.parse::<jiff::Timestamp>().ok());
         if expiry.is_none_or(|e| e <= ts(now)) {
-            return Err(TufRepoError::Refused("the targets metadata has expired or has no valid `expires`".into()));
+            return Err(TufRepoError::Refused(format!("the {file} metadata has expired or has no valid `expires`")));
         }
-        for (path, info) in signed["targets"].as_object().into_iter().flatten() {
-            let length = info["length"].as_u64().unwrap_or(u64::MAX);
-            let sha = info["hashes"]["sha256"].as_str().unwrap_or("");
-            published(path, length, sha).map_err(|e| TufRepoError::Refused(format!("target {path:?}: {e}")))?;
-        }
-        let repo = RepoDir::new(&self.dir);
-        repo.put_metadata(&format!("{version}.targets.json"), bytes).map_err(|e| TufRepoError::Io(e.to_string()))?;
-        self.release(&root, now)?;
-        *guard = self.latest("root");
         Ok(version)
+    }
+
+    /// The delegated roles that have metadata here: encoded file name → newest version.
+    fn delegated_files(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(self.metadata_dir()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((v, role)) = name.strip_suffix(".json").and_then(|n| n.split_once('.')) else { continue };
+            let Ok(v) = v.parse::<u64>() else { continue };
+            if RESERVED.contains(&role) {
+                continue;
+            }
+            let best = out.entry(role.to_string()).or_insert(v);
+            *best = (*best).max(v);
+        }
+        out
     }
 
     /// Signs a new snapshot (pinning the current targets) and timestamp with the online keys.
@@ -170,6 +329,12 @@ impl TufRepo {
             let bytes = std::fs::read(self.metadata_dir().join(format!("{v}.targets.json")))
                 .map_err(|e| TufRepoError::Io(e.to_string()))?;
             meta.insert("targets.json".into(), outpost_tuf::writer::meta_entry(&bytes, v));
+            // Every delegated role stays listed: a client refuses a snapshot that drops one.
+            for (file, rv) in self.delegated_files() {
+                let bytes = std::fs::read(self.metadata_dir().join(format!("{rv}.{file}.json")))
+                    .map_err(|e| TufRepoError::Io(e.to_string()))?;
+                meta.insert(format!("{}.json", decode_name(&file)), outpost_tuf::writer::meta_entry(&bytes, rv));
+            }
         } else {
             // Clients need a targets role even before the first package: an empty one signed
             // offline is required, so until then only the root is served.

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod crypto;
+pub mod delegation;
 pub mod operator;
 pub mod remote;
 pub mod store;

@@ -68,7 +68,8 @@ fn invalid(m: impl Into<String>) -> WriteError {
     WriteError::Invalid(m.into())
 }
 
-fn days(n: i64) -> Result<jiff::Timestamp, WriteError> {
+/// `n` days from now.
+pub(crate) fn days(n: i64) -> Result<jiff::Timestamp, WriteError> {
     jiff::Timestamp::now().checked_add(jiff::SignedDuration::from_hours(24 * n)).map_err(|e| invalid(e.to_string()))
 }
 
@@ -100,6 +101,27 @@ impl Places {
             return first;
         }
         first.with_file_name(format!("{role}-{}.json", i + 1))
+    }
+
+    /// The file of delegated `role`'s key number `i` (0-based): `delegated/ROLE.json`, then
+    /// `delegated/ROLE-2.json`, … (the role name percent-encoded).
+    pub fn role_key_path(&self, role: &str, i: usize) -> PathBuf {
+        let name = crate::remote::encode_name(role);
+        let file = if i == 0 { format!("{name}.json") } else { format!("{name}-{}.json", i + 1) };
+        self.keys_dir.join("delegated").join(file)
+    }
+
+    /// Every key of delegated `role` held here, in order (none when the first is missing).
+    pub fn load_role_keys(&self, role: &str) -> Result<Vec<RoleKey>, WriteError> {
+        let mut keys = Vec::new();
+        while keys.len() < MAX_KEYS {
+            let path = self.role_key_path(role, keys.len());
+            if !path.exists() {
+                break;
+            }
+            keys.push(RoleKey::load(&path)?);
+        }
+        Ok(keys)
     }
 
     fn repo(&self) -> RepoDir {
@@ -236,13 +258,22 @@ pub fn sign_next_targets(current: &Value, key: &RoleKey, path: &str, entry: Valu
     sign_next_targets_by(current, &[key], path, entry)
 }
 
-/// [`sign_next_targets`] signed by each of `keys` (a threshold of the targets keys).
+/// [`sign_next_targets`] signed by each of `keys` (a threshold of the targets keys, or of a
+/// delegated role's keys when `current` is that role's).
 pub fn sign_next_targets_by(
     current: &Value,
     keys: &[&RoleKey],
     path: &str,
     entry: Value,
 ) -> Result<Vec<u8>, WriteError> {
+    let mut signed = next_targets(current)?;
+    signed["targets"][path] = entry;
+    Ok(sign(&signed, keys))
+}
+
+/// The next version of targets metadata (`current`'s `signed` part): version + 1, a fresh
+/// expiry, everything else kept.
+pub fn next_targets(current: &Value) -> Result<Value, WriteError> {
     let mut signed = current.clone();
     let version = signed["version"].as_u64().unwrap_or(0) + 1;
     signed["_type"] = serde_json::json!("targets");
@@ -252,6 +283,5 @@ pub fn sign_next_targets_by(
     if !signed["targets"].is_object() {
         signed["targets"] = serde_json::json!({});
     }
-    signed["targets"][path] = entry;
-    Ok(sign(&signed, keys))
+    Ok(signed)
 }

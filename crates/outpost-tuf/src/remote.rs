@@ -80,6 +80,27 @@ pub fn encode_path(path: &str) -> String {
     path.split('/').map(encode_name).collect::<Vec<_>>().join("/")
 }
 
+/// Undoes [`encode_name`] (a malformed escape stays as it is).
+pub fn decode_name(encoded: &str) -> String {
+    let bytes = encoded.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986), as role names are in file
 /// names and URLs.
 pub fn encode_name(name: &str) -> String {

@@ -65,8 +65,8 @@ pub fn publish(a: PublishArgs) -> Result<()> {
     println!("{}@{} {what}: {} bytes, sha256 {}", model.name, model.version, pkg.size_bytes, pkg.sha256);
     match &a.keys_dir {
         Some(keys) => {
-            let version = sign_into_repository(&api, keys, &model, &pkg)?;
-            println!("TUF: targets v{version} lists {}", target_path(&model));
+            let by = sign_into_repository(&api, keys, &model, &pkg)?;
+            println!("TUF: {by} lists {}", target_path(&model));
         }
         None => println!("(not in the TUF repository: pass --keys-dir to sign it into the targets)"),
     }
@@ -78,31 +78,58 @@ pub fn target_path(model: &ModelVersion) -> String {
     format!("{}/{}-{}.opkg", model.name, model.name, model.version)
 }
 
-/// Adds the package to the server's TUF targets (signed here) unless they already list it;
-/// returns the targets version listing it.
+/// Adds the package to the server's TUF repository unless it already lists it: into the
+/// delegated role of its namespace when the top-level targets delegate its path (signed with
+/// that role's keys in `keys/delegated/`), else into the top-level targets (signed with every
+/// targets key held). Returns what lists it, e.g. `targets v3` or `role vision v2`.
 pub fn sign_into_repository(
     api: &Api,
     keys: &std::path::Path,
     model: &ModelVersion,
     pkg: &outpost_proto::fleet::api::PackageRef,
-) -> Result<u64> {
-    let current: serde_json::Value = api.get("/v1/tuf/targets")?;
+) -> Result<String> {
+    let top: serde_json::Value = api.get("/v1/tuf/targets")?;
     let path = target_path(model);
     let entry = serde_json::json!({"length": pkg.size_bytes, "hashes": {"sha256": pkg.sha256},
         "custom": {"name": model.name, "version": model.version, "task": model.task}});
-    let listed = &current["targets"][&path];
-    if listed["hashes"]["sha256"] == pkg.sha256.as_str() && listed["length"] == pkg.size_bytes {
-        return Ok(current["version"].as_u64().unwrap_or(0));
+    let lists = |signed: &serde_json::Value| {
+        let listed = &signed["targets"][&path];
+        listed["hashes"]["sha256"] == pkg.sha256.as_str() && listed["length"] == pkg.size_bytes
+    };
+    let version = |signed: &serde_json::Value| signed["version"].as_u64().unwrap_or(0);
+    if lists(&top) {
+        return Ok(format!("targets v{}", version(&top)));
+    }
+    let places = outpost_tuf::operator::Places { keys_dir: keys.to_path_buf(), repo_dir: keys.join("unused") };
+    if let Some(role) = outpost_tuf::delegation::role_for(&top, &path) {
+        let name = role["name"].as_str().unwrap_or_default();
+        let current: serde_json::Value = api.get(&format!("/v1/tuf/roles/{}", encode(name)))?;
+        if lists(&current) {
+            return Ok(format!("role {name} v{}", version(&current)));
+        }
+        let held = places.load_role_keys(name)?;
+        if held.is_empty() {
+            bail!(
+                "{path} is in namespace {name:?}, which the targets delegate to its own keys, and they are not in {}: \
+                 publish with the namespace's keys directory",
+                places.role_key_path(name, 0).display()
+            );
+        }
+        let signers: Vec<&outpost_tuf::writer::RoleKey> = held.iter().collect();
+        let signed = outpost_tuf::operator::sign_next_targets_by(&current, &signers, &path, entry)?;
+        let doc: serde_json::Value = serde_json::from_slice(&signed)?;
+        let body = serde_json::json!({"roles": {name: doc}});
+        let done: serde_json::Value = api.send("PUT", "/v1/tuf/release", Some(&body))?;
+        return Ok(format!("role {name} v{}", done[name]));
     }
     // Every targets key held here signs (the root says how many must).
-    let places = outpost_tuf::operator::Places { keys_dir: keys.to_path_buf(), repo_dir: keys.join("unused") };
     let held = places.load_all("targets").context("the targets keys (--keys-dir)")?;
     let signers: Vec<&outpost_tuf::writer::RoleKey> = held.iter().collect();
-    let signed = outpost_tuf::operator::sign_next_targets_by(&current, &signers, &path, entry)?;
+    let signed = outpost_tuf::operator::sign_next_targets_by(&top, &signers, &path, entry)?;
     let mut body = signed.as_slice();
     let _: (u16, serde_json::Value) =
         api.send_raw("PUT", "/v1/tuf/targets", &mut body, signed.len() as u64, "application/json")?;
-    Ok(current["version"].as_u64().unwrap_or(0) + 1)
+    Ok(format!("targets v{}", version(&top) + 1))
 }
 
 fn package_cells(m: &ModelVersion) -> (String, String) {

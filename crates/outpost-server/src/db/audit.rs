@@ -43,6 +43,21 @@ pub(crate) fn int_cursor(cursor: Option<&str>) -> Result<Option<i64>, DbError> {
 }
 
 impl Db {
+    /// Records a change made outside the database (a TUF release written to files).
+    pub async fn audit(
+        &self,
+        now_ms: i64,
+        actor: &str,
+        action: &str,
+        target: &str,
+        details: serde_json::Value,
+    ) -> Result<(), DbError> {
+        let mut tx = self.begin_operator().await?;
+        record(&mut tx, now_ms, actor, action, target, details).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// The audit log, newest first; the cursor is the last entry's id.
     pub async fn list_audit(&self, cursor: Option<&str>, limit: u32) -> Result<Page<AuditEntry>, DbError> {
         let limit = clamp_limit(limit);

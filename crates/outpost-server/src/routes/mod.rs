@@ -13,7 +13,7 @@ use crate::state::SharedState;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use outpost_proto::fleet::api::ErrorBody;
 use serde::{Deserialize, Serialize};
@@ -158,6 +158,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/device/packages/{name}/{version}/delta/{base}", get(deltas::device_delta_plan))
         .route("/v1/device/packages/{name}/{version}/delta/{base}/blobs", get(deltas::device_delta_blobs))
         .route("/v1/tuf/targets", get(tuf::current_targets).put(tuf::put_targets))
+        .route("/v1/tuf/roles/{role}", get(tuf::current_role))
+        .route("/v1/tuf/release", put(tuf::put_release))
         .route("/tuf/metadata/{file}", get(tuf::metadata))
         .route("/tuf/targets/{name}/{file}", get(tuf::target))
         .route("/v1/assignments", post(registry::create_assignment).get(registry::list_assignments))

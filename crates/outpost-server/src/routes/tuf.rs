@@ -5,8 +5,9 @@
 use super::packages::serve_object;
 use crate::auth::{OperatorRole, Viewer};
 use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath};
 use crate::state::SharedState;
-use crate::tuf::TufRepoError;
+use crate::tuf::{Release, TufRepoError};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -95,11 +96,75 @@ pub async fn put_targets(
     caller: OperatorRole,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let release = Release { targets: Some(body.to_vec()), roles: Vec::new() };
+    publish_release(state, caller, release).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The current `signed` part of a delegated role (version 0 before its first), to sign the
+/// next version from.
+#[utoipa::path(get, path = "/v1/tuf/roles/{role}", tag = "tuf", security(("bearer" = [])),
+    params(("role" = String, Path, description = "Delegated role name (a model namespace)")),
+    responses(
+        (status = 200, description = "The role's published targets", body = Object),
+        (status = 400, description = "Not a delegated role name", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 404, description = "No repository on this server", body = ErrorBody),
+    ))]
+pub async fn current_role(
+    State(state): State<SharedState>,
+    _caller: Viewer,
+    ApiPath(role): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(state.tuf.role(&role)?))
+}
+
+/// One release signed offline, published as a whole: `{"targets": METADATA, "roles": {"NAME":
+/// METADATA}}`, either part optional. A delegated role is checked against the delegation of
+/// the top-level targets (sent along, or published): its keys and threshold, every target
+/// inside its paths and a published package.
+#[utoipa::path(put, path = "/v1/tuf/release", tag = "tuf", request_body = Object, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Published: each role with its new version", body = Object),
+        (status = 400, description = "Does not verify, wrong version, outside the role's paths, or not a published package", body = ErrorBody),
+        (status = 401, description = "Missing or bad token", body = ErrorBody),
+        (status = 403, description = "Needs the operator role", body = ErrorBody),
+        (status = 404, description = "No repository on this server", body = ErrorBody),
+        (status = 409, description = "The server lacks the online key the root names", body = ErrorBody),
+    ))]
+pub async fn put_release(
+    State(state): State<SharedState>,
+    caller: OperatorRole,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let as_bytes = |v: &serde_json::Value| serde_json::to_vec(v).unwrap_or_default();
+    let obj = body.as_object().ok_or_else(|| ApiError::InvalidRequest("the release is a JSON object".into()))?;
+    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "targets" | "roles")) {
+        return Err(ApiError::InvalidRequest(format!("unknown field {k:?}: a release has `targets` and `roles`")));
+    }
+    let targets = obj.get("targets").filter(|t| !t.is_null()).map(as_bytes);
+    let roles = match obj.get("roles") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Object(m)) => m.iter().map(|(k, v)| (k.clone(), as_bytes(v))).collect(),
+        Some(_) => return Err(ApiError::InvalidRequest("`roles` maps role names to metadata".into())),
+    };
+    if targets.is_none() && roles.is_empty() {
+        return Err(ApiError::InvalidRequest("an empty release: send `targets`, `roles` or both".into()));
+    }
+    let published = publish_release(state, caller, Release { targets, roles }).await?;
+    Ok(Json(serde_json::Value::Object(published.into_iter().map(|(r, v)| (r, v.into())).collect())))
+}
+
+async fn publish_release(
+    state: SharedState,
+    caller: OperatorRole,
+    release: Release,
+) -> Result<Vec<(String, u64)>, ApiError> {
     let packages = state.db.channel_packages().await?;
     let repo = state.clone();
-    let version = tokio::task::spawn_blocking(move || {
-        repo.tuf.put_targets(
-            &body,
+    let published: Vec<(String, u64)> = tokio::task::spawn_blocking(move || {
+        repo.tuf.put_release(
+            &release,
             |path, length, sha| {
                 let (name, file) = path.split_once('/').ok_or("targets are NAME/NAME-VERSION.opkg")?;
                 let version = file
@@ -120,6 +185,9 @@ pub async fn put_targets(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("TUF publish panicked: {e}")))??;
-    tracing::info!(version, actor = %caller.actor(), "TUF targets published");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(?published, actor = %caller.actor(), "TUF release published");
+    let details = serde_json::Value::Object(published.iter().map(|(r, v)| (r.clone(), (*v).into())).collect());
+    let roles: Vec<&str> = published.iter().map(|(r, _)| r.as_str()).collect();
+    state.db.audit(crate::state::now_ms(), &caller.actor(), "tuf.release", &roles.join(","), details).await?;
+    Ok(published)
 }
