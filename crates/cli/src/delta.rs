@@ -16,6 +16,28 @@ pub enum DeltaCommand {
     Apply(ApplyArgs),
     /// Print a package's piece index (JSON).
     Index(IndexArgs),
+    /// Make a lossy release: BASE plus NEW's change rounded to --bits per weight, measured
+    /// against NEW on the evaluation inputs; refused (exit 1) beyond the tolerance.
+    Lossy(LossyArgs),
+}
+
+/// Flags of `outpost model delta lossy`.
+#[derive(Debug, Args)]
+pub struct LossyArgs {
+    /// The package devices run (what the change is rounded against).
+    #[arg(long)]
+    base: PathBuf,
+    /// The trained package.
+    #[arg(long)]
+    new: PathBuf,
+    /// Bits per weight change (2-8).
+    #[arg(long, default_value_t = 8)]
+    bits: u8,
+    /// Where to write the rounded package (`.opkg`).
+    #[arg(long, short)]
+    out: PathBuf,
+    #[command(flatten)]
+    tolerance: crate::delta_lossy::Tolerance,
 }
 
 /// Flags of `outpost model delta make`.
@@ -59,6 +81,17 @@ pub struct IndexArgs {
 /// Runs a delta subcommand.
 pub fn run(cmd: DeltaCommand) -> Result<()> {
     match cmd {
+        DeltaCommand::Lossy(a) => {
+            let trained = outpost_runtime::Package::open(&a.new).with_context(|| a.new.display().to_string())?;
+            let base_version = outpost_runtime::Package::peek_manifest(&a.base)?.model.version;
+            let (pkg, report) = crate::delta_lossy::make(&a.base, &base_version, &trained, a.bits, &a.tolerance)?;
+            println!("{}", serde_json::to_string(&report)?);
+            if let Some(why) = &report.refused {
+                bail!("refused: {why}");
+            }
+            pkg.write_opkg(&a.out)?;
+            Ok(())
+        }
         DeltaCommand::Make(a) => {
             let started = Instant::now();
             let base = Index::of_package(&a.base).with_context(|| format!("indexing {}", a.base.display()))?;

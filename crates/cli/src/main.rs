@@ -5,6 +5,7 @@
 
 mod agent;
 mod delta;
+mod delta_lossy;
 mod demo;
 mod demo_delivery;
 mod demo_fleet;

@@ -295,7 +295,7 @@ fn warn_pinned(manifest: &Manifest, a: &PackArgs) {
 }
 
 /// One case of real inputs, in the manifest's input order whatever the dump's order.
-fn real_case(dir: &std::path::Path, manifest: &Manifest) -> Result<Vec<Tensor>> {
+pub(crate) fn real_case(dir: &std::path::Path, manifest: &Manifest) -> Result<Vec<Tensor>> {
     let context = || format!("--inputs {}", dir.display());
     let tensors = bench::load_raw_inputs(dir).with_context(context)?;
     let index: Vec<serde_json::Value> =

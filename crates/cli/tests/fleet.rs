@@ -3,6 +3,8 @@
 
 #[path = "fleet/kill9.rs"]
 mod kill9;
+#[path = "fleet/lossy.rs"]
+mod lossy;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -45,6 +45,16 @@ pub enum Codec {
         /// Output channels (the first dimension).
         channels: u64,
     },
+    /// f32 only, a lossy release's tensor ([`crate::quant`]): per-channel scales, then one
+    /// code `q` per weight; the weight is `base + q × scale`.
+    Quant {
+        /// Offset of the same-sized piece in the base package.
+        at: u64,
+        /// Channels (one scale each).
+        channels: u64,
+        /// Bits of each code.
+        bits: u8,
+    },
     /// zstd with the base's bytes at `at..at+len` as prefix (a generic delta).
     Prefix {
         /// Offset in the base package.
@@ -198,6 +208,7 @@ pub fn encode(codec: &Codec, new: &[u8], base: &[u8]) -> Result<Vec<u8>, DeltaEr
             }
             compress_parts(&planes(&raw, elem, 0), None)
         }
+        Codec::Quant { .. } => Err(DeltaError::Corrupt("a quantised piece needs its scales: encode_quant".into())),
         Codec::Scaled { channels, .. } => {
             let channels = *channels as usize;
             let scales = fit_scales(new, base, channels);
@@ -212,6 +223,14 @@ pub fn encode(codec: &Codec, new: &[u8], base: &[u8]) -> Result<Vec<u8>, DeltaEr
             compress_parts(&planes(&raw, 4, channels * 4), None)
         }
     }
+}
+
+/// Encodes a lossy release's tensor `new` against `base` as [`Codec::Quant`] codes, or `None`
+/// when `new` is not `base + q × scale` under `scales`.
+pub fn encode_quant(new: &[u8], base: &[u8], scales: &[f32], bits: u8) -> Option<Result<Vec<u8>, DeltaError>> {
+    let codes = crate::quant::codes(new, base, scales, bits)?;
+    let head: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+    Some(compress_parts(&[&head, &codes], None))
 }
 
 /// The codecs worth trying for a `len`-byte piece whose counterpart in the base is at `at`.
@@ -276,6 +295,31 @@ pub fn decode(
             }
             expect_end(&mut d)
         }
+        Codec::Quant { at, channels, .. } => {
+            let channels = *channels as usize;
+            let per = (len / 4) as usize / channels;
+            let mut d = zstd::stream::read::Decoder::new(blob).map_err(corrupt)?;
+            d.window_log_max(WINDOW_LOG).map_err(corrupt)?;
+            let mut raw = vec![0u8; channels * 4];
+            d.read_exact(&mut raw).map_err(corrupt)?;
+            let scales: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let (mut q, mut cur) = (vec![0u8; BLOCK / 4], vec![0u8; BLOCK]);
+            let mut done = 0u64;
+            while done < len {
+                let k = (len - done).min(BLOCK as u64) as usize;
+                d.read_exact(&mut q[..k / 4]).map_err(corrupt)?;
+                base.read_at(at + done, &mut cur[..k]).map_err(|e| DeltaError::Io(format!("reading the base: {e}")))?;
+                let first = (done / 4) as usize;
+                for (i, w) in cur[..k].chunks_exact_mut(4).enumerate() {
+                    let old = f32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                    let v = crate::quant::rebuild(old, q[i] as i8, scales[(first + i) / per]);
+                    w.copy_from_slice(&v.to_le_bytes());
+                }
+                out.write_all(&cur[..k]).map_err(write)?;
+                done += k as u64;
+            }
+            expect_end(&mut d)
+        }
         Codec::Scaled { at, channels } => {
             let channels = *channels as usize;
             let per = (len / 4) as usize / channels;
@@ -333,10 +377,13 @@ pub fn check(codec: &Codec, len: u64, base_size: Option<u64>) -> Result<(), Delt
             }
             Ok(())
         }
-        Codec::Scaled { at, channels } => {
+        Codec::Scaled { at, channels } | Codec::Quant { at, channels, .. } => {
             if !(1..=MAX_CHANNELS).contains(channels) || !len.is_multiple_of(4) || !(len / 4).is_multiple_of(*channels)
             {
                 return bad("channels do not divide the piece");
+            }
+            if matches!(codec, Codec::Quant { bits, .. } if !(1..=8).contains(bits)) {
+                return bad("a quantised piece has 1 to 8 bits per code");
             }
             if !within(*at, len) {
                 return bad("a delta reads outside the base");

@@ -14,6 +14,7 @@ pub mod index;
 pub mod onnx;
 pub mod plan;
 mod plan_apply;
+pub mod quant;
 
 pub use codec::Codec;
 pub use index::{Index, Piece, PieceKind};

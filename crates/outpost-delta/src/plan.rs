@@ -146,6 +146,12 @@ impl Plan {
                 None => Ok(Vec::new()),
             }
         };
+        // Scales of a lossy release made against this very base.
+        let hints = match base_index {
+            // Unreadable hints only cost compression: the lossless codecs still apply.
+            Some(b) => crate::quant::Hints::of_package(new_path).ok().flatten().filter(|h| h.base_sha256 == b.sha256),
+            None => None,
+        };
         let mut written = 0u64;
         let mut put = |enc: &[u8]| -> Result<(u64, u64), DeltaError> {
             blobs.write_all(enc).map_err(io)?;
@@ -190,11 +196,24 @@ impl Plan {
                     _ => {}
                 }
             }
-            let (c, enc) = best(codecs, &bytes, &|c| match c {
-                Codec::Zstd => Ok(Vec::new()),
+            let (mut c, mut enc) = best(codecs, &bytes, &|c| match c {
+                Codec::Zstd | Codec::Quant { .. } => Ok(Vec::new()),
                 Codec::Diff { at, .. } | Codec::Scaled { at, .. } => read_base(*at, piece.len),
                 Codec::Prefix { at, len } => read_base(*at, *len),
             })?;
+            // A lossy release's tensor, against the base it was rounded from: its codes alone.
+            if let (Some(h), crate::PieceKind::Tensor { name, data_type: 1, .. }) = (&hints, &piece.kind) {
+                let old = by_name.get(&counterpart_key(&piece.kind)).filter(|o| o.len == piece.len);
+                if let (Some(scales), Some(old)) = (h.scales(name), old) {
+                    let old_bytes = read_base(old.offset, piece.len)?;
+                    if let Some(q) = codec::encode_quant(&bytes, &old_bytes, &scales, h.bits).transpose()? {
+                        if q.len() < enc.len() {
+                            c = Codec::Quant { at: old.offset, channels: scales.len() as u64, bits: h.bits };
+                            enc = q;
+                        }
+                    }
+                }
+            }
             let (at, size) = put(&enc)?;
             steps.push(Step::Blob(Blob { sha256: piece.sha256.clone(), len: piece.len, at, size, codec: c }));
         }

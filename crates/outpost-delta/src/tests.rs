@@ -291,3 +291,52 @@ fn a_corrupted_blob_names_the_piece_and_a_forged_plan_is_refused() {
     let bomb = zstd::bulk::compress(&vec![b' '; 80 << 20], 3).unwrap();
     assert!(Plan::from_bytes(&bomb).is_err());
 }
+
+#[test]
+fn a_lossy_release_ships_as_codes_and_rebuilds_the_published_bytes_exactly() {
+    let base = weights(1);
+    let mut trained = base.clone();
+    for (_, _, v) in trained.iter_mut() {
+        for (x, d) in v.iter_mut().zip(noise(77, 100_000)) {
+            *x += d * 1e-3 * x.abs();
+        }
+    }
+    let (constant, sub) = (noise(9, 2000), noise(10, 1500));
+    let base_onnx = model(&base, &constant, &sub);
+    let trained_onnx = model(&trained, &constant, &sub);
+    let (lossy, tensors, stats) = crate::quant::quantize(&base_onnx, &trained_onnx, 8).unwrap();
+    assert_eq!(lossy.len(), trained_onnx.len(), "only weight bytes change");
+    assert_eq!((stats.tensors, stats.kept), (4, 0), "{stats:?}");
+    assert!(stats.max_abs_error > 0.0 && stats.max_abs_error < 1e-5, "{stats:?}");
+    let base_files = [("manifest.toml", manifest()), ("model.onnx", base_onnx)];
+    let base_pkg = pair(&base_files, &base_files);
+    let base_sha = Index::of_package(&base_pkg.base).unwrap().sha256;
+    let hints = crate::quant::Hints {
+        format: crate::quant::HINTS_FORMAT,
+        base_sha256: base_sha,
+        base_version: "1".into(),
+        bits: 8,
+        tensors,
+    };
+    let hints = serde_json::to_vec(&hints).unwrap();
+    let make = |onnx: &[u8], hints: &[u8]| {
+        pair(
+            &base_files,
+            &[("manifest.toml", manifest()), ("model.onnx", onnx.to_vec()), (crate::quant::HINTS_FILE, hints.to_vec())],
+        )
+    };
+    let p = make(&lossy, &hints);
+    let (plan, out) = round_trip(&p, &Held::new()).unwrap();
+    assert_eq!(out, std::fs::read(&p.new).unwrap(), "bit-exact, so the signed hash verifies");
+    let quant =
+        plan.steps.iter().filter(|s| matches!(s, Step::Blob(b) if matches!(b.codec, crate::Codec::Quant { .. })));
+    assert_eq!(quant.count(), 2, "conv2 and fc (smaller tensors stay in the frame)");
+    // The same weights without hints cost more; the trained ones more still.
+    let (lossless, _) = round_trip(&make(&lossy, b"{}"), &Held::new()).unwrap();
+    assert!(plan.blobs_size * 10 < lossless.blobs_size * 7, "{} vs {}", plan.blobs_size, lossless.blobs_size);
+    // Hints that do not fit the bytes (another base's scales) fall back to a lossless codec.
+    let (tampered, _, _) = crate::quant::quantize(&model(&weights(5), &constant, &sub), &trained_onnx, 8).unwrap();
+    let (plan, out) = round_trip(&make(&tampered, &hints), &Held::new()).unwrap();
+    assert_eq!(out.len() as u64, plan.target.size);
+    assert!(!plan.steps.iter().any(|s| matches!(s, Step::Blob(b) if matches!(b.codec, crate::Codec::Quant { .. }))));
+}

@@ -154,6 +154,31 @@ impl Api {
         self.answer(method, path, agent.run(req))
     }
 
+    /// GETs `path` into the file `out` (streamed, no overall timeout); fails on any status but
+    /// 200.
+    pub fn download(&self, path: &str, out: &std::path::Path) -> Result<u64> {
+        let url = format!("{}{path}", self.base);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(600)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder().method("GET").uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut response = agent.run(req.body(())?).map_err(|e| connection_error(&self.base, e))?;
+        if response.status() != 200 {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            bail!("GET {path} → {}: {}", response.status(), text.chars().take(300).collect::<String>());
+        }
+        let mut file = std::fs::File::create(out).with_context(|| out.display().to_string())?;
+        let n = std::io::copy(&mut response.body_mut().with_config().limit(u64::MAX).reader(), &mut file)?;
+        file.sync_all()?;
+        Ok(n)
+    }
+
     fn answer<T: DeserializeOwned>(
         &self,
         method: &str,

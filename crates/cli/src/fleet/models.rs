@@ -17,6 +17,17 @@ pub struct PublishArgs {
     /// repository, in a targets version signed here with the targets key.
     #[arg(long, env = "OUTPOST_KEYS_DIR")]
     keys_dir: Option<PathBuf>,
+    /// Publish a lossy release instead of the trained weights: the published version --base
+    /// plus the trained change rounded to this many bits per weight (2-8), measured against the
+    /// trained model first and refused beyond the tolerance. Devices on --base then fetch about
+    /// one byte per changed weight.
+    #[arg(long, requires = "base")]
+    delta_bits: Option<u8>,
+    /// The published version a lossy release is made against (what devices run).
+    #[arg(long, requires = "delta_bits")]
+    base: Option<String>,
+    #[command(flatten)]
+    tolerance: crate::delta_lossy::Tolerance,
     #[command(flatten)]
     target: Target,
 }
@@ -46,7 +57,20 @@ pub fn publish(a: PublishArgs) -> Result<()> {
     // Checked here first, so a broken package is named before any byte is sent.
     let package = Package::open(&a.package).with_context(|| format!("checking {}", a.package.display()))?;
     let packed;
-    let file = if a.package.is_dir() {
+    let file = if let (Some(bits), Some(base)) = (a.delta_bits, &a.base) {
+        let name = &package.manifest.model.name;
+        let base_file = tempfile::Builder::new().suffix(".opkg").tempfile()?;
+        api.download(&format!("/v1/models/{}/{}/package", encode(name), encode(base)), base_file.path())
+            .with_context(|| format!("fetching the base {name}@{base}"))?;
+        let (lossy, report) = crate::delta_lossy::make(base_file.path(), base, &package, bits, &a.tolerance)?;
+        print_lossy(name, base, &report);
+        if let Some(why) = &report.refused {
+            bail!("the {bits}-bit release is refused: {why}; publish the trained weights, or more bits");
+        }
+        packed = tempfile::Builder::new().suffix(".opkg").tempfile()?;
+        lossy.write_opkg(packed.path())?;
+        packed.path().to_path_buf()
+    } else if a.package.is_dir() {
         packed = tempfile::Builder::new().suffix(".opkg").tempfile()?;
         package.write_opkg(packed.path())?;
         packed.path().to_path_buf()
@@ -71,6 +95,18 @@ pub fn publish(a: PublishArgs) -> Result<()> {
         None => println!("(not in the TUF repository: pass --keys-dir to sign it into the targets)"),
     }
     Ok(())
+}
+
+fn print_lossy(name: &str, base: &str, r: &crate::delta_lossy::LossyReport) {
+    let accuracy = match r.accuracy {
+        Some((a, b)) => format!(", accuracy {b:.2} % (trained {a:.2} %)"),
+        None => String::new(),
+    };
+    println!(
+        "{}-bit release against {name}@{base}: {} tensors ({} weights) rounded, {} kept; on {} evaluation cases \
+         the top class differs on {:.2} % of {} rows{accuracy}, outputs within {:.2e} relative L2",
+        r.bits, r.tensors, r.weights, r.kept, r.cases, r.disagreement_pct, r.rows, r.rel_error
+    );
 }
 
 /// The target path a published version has in the TUF repository.

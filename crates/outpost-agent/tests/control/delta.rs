@@ -135,6 +135,9 @@ async fn a_corrupted_delta_is_fetched_again_then_replaced_by_the_whole_package()
     );
     let delta = counter(&plane, "outpost_server_delta_bytes_sent_total").await;
     assert!(delta > bytes.len() as u64 - at as u64, "the bad piece was fetched more than once: {delta}");
+    let staging: Vec<_> =
+        std::fs::read_dir(models.join(".staging")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(staging.is_empty(), "the abandoned delta's blobs are gone: {staging:?}");
     agent.shutdown().await.unwrap();
     plane.server.shutdown().await.unwrap();
 }

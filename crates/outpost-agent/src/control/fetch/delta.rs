@@ -73,6 +73,13 @@ impl Fetcher {
             Err(Delta::Attempt(a)) => Some(Err(a)),
             Err(Delta::Fallback(reason)) => {
                 tracing::warn!(model = %name, %version, base = %base_version, %reason, "delta download not possible; fetching the whole package");
+                // Blobs of this target are no use to the whole download: free their space.
+                let prefix = format!(".{name}-{version}-{}-from-", package.sha256.get(..16).unwrap_or_default());
+                for entry in std::fs::read_dir(self.dir.join(".staging")).into_iter().flatten().flatten() {
+                    if entry.file_name().to_str().is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".blobs")) {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
                 self.update(name, package, |j| {
                     j.no_delta = true;
                     j.delta_from = None;
