@@ -38,6 +38,6 @@ MAKER=$(cargo build --release --locked -p outpost-train --example bench_detector
 "$MAKER" "$WORK/models" >/dev/null
 for v in 1 2; do
   "$BIN" model pack "$WORK/models/v$v.onnx" --name det --version "$v" --task detection --backend tract \
-    --selftest-cases 1 -o "$WORK/det-$v.opkg" >/dev/null
+    --selftest-cases 1 -o "$WORK/det-$v.opkg" >"$WORK/pack-$v.log" 2>&1
 done
 python3 bench/fleet_update.py "$PWD/$BIN" "$PWD/$WORK" | tee target/bench/fleet_update.md
