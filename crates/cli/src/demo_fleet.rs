@@ -119,6 +119,7 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
             duration: None,
             enroll_concurrency: 16,
             faults: FaultConfig::default(),
+            package_dir: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = rt.spawn(outpost_sim::run(config, async move {

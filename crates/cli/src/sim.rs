@@ -1,6 +1,6 @@
 //! `outpost sim`: a simulated fleet against a real server. Each virtual device is a light task
-//! with its own key that enrolls, heartbeats, long-polls and acknowledges commands through the
-//! same client code the agent uses.
+//! with its own key that enrolls, heartbeats, long-polls, acknowledges commands and downloads
+//! the model versions assigned to it through the same client code the agent uses.
 
 use crate::fleet::client::{parse_duration_s, Target};
 use anyhow::{Context, Result};
@@ -50,6 +50,10 @@ pub struct SimArgs {
     /// Fraction of reports sent as malformed JSON (the server must refuse them).
     #[arg(long, default_value_t = 0.0)]
     fault_garbage_json: f64,
+    /// Directory for the packages the devices download and verify (one copy per distinct
+    /// package) [default: a temporary directory, removed at the end].
+    #[arg(long)]
+    package_dir: Option<std::path::PathBuf>,
     /// Tokio worker threads [default: number of cores].
     #[arg(long)]
     threads: Option<usize>,
@@ -91,6 +95,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             replay: args.fault_replay,
             garbage_json: args.fault_garbage_json,
         },
+        package_dir: args.package_dir.clone(),
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {

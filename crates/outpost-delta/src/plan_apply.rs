@@ -119,6 +119,19 @@ impl Plan {
         out
     }
 
+    /// [`Plan::fetches`] joined into byte ranges of the server's blob file: fetches adjacent
+    /// both there and in the local file become one `Range` request.
+    pub fn fetch_runs(fetches: &[Fetch]) -> Vec<Fetch> {
+        let mut out: Vec<Fetch> = Vec::new();
+        for f in fetches {
+            match out.last_mut() {
+                Some(last) if last.at + last.size == f.at && last.local + last.size == f.local => last.size += f.size,
+                _ => out.push(*f),
+            }
+        }
+        out
+    }
+
     /// Rebuilds the target into `out` from `base` (the package the plan was made against, with
     /// its index), the `held` pieces and `blobs` (the local file of [`Plan::fetches`]). Each
     /// decoded piece is checked against its hash, and the whole output against the target's.

@@ -340,3 +340,14 @@ fn a_lossy_release_ships_as_codes_and_rebuilds_the_published_bytes_exactly() {
     assert_eq!(out.len() as u64, plan.target.size);
     assert!(!plan.steps.iter().any(|s| matches!(s, Step::Blob(b) if matches!(b.codec, crate::Codec::Quant { .. }))));
 }
+
+#[test]
+fn fetches_adjacent_in_both_files_are_asked_for_as_one_range() {
+    use crate::Fetch;
+    let f = |at, size, local| Fetch { at, size, local };
+    let runs = Plan::fetch_runs(&[f(0, 10, 0), f(10, 5, 10), f(40, 3, 15), f(43, 2, 18)]);
+    assert_eq!(runs, vec![f(0, 15, 0), f(40, 5, 15)]);
+    // A piece held locally leaves a gap in the server's file: two requests.
+    assert_eq!(Plan::fetch_runs(&[f(0, 10, 0), f(20, 5, 10)]).len(), 2);
+    assert!(Plan::fetch_runs(&[]).is_empty());
+}

@@ -1,12 +1,17 @@
 //! One virtual device: a tokio task with its own Ed25519 key that enrolls, heartbeats,
-//! long-polls, acknowledges commands, may go offline and catch up, and now and then sends a
-//! deliberately broken request to check the server refuses it.
+//! long-polls, acknowledges commands, downloads the model versions its desired state names, may
+//! go offline and catch up, and now and then sends a deliberately broken request to check the
+//! server refuses it.
 
+use crate::cache::PackageCache;
 use crate::stats::{Fault, Stats};
 use crate::synthetic::{self, DeviceModelState, OfflinePlan};
+use crate::update::{DeviceModels, Updater};
 use crate::SimConfig;
 use outpost_agent::control::client::{new_nonce, now_ms, ClientError, DeviceClient};
-use outpost_proto::fleet::device::{CommandAck, CommandStatus, DesiredState, EnrollRequest, ReportBatch, StateReport};
+use outpost_proto::fleet::device::{
+    CommandAck, CommandStatus, DesiredModel, DesiredState, EnrollRequest, Health, ReportBatch, StateReport,
+};
 use outpost_proto::fleet::signing::{DeviceKey, ALGORITHM_ED25519};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -15,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 
 /// Reports per catch-up request (the server accepts up to 500).
 const BATCH: usize = 500;
@@ -35,6 +40,10 @@ pub struct Shared {
     pub stats: Stats,
     /// When the run started.
     pub started: Instant,
+    /// Verified packages, one copy each for the whole fleet.
+    pub cache: Arc<PackageCache>,
+    /// Bounds delta rebuilds running at once.
+    pub rebuild_gate: Semaphore,
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -72,11 +81,14 @@ pub async fn run(index: usize, shared: Arc<Shared>, mut stop: watch::Receiver<bo
         offline: synthetic::offline_plan(config.offline_fraction, config.heartbeat_interval, config.duration, &mut rng),
         online: watch::channel(true).0,
         applied: std::sync::Mutex::new(String::new()),
+        models: DeviceModels::default(),
+        wanted: watch::channel(Vec::new()).0,
+        report_now: Notify::new(),
     };
     if config.long_poll {
-        tokio::join!(device.heartbeats(rng, stop.clone()), device.long_polls(stop));
+        tokio::join!(device.heartbeats(rng, stop.clone()), device.long_polls(stop.clone()), device.updates(stop));
     } else {
-        device.heartbeats(rng, stop).await;
+        tokio::join!(device.heartbeats(rng, stop.clone()), device.updates(stop));
     }
 }
 
@@ -133,6 +145,13 @@ struct Device {
     online: watch::Sender<bool>,
     /// ETag of the desired state the device last applied (reported in every heartbeat).
     applied: std::sync::Mutex<String>,
+    /// The real models it holds or fetches.
+    models: DeviceModels,
+    /// The models the desired state names (with a package), for the update task.
+    wanted: watch::Sender<Vec<DesiredModel>>,
+    /// An update ended: report now rather than at the next interval, so the server's view of
+    /// the fleet measures delivery, not the heartbeat interval.
+    report_now: Notify,
 }
 
 impl Device {
@@ -146,8 +165,13 @@ impl Device {
         loop {
             seq += 1;
             let applied = self.applied_etag();
-            let report =
+            let mut report =
                 synthetic::state_report(seq, now_ms(), born.elapsed().as_secs(), &applied, &mut model, &mut rng);
+            let (real, missing) = self.models.reports();
+            report.models.extend(real);
+            if missing {
+                report.health = Health::Degraded;
+            }
             if let Some(plan) = self.offline.filter(|p| p.after == sent && offline_left == 0 && queued.is_empty()) {
                 offline_left = plan.intervals;
                 self.shared.stats.went_offline.fetch_add(1, Ordering::Relaxed);
@@ -167,8 +191,11 @@ impl Device {
                 }
             }
             sent = sent.saturating_add(1);
-            if !nap(synthetic::jittered(config.heartbeat_interval, config.jitter, &mut rng), &mut stop).await {
-                return;
+            let pause = synthetic::jittered(config.heartbeat_interval, config.jitter, &mut rng);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.report_now.notified() => {}
+                _ = stopped(&mut stop) => return,
             }
         }
     }
@@ -263,8 +290,46 @@ impl Device {
         }
     }
 
-    /// Acknowledges every command not acknowledged yet.
+    /// Fetches each model version the desired state names that the device does not hold, one
+    /// after another, whenever the desired state changes.
+    async fn updates(&self, mut stop: watch::Receiver<bool>) {
+        let mut wanted = self.wanted.subscribe();
+        let updater = Updater {
+            client: &self.client,
+            cache: &self.shared.cache,
+            stats: &self.shared.stats,
+            models: &self.models,
+            rebuild_gate: &self.shared.rebuild_gate,
+        };
+        loop {
+            let models = wanted.borrow_and_update().clone();
+            for m in &models {
+                let Some(package) = self.models.to_fetch(m) else { continue };
+                tokio::select! {
+                    _ = updater.update(&m.name, &m.version, &package) => self.report_now.notify_one(),
+                    _ = stopped(&mut stop) => return,
+                }
+            }
+            tokio::select! {
+                r = wanted.changed() => if r.is_err() { return },
+                _ = stopped(&mut stop) => return,
+            }
+        }
+    }
+
+    /// Hands the desired models to the update task and acknowledges every command not
+    /// acknowledged yet.
     async fn apply(&self, desired: &DesiredState, acked: &mut HashSet<i64>) {
+        // The device builds nothing from a name that breaks the grammar, as the agent refuses it.
+        let models: Vec<DesiredModel> =
+            desired.models.iter().filter(|m| m.is_well_named() && m.package.is_some()).cloned().collect();
+        self.wanted.send_if_modified(|current| {
+            let changed = *current != models;
+            if changed {
+                *current = models;
+            }
+            changed
+        });
         for command in &desired.commands {
             if acked.contains(&command.id) {
                 continue;

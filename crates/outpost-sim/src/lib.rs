@@ -4,7 +4,10 @@
 //!
 //! Each virtual device is one tokio task with its own Ed25519 key, driving the same
 //! `DeviceClient` the agent uses: it enrolls, heartbeats with plausible state reports,
-//! long-polls its desired state and acknowledges commands. Some devices go offline and catch up
+//! long-polls its desired state and acknowledges commands. When the desired state names a model
+//! version the device does not hold, it downloads it for real as the agent would (the whole
+//! package, or a delta from the version it runs), verifies it and reports each step until the
+//! version is active (the `update` module says how). Some devices go offline and catch up
 //! through the batch report endpoint; some requests are deliberately broken (forged signature,
 //! replay, malformed JSON) and the simulator counts whether the server refused them. All devices
 //! share one HTTP client and connection pool, and their starts are spread over the first
@@ -13,15 +16,18 @@
 //! The simulator never fakes the server side: every number in the [`SimReport`] is a real
 //! request's outcome.
 
+mod cache;
 mod device;
 pub mod histogram;
 mod stats;
 pub mod synthetic;
+mod update;
 
-pub use stats::{FaultCount, SimReport};
+pub use stats::{FaultCount, SimReport, UpdateCounts};
 
 use device::Shared;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
@@ -60,6 +66,9 @@ pub struct SimConfig {
     pub enroll_concurrency: usize,
     /// Broken requests to send.
     pub faults: FaultConfig,
+    /// Where verified packages are kept, one copy per distinct package for the whole fleet;
+    /// a temporary directory removed at the end when absent.
+    pub package_dir: Option<PathBuf>,
 }
 
 /// Why the simulation could not run.
@@ -71,6 +80,9 @@ pub enum SimError {
     /// The shared HTTP client cannot be built.
     #[error(transparent)]
     Client(#[from] outpost_agent::control::client::ClientError),
+    /// The directory for verified packages cannot be made.
+    #[error("cannot create the simulator's package directory: {0}")]
+    PackageDir(#[source] std::io::Error),
 }
 
 fn validate(config: &SimConfig) -> Result<(), SimError> {
@@ -129,7 +141,12 @@ pub async fn run(config: SimConfig, stop: impl Future<Output = ()>) -> Result<Si
         );
     }
     let http = outpost_agent::control::client::http_client(config.devices.saturating_mul(2) + 16)?;
+    let cache = cache::PackageCache::new(config.package_dir.as_deref()).map_err(SimError::PackageDir)?;
+    // Rebuilds are CPU work on blocking threads; more at once than cores only adds threads.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let shared = Arc::new(Shared {
+        cache,
+        rebuild_gate: Semaphore::new(cores),
         enroll_gate: Semaphore::new(config.enroll_concurrency.max(1)),
         config: config.clone(),
         http,
@@ -178,6 +195,7 @@ mod tests {
             duration: Some(Duration::from_millis(200)),
             enroll_concurrency: 4,
             faults: FaultConfig::default(),
+            package_dir: None,
         }
     }
 

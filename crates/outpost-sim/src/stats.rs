@@ -69,6 +69,24 @@ pub struct Stats {
     pub faults_injected: [AtomicU64; 3],
     /// Faults the server refused with a 4xx, by kind.
     pub faults_rejected: [AtomicU64; 3],
+    /// Whole packages downloaded and verified.
+    pub downloads_full: AtomicU64,
+    /// Packages rebuilt from a delta and verified.
+    pub downloads_delta: AtomicU64,
+    /// Deltas given up for the whole package.
+    pub delta_fallbacks: AtomicU64,
+    /// Body bytes received for whole packages, every attempt counted.
+    pub bytes_full: AtomicU64,
+    /// Plan and blob bytes received for deltas, every attempt counted.
+    pub bytes_delta: AtomicU64,
+    /// Downloads or rebuilds whose bytes did not match their hash.
+    pub verify_failures: AtomicU64,
+    /// Updates that reached active.
+    pub updates_active: AtomicU64,
+    /// Updates given up (reported failed).
+    pub updates_failed: AtomicU64,
+    /// From a device learning of a version to that version being active on it.
+    pub time_to_active: LatencyHistogram,
 }
 
 impl Stats {
@@ -136,9 +154,49 @@ impl Stats {
                     rejected: get(&self.faults_rejected[f.index()]),
                 })
                 .collect(),
+            updates: UpdateCounts {
+                downloads_full: get(&self.downloads_full),
+                downloads_delta: get(&self.downloads_delta),
+                delta_fallbacks: get(&self.delta_fallbacks),
+                bytes_full: get(&self.bytes_full),
+                bytes_delta: get(&self.bytes_delta),
+                verify_failures: get(&self.verify_failures),
+                active: get(&self.updates_active),
+                failed: get(&self.updates_failed),
+                time_to_active_p50_ms: self.time_to_active.quantile_ms(0.50),
+                time_to_active_p99_ms: self.time_to_active.quantile_ms(0.99),
+                time_to_active_max_ms: self.time_to_active.max_ms(),
+            },
             elapsed_s: elapsed.as_secs_f64(),
         }
     }
+}
+
+/// Model updates of the whole fleet.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UpdateCounts {
+    /// Whole packages downloaded and verified.
+    pub downloads_full: u64,
+    /// Packages rebuilt from a delta and verified.
+    pub downloads_delta: u64,
+    /// Deltas given up for the whole package.
+    pub delta_fallbacks: u64,
+    /// Bytes received for whole packages (every attempt).
+    pub bytes_full: u64,
+    /// Plan and blob bytes received for deltas (every attempt).
+    pub bytes_delta: u64,
+    /// Downloads or rebuilds whose bytes did not verify.
+    pub verify_failures: u64,
+    /// Updates that reached active.
+    pub active: u64,
+    /// Updates given up.
+    pub failed: u64,
+    /// Median time from learning of a version to running it, ms.
+    pub time_to_active_p50_ms: f64,
+    /// 99th percentile of that, ms.
+    pub time_to_active_p99_ms: f64,
+    /// Slowest, ms.
+    pub time_to_active_max_ms: f64,
 }
 
 /// Faults of one kind.
@@ -195,6 +253,8 @@ pub struct SimReport {
     pub commands_acked: u64,
     /// Deliberately broken requests, by kind.
     pub faults: Vec<FaultCount>,
+    /// Model updates.
+    pub updates: UpdateCounts,
     /// Run time, seconds.
     pub elapsed_s: f64,
 }
@@ -237,6 +297,18 @@ impl fmt::Display for SimReport {
         write!(f, "  faults rejected     {:>10}   of {} injected", self.faults_rejected(), self.faults_injected())?;
         for fault in self.faults.iter().filter(|c| c.injected > 0) {
             write!(f, "\n    {:<18}{:>10}   of {}", fault.kind, fault.rejected, fault.injected)?;
+        }
+        let u = &self.updates;
+        if u.active + u.failed + u.verify_failures > 0 {
+            write!(f, "\n  updates active      {:>10}   failed {}", u.active, u.failed)?;
+            write!(f, "\n  verify failures     {:>10}   deltas fell back {}", u.verify_failures, u.delta_fallbacks)?;
+            write!(f, "\n  whole downloads     {:>10}   {} bytes", u.downloads_full, u.bytes_full)?;
+            write!(f, "\n  delta downloads     {:>10}   {} bytes", u.downloads_delta, u.bytes_delta)?;
+            write!(
+                f,
+                "\n  time to active ms   {:>10}   p50 {:.1}  p99 {:.1}  max {:.1}",
+                "", u.time_to_active_p50_ms, u.time_to_active_p99_ms, u.time_to_active_max_ms
+            )?;
         }
         if let Some(error) = &self.last_error {
             write!(f, "\n  last error: {error}")?;

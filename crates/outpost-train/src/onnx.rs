@@ -148,6 +148,16 @@ pub fn attr_int(name: &str, value: i64) -> AttributeProto {
     }
 }
 
+/// An INTS attribute (strides, pads, kernel shapes).
+pub fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        r#type: attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
 /// Serialises a model to ONNX protobuf bytes.
 pub fn encode(model: &ModelProto) -> Vec<u8> {
     model.encode_to_vec()

@@ -11,16 +11,16 @@
 use super::{staging_path, Attempt, FetchState, Fetcher, DISK_MARGIN, STALL_TIMEOUT};
 use crate::control::client::ClientError;
 use crate::control::system::disk_space;
-use outpost_delta::{held_pieces, DeltaError, Fetch, Held, Index, Plan, Step};
+use outpost_delta::{held_pieces, DeltaError, Held, Index, Plan, Step};
 use outpost_proto::fleet::api::PackageRef;
 use outpost_proto::fleet::device::FailureKind;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Largest plan accepted, as sent.
-const MAX_PLAN_BYTES: u64 = 16 << 20;
+pub const MAX_PLAN_BYTES: u64 = 16 << 20;
 /// Pieces that fail to verify, in a row, before the whole package is fetched instead.
-const DELTA_MISSES: u32 = 2;
+pub const DELTA_MISSES: u32 = 2;
 
 enum Delta {
     /// This delta cannot work; download the whole package.
@@ -29,21 +29,9 @@ enum Delta {
     Attempt(Attempt),
 }
 
-/// Consecutive fetches (adjacent in the server's blob file) as one range each.
-fn runs(fetches: &[Fetch]) -> Vec<Fetch> {
-    let mut out: Vec<Fetch> = Vec::new();
-    for f in fetches {
-        match out.last_mut() {
-            Some(last) if last.at + last.size == f.at && last.local + last.size == f.local => last.size += f.size,
-            _ => out.push(*f),
-        }
-    }
-    out
-}
-
 /// Worth asking again for the delta: the link or an overloaded server. Anything else (a
 /// server that cannot build this delta, a 500) means the whole package instead.
-fn transient(e: &ClientError) -> bool {
+pub fn delta_error_is_transient(e: &ClientError) -> bool {
     match e {
         ClientError::Server { status, .. } => matches!(status, 502..=504),
         other => other.is_transient(),
@@ -100,7 +88,7 @@ impl Fetcher {
     ) -> Result<(), Delta> {
         let plan_bytes = match self.client.delta_plan(name, version, base_version, MAX_PLAN_BYTES).await {
             Ok(b) => b,
-            Err(e) if transient(&e) => return Err(Delta::Attempt(Attempt::Transient(e.to_string()))),
+            Err(e) if delta_error_is_transient(&e) => return Err(Delta::Attempt(Attempt::Transient(e.to_string()))),
             Err(e) => return Err(Delta::Fallback(e.to_string())),
         };
         let plan = Plan::from_bytes(&plan_bytes).map_err(|e| Delta::Fallback(e.to_string()))?;
@@ -141,7 +129,7 @@ impl Fetcher {
             j.delta_from = Some(base);
             j.fetched = plan_len + have;
         });
-        for run in runs(&fetches) {
+        for run in Plan::fetch_runs(&fetches) {
             if run.local + run.size <= have {
                 continue;
             }
@@ -250,7 +238,7 @@ impl Fetcher {
     ) -> Result<(), Delta> {
         let mut response = match self.client.delta_blobs(name, version, base_version, range.clone()).await {
             Ok(r) => r,
-            Err(e) if transient(&e) => return Err(Delta::Attempt(Attempt::Transient(e.to_string()))),
+            Err(e) if delta_error_is_transient(&e) => return Err(Delta::Attempt(Attempt::Transient(e.to_string()))),
             Err(ClientError::Rejected { status: 416, .. }) => {
                 let _ = std::fs::remove_file(path);
                 return Err(Delta::Attempt(Attempt::Mismatch(

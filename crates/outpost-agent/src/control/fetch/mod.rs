@@ -12,6 +12,8 @@
 
 mod delta;
 
+pub use delta::{delta_error_is_transient, DELTA_MISSES, MAX_PLAN_BYTES};
+
 use super::client::{ClientError, DeviceClient};
 use super::system::disk_space;
 use crate::store::ModelStore;
@@ -25,9 +27,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A download whose bytes do not hash right is tried again from zero this many times.
-const MISMATCH_ATTEMPTS: u32 = 3;
+pub const MISMATCH_ATTEMPTS: u32 = 3;
 /// Longest wait for the next bytes of a download before it counts as broken off.
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// A failed version is tried again after this long even when the desired state is unchanged.
 pub const RETRY_FAILED_AFTER: Duration = Duration::from_secs(600);
 /// Room left free on the disk beyond the package itself.
