@@ -86,30 +86,31 @@ done
 # Lossy releases: base + each float fine-tune's change rounded to 8 bits per weight
 # (`model delta lossy`, what `model publish --delta-bits 8 --base 1` publishes), measured on the
 # held-out digits, then sent as a delta from the base and rebuilt bit-exactly.
-printf '\n| pair | zstd --patch-from | outpost lossless | outpost 8-bit | 8-bit vs patch-from | goal | top-1 differs | test accuracy trained → 8-bit | apply ms |\n'
-printf '|---|---|---|---|---|---|---|---|---|\n'
+printf '\n| pair | zstd --patch-from | outpost lossless | outpost 8-bit | 8-bit vs patch-from | goal | scale | top-1 differs | test accuracy trained → 8-bit | apply ms |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|\n'
 declare -A goal8=([head-bn-frozen]="—" [head-bn-moving]="—" [full-light]="≤ 0.25x" [full-heavy]="≤ 0.25x")
 for m in head-bn-frozen head-bn-moving full-light full-heavy; do
   new="$WORK/pkg/$m.opkg"
   out="$WORK/out/$m"
   q8="$WORK/pkg/$m-q8.opkg"
   rm -f "$q8"
-  report=$("$BIN" model delta lossy --base "$base" --new "$new" --bits 8 --eval "$WORK/eval" -o "$q8" 2>&1 | head -1)
+  # The JSON report is printed whether or not the release is refused (exit 1, no package).
+  report=$("$BIN" model delta lossy --base "$base" --new "$new" --bits 8 --eval "$WORK/eval" -o "$q8" 2>/dev/null || true)
   pf=$(zstd -q -19 --patch-from="$base" -c "$new" 2>/dev/null | wc -c)
   lossless=$("$BIN" model delta make --base "$base" --new "$new" --out "$out/lossless" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
   if [ ! -f "$q8" ]; then
-    printf '| %s | %s | %s | refused | — | %s | %s | | |\n' "${label[$m]}" "$pf" "$lossless" "${goal8[$m]}" "$report"
+    printf '| %s | %s | %s | refused | — | %s | | %s | | |\n' "${label[$m]}" "$pf" "$lossless" "${goal8[$m]}" "$report"
     continue
   fi
   ours=$("$BIN" model delta make --base "$base" --new "$q8" --out "$out/q8" | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])')
   applied=$("$BIN" model delta apply --base "$base" --plan "$out/q8/plan" --blobs "$out/q8/blobs" --out "$out/q8/rebuilt.opkg")
   cmp -s "$out/q8/rebuilt.opkg" "$q8" || { echo "the rebuilt 8-bit $m is not the package" >&2; exit 1; }
   ms=$(echo "$applied" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ms"])')
-  read -r differs acc < <(echo "$report" | python3 -c '
+  read -r scale differs acc < <(echo "$report" | python3 -c '
 import json,sys; r=json.load(sys.stdin); a=r["accuracy"]; d=r["disagreement_pct"]
-print(f"{d:.2f}%", f"{a[0]:.2f}%→{a[1]:.2f}%")')
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$m]}" "$pf" "$lossless" "$ours" \
-    "$(python3 -c "print(f'{$ours/$pf:.3f}x')")" "${goal8[$m]}" "$differs" "$acc" "$ms"
+print(r["scale"], f"{d:.2f}%", f"{a[0]:.2f}%→{a[1]:.2f}%")')
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "${label[$m]}" "$pf" "$lossless" "$ours" \
+    "$(python3 -c "print(f'{$ours/$pf:.3f}x')")" "${goal8[$m]}" "$scale" "$differs" "$acc" "$ms"
 done
 echo
 echo "test accuracy of each version: $(cat "$WORK/models/accuracy.json" | tr -d '\n ')"

@@ -10,7 +10,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use outpost_delta::quant::{quantize, Hints, QuantStats, HINTS_FILE, HINTS_FORMAT};
+use outpost_delta::quant::{quantize, Granularity, Hints, QuantStats, Rounded, HINTS_FILE, HINTS_FORMAT};
 use outpost_proto::manifest::SelfTest;
 use outpost_runtime::model::MemoryBudget;
 use outpost_runtime::{LoadOptions, LoadedModel, Package, Tensor};
@@ -34,9 +34,24 @@ pub struct Tolerance {
     /// Largest relative L2 error of the outputs, for outputs without classes.
     #[arg(long, default_value_t = 0.01)]
     pub max_rel_error: f64,
+    /// Weights sharing one scale: `tensor` (smaller deltas), `channel` (finer steps), or
+    /// `auto`: per tensor, per channel when that is refused.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub delta_scale: ScaleArg,
     /// Path of libonnxruntime.so (for models served by onnxruntime).
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_library: Option<PathBuf>,
+}
+
+/// `--delta-scale`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ScaleArg {
+    /// Per tensor, per channel when that is refused.
+    Auto,
+    /// One scale per tensor.
+    Tensor,
+    /// One scale per output channel.
+    Channel,
 }
 
 /// What the measurement found.
@@ -44,6 +59,8 @@ pub struct Tolerance {
 pub struct LossyReport {
     /// Bits per weight change.
     pub bits: u8,
+    /// Weights per scale.
+    pub scale: Granularity,
     /// Float tensors rounded.
     pub tensors: usize,
     /// Weights rounded.
@@ -139,8 +156,9 @@ fn run(model: &LoadedModel, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
 }
 
 /// Makes the lossy release of `trained` against the package `base` (its file): the rounded
-/// package (hints, re-recorded self-test) and what the measurement found. The package is
-/// returned even when refused, so a caller can show the numbers.
+/// package (hints, re-recorded self-test) and what the measurement found. Under `auto`, one
+/// scale per tensor first (the smaller delta), per channel when that is refused. The package
+/// is returned even when refused, so a caller can show the numbers.
 pub fn make(
     base: &Path,
     base_version: &str,
@@ -148,12 +166,38 @@ pub fn make(
     bits: u8,
     tol: &Tolerance,
 ) -> Result<(Package, LossyReport)> {
+    let tries: &[Granularity] = match tol.delta_scale {
+        ScaleArg::Auto => &[Granularity::Tensor, Granularity::Channel],
+        ScaleArg::Tensor => &[Granularity::Tensor],
+        ScaleArg::Channel => &[Granularity::Channel],
+    };
+    let mut made = None;
+    for &g in tries {
+        let (pkg, report) = make_with(base, base_version, trained, bits, g, tol)?;
+        let done = report.refused.is_none();
+        made = Some((pkg, report));
+        if done {
+            break;
+        }
+    }
+    made.context("no granularity to try")
+}
+
+fn make_with(
+    base: &Path,
+    base_version: &str,
+    trained: &Package,
+    bits: u8,
+    granularity: Granularity,
+    tol: &Tolerance,
+) -> Result<(Package, LossyReport)> {
     let base_pkg = Package::open(base).with_context(|| format!("the base package {}", base.display()))?;
     let base_sha = outpost_runtime::package::sha256_hex(&std::fs::read(base)?);
     if base_pkg.manifest.model.name != trained.manifest.model.name {
         bail!("the base is {}, the new package {}", base_pkg.manifest.model.name, trained.manifest.model.name);
     }
-    let (onnx, tensors, stats) = quantize(base_pkg.model_bytes(), trained.model_bytes(), bits)?;
+    let Rounded { onnx, scales: tensors, stats } =
+        quantize(base_pkg.model_bytes(), trained.model_bytes(), bits, granularity)?;
     if stats.tensors == 0 {
         bail!("no float tensor of the new model has a same-sized counterpart in the base: nothing to round");
     }
@@ -180,7 +224,7 @@ pub fn make(
     let (trained_model, rounded) = (load(trained, &tol.ort_library)?, load(&draft, &tol.ort_library)?);
 
     let cases = eval_cases(&tol.eval, trained, golden.as_ref())?;
-    let mut report = report_of(bits, &stats, cases.len());
+    let mut report = report_of(bits, granularity, &stats, cases.len());
     let (mut differ, mut labelled, mut right) = (0usize, 0usize, (0usize, 0usize));
     for case in &cases {
         let (a, b) = (run(&trained_model, &case.inputs)?, run(&rounded, &case.inputs)?);
@@ -255,9 +299,10 @@ fn record_outputs(
         .collect()
 }
 
-fn report_of(bits: u8, s: &QuantStats, cases: usize) -> LossyReport {
+fn report_of(bits: u8, scale: Granularity, s: &QuantStats, cases: usize) -> LossyReport {
     LossyReport {
         bits,
+        scale,
         tensors: s.tensors,
         weights: s.weights,
         kept: s.kept,

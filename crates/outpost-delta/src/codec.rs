@@ -300,9 +300,7 @@ pub fn decode(
             let per = (len / 4) as usize / channels;
             let mut d = zstd::stream::read::Decoder::new(blob).map_err(corrupt)?;
             d.window_log_max(WINDOW_LOG).map_err(corrupt)?;
-            let mut raw = vec![0u8; channels * 4];
-            d.read_exact(&mut raw).map_err(corrupt)?;
-            let scales: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let scales = read_scales(&mut d, channels)?;
             let (mut q, mut cur) = (vec![0u8; BLOCK / 4], vec![0u8; BLOCK]);
             let mut done = 0u64;
             while done < len {
@@ -325,9 +323,7 @@ pub fn decode(
             let per = (len / 4) as usize / channels;
             let mut d = zstd::stream::read::Decoder::new(blob).map_err(corrupt)?;
             d.window_log_max(WINDOW_LOG).map_err(corrupt)?;
-            let mut raw = vec![0u8; channels * 4];
-            d.read_exact(&mut raw).map_err(corrupt)?;
-            let scales: Vec<f32> = raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let scales = read_scales(&mut d, channels)?;
             let (mut planes, mut old, mut cur) = (vec![0u8; BLOCK], vec![0u8; BLOCK], vec![0u8; BLOCK]);
             let mut done = 0u64;
             while done < len {
@@ -342,6 +338,13 @@ pub fn decode(
             expect_end(&mut d)
         }
     }
+}
+
+/// The `channels` little-endian f32 factors a scaled or quantised piece starts with.
+fn read_scales(d: &mut impl Read, channels: usize) -> Result<Vec<f32>, DeltaError> {
+    let mut raw = vec![0u8; channels * 4];
+    d.read_exact(&mut raw).map_err(|e| DeltaError::Corrupt(format!("piece data: {e}")))?;
+    Ok(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
 fn copy_exact(d: &mut impl Read, len: u64, out: &mut dyn Write) -> Result<(), DeltaError> {

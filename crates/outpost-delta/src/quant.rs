@@ -120,6 +120,18 @@ pub fn codes(new: &[u8], old: &[u8], scales: &[f32], bits: u8) -> Option<Vec<u8>
     Some(out)
 }
 
+/// How many weights share one scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One scale per tensor: the step follows the largest change, so most codes are small and
+    /// compress well.
+    #[default]
+    Tensor,
+    /// One scale per output channel (the first dimension): finer steps, larger codes.
+    Channel,
+}
+
 /// What [`quantize`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QuantStats {
@@ -133,15 +145,21 @@ pub struct QuantStats {
     pub max_abs_error: f64,
 }
 
+/// A lossy model: its ONNX bytes, the scales of each rounded tensor (for [`Hints::tensors`])
+/// and what was done.
+#[derive(Debug, Clone)]
+pub struct Rounded {
+    /// The ONNX file: the trained one's bytes but for the rounded weights.
+    pub onnx: Vec<u8>,
+    /// Tensor name → hex of its little-endian f32 scales.
+    pub scales: BTreeMap<String, String>,
+    /// Counts and the largest weight error.
+    pub stats: QuantStats,
+}
+
 /// Rounds every float tensor's change from `base_onnx` to `new_onnx` to `bits` bits per weight,
-/// with one scale per output channel (the first dimension) and per tensor for 1-D ones.
-/// Returns the lossy ONNX (the same bytes as `new_onnx` but for the rounded weights), each
-/// rounded tensor's scales (for [`Hints::tensors`]) and what was done.
-pub fn quantize(
-    base_onnx: &[u8],
-    new_onnx: &[u8],
-    bits: u8,
-) -> Result<(Vec<u8>, BTreeMap<String, String>, QuantStats), DeltaError> {
+/// with one scale per tensor or per output channel (the first dimension; 1-D tensors per tensor).
+pub fn quantize(base_onnx: &[u8], new_onnx: &[u8], bits: u8, granularity: Granularity) -> Result<Rounded, DeltaError> {
     if !(2..=8).contains(&bits) {
         return Err(DeltaError::Corrupt(format!("--delta-bits {bits}: 2 to 8 bits per weight")));
     }
@@ -178,8 +196,8 @@ pub fn quantize(
             continue;
         }
         let n = nv.len();
-        let channels = match span.first_dim {
-            c if c >= 2 && (n as u64).is_multiple_of(c) => c as usize,
+        let channels = match (granularity, span.first_dim) {
+            (Granularity::Channel, c) if c >= 2 && (n as u64).is_multiple_of(c) => c as usize,
             _ => 1,
         };
         let per = n / channels;
@@ -209,5 +227,5 @@ pub fn quantize(
         scales_out
             .insert(span.name.clone(), hex::encode(scales.iter().flat_map(|s| s.to_le_bytes()).collect::<Vec<u8>>()));
     }
-    Ok((out, scales_out, stats))
+    Ok(Rounded { onnx: out, scales: scales_out, stats })
 }

@@ -304,7 +304,8 @@ fn a_lossy_release_ships_as_codes_and_rebuilds_the_published_bytes_exactly() {
     let (constant, sub) = (noise(9, 2000), noise(10, 1500));
     let base_onnx = model(&base, &constant, &sub);
     let trained_onnx = model(&trained, &constant, &sub);
-    let (lossy, tensors, stats) = crate::quant::quantize(&base_onnx, &trained_onnx, 8).unwrap();
+    let crate::quant::Rounded { onnx: lossy, scales: tensors, stats } =
+        crate::quant::quantize(&base_onnx, &trained_onnx, 8, crate::quant::Granularity::Channel).unwrap();
     assert_eq!(lossy.len(), trained_onnx.len(), "only weight bytes change");
     assert_eq!((stats.tensors, stats.kept), (4, 0), "{stats:?}");
     assert!(stats.max_abs_error > 0.0 && stats.max_abs_error < 1e-5, "{stats:?}");
@@ -335,7 +336,9 @@ fn a_lossy_release_ships_as_codes_and_rebuilds_the_published_bytes_exactly() {
     let (lossless, _) = round_trip(&make(&lossy, b"{}"), &Held::new()).unwrap();
     assert!(plan.blobs_size * 10 < lossless.blobs_size * 7, "{} vs {}", plan.blobs_size, lossless.blobs_size);
     // Hints that do not fit the bytes (another base's scales) fall back to a lossless codec.
-    let (tampered, _, _) = crate::quant::quantize(&model(&weights(5), &constant, &sub), &trained_onnx, 8).unwrap();
+    let tampered = crate::quant::quantize(&model(&weights(5), &constant, &sub), &trained_onnx, 8, Default::default())
+        .unwrap()
+        .onnx;
     let (plan, out) = round_trip(&make(&tampered, &hints), &Held::new()).unwrap();
     assert_eq!(out.len() as u64, plan.target.size);
     assert!(!plan.steps.iter().any(|s| matches!(s, Step::Blob(b) if matches!(b.codec, crate::Codec::Quant { .. }))));

@@ -2,6 +2,9 @@
 //! heartbeats, goes offline and catches up, acknowledges commands, and every broken request is
 //! refused.
 
+#[path = "fleet/updates.rs"]
+mod updates;
+
 use outpost_sim::{FaultConfig, SimConfig};
 use std::time::Duration;
 

@@ -135,12 +135,7 @@ impl Api {
         content_type: &str,
     ) -> Result<(u16, T)> {
         let url = format!("{}{path}", self.base);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(600)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = long_agent();
         let mut req = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
@@ -158,12 +153,7 @@ impl Api {
     /// 200.
     pub fn download(&self, path: &str, out: &std::path::Path) -> Result<u64> {
         let url = format!("{}{path}", self.base);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(600)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = long_agent();
         let mut req = ureq::http::Request::builder().method("GET").uri(&url);
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -206,6 +196,17 @@ impl Api {
         let value = serde_json::from_str(&text).with_context(|| format!("decoding the answer of {method} {path}"))?;
         Ok((status.as_u16(), value))
     }
+}
+
+/// An agent for requests that move a package: no overall timeout (a large package takes as long
+/// as the link needs), only on connecting and on the wait for the answer.
+fn long_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(600)))
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 fn connection_error(base: &str, e: ureq::Error) -> anyhow::Error {
