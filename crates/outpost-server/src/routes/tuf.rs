@@ -137,6 +137,10 @@ pub async fn put_release(
     caller: OperatorRole,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // A server without a repository says so first, whatever the body.
+    if !state.tuf.is_configured() {
+        return Err(TufRepoError::NotConfigured.into());
+    }
     let as_bytes = |v: &serde_json::Value| serde_json::to_vec(v).unwrap_or_default();
     let obj = body.as_object().ok_or_else(|| ApiError::InvalidRequest("the release is a JSON object".into()))?;
     if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "targets" | "roles")) {
