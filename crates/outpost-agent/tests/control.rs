@@ -140,8 +140,14 @@ fn state_report_numbers_itself_and_flags_missing_desired_models() {
     let store = Arc::new(ModelStore::new(LoadOptions::default(), MemoryBudget::new(1 << 30), metrics.clone()));
     metrics.request("ghost", "infer", 200, Duration::from_millis(3));
     let mut builder = ReportBuilder::new(store, metrics, dir.path().to_path_buf(), 5);
-    let desired =
-        [DesiredModel { name: "defect".into(), version: "3".into(), source: "override".into(), package: None }];
+    let desired = [DesiredModel {
+        name: "defect".into(),
+        version: "3".into(),
+        source: "override".into(),
+        package: None,
+        shadow: None,
+        attempt: 0,
+    }];
     let a = builder.build(&desired, "etag-1", &Default::default(), &Default::default());
     let b = builder.build(&[], "etag-1", &Default::default(), &Default::default());
     assert_eq!((a.seq, b.seq), (5, 6));

@@ -90,6 +90,8 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
                     version: a.version.clone(),
                     source: format!("assignment:{}", a.id),
                     package: None,
+                    shadow: None,
+                    attempt: 0,
                 },
             );
         }
@@ -107,6 +109,8 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
                         version: version.clone(),
                         source: "override".into(),
                         package: None,
+                        shadow: None,
+                        attempt: 0,
                     },
                 );
             }
@@ -202,7 +206,14 @@ mod tests {
         let s = desired_state(inputs(&a, &l, Some(&ov)));
         assert_eq!(
             s.models,
-            vec![DesiredModel { name: "defect".into(), version: "9".into(), source: "override".into(), package: None }]
+            vec![DesiredModel {
+                name: "defect".into(),
+                version: "9".into(),
+                source: "override".into(),
+                package: None,
+                shadow: None,
+                attempt: 0
+            }]
         );
         assert_eq!(s.config.get("log_level"), Some(&serde_json::json!("debug")));
     }

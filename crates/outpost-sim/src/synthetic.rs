@@ -71,6 +71,7 @@ pub fn state_report(
             errors: model.errors,
             latency_p50_ms: p50,
             latency_p99_ms: p50 * rng.random_range(1.5..4.0),
+            ..ModelReport::default()
         }],
         system: SystemReport {
             cpu_percent: rng.random_range(5.0..60.0),

@@ -128,6 +128,7 @@ pub fn model_reports(
             errors: window.errors,
             latency_p50_ms: percentile(&mut window.latencies_ms, 0.50),
             latency_p99_ms: percentile(&mut window.latencies_ms, 0.99),
+            ..ModelReport::default()
         });
     }
     for missing in missing_models(served, desired) {
@@ -250,7 +251,14 @@ mod tests {
     }
 
     fn desired(name: &str, version: &str) -> DesiredModel {
-        DesiredModel { name: name.into(), version: version.into(), source: "override".into(), package: None }
+        DesiredModel {
+            name: name.into(),
+            version: version.into(),
+            source: "override".into(),
+            package: None,
+            shadow: None,
+            attempt: 0,
+        }
     }
 
     #[test]

@@ -167,6 +167,13 @@ pub struct ModelReport {
     pub latency_p50_ms: f64,
     /// 99th percentile latency over the last report interval, milliseconds.
     pub latency_p99_ms: f64,
+    /// Requests since the previous report, per version that answered them: the additive
+    /// counts rollout gates sum over devices and time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<super::quality::VersionWindow>,
+    /// The candidate version running in shadow, when the desired state names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<super::quality::ShadowReport>,
 }
 
 /// Resource use of the device.
@@ -232,7 +239,7 @@ pub struct ReportAck {
 }
 
 /// A model the device should serve.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DesiredModel {
     /// Model name.
     pub name: String,
@@ -244,6 +251,16 @@ pub struct DesiredModel {
     /// versions published without a package: those must be installed on the device by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<crate::fleet::api::PackageRef>,
+    /// A candidate to run in shadow beside this version (a rollout's shadow phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<super::rollout::ShadowSpec>,
+    /// Raised by the server to have a device try again a version whose update failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl DesiredModel {

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod device;
+pub mod quality;
+pub mod rollout;
 pub mod selector;
 pub mod signing;
 
