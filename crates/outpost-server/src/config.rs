@@ -64,6 +64,16 @@ pub struct ServerConfig {
     pub max_package_bytes: u64,
     /// Package uploads received at once; more get 503 `overloaded`. Default 4.
     pub max_concurrent_uploads: usize,
+    /// How often the rollout engine evaluates every rollout it holds. Default 2000 ms.
+    pub rollout_tick_ms: u64,
+    /// How long a replica holds a rollout without renewing its lease before another replica
+    /// may take it over. Default 15000 ms.
+    pub rollout_lease_ms: u64,
+    /// First delay before a device whose update failed for a transient reason (download,
+    /// disk, I/O) is offered the version again; doubles per attempt, at most 1 h. Default 30 s.
+    pub rollout_retry_s: u64,
+    /// Keep per-version request windows (what rollout gates read) this long. Default 2 days.
+    pub version_stats_retention_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +101,10 @@ impl Default for ServerConfig {
             artifact_store_options: Default::default(),
             max_package_bytes: 2 << 30,
             max_concurrent_uploads: 4,
+            rollout_tick_ms: 2000,
+            rollout_lease_ms: 15_000,
+            rollout_retry_s: 30,
+            version_stats_retention_s: 2 * 86_400,
         }
     }
 }

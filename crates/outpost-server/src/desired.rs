@@ -7,6 +7,7 @@
 
 use outpost_proto::fleet::api::{Assignment, DeviceOverride, PackageRef};
 use outpost_proto::fleet::device::{DesiredModel, DesiredState, DeviceCommand};
+use outpost_proto::fleet::rollout::ShadowSpec;
 use outpost_proto::fleet::{Labels, Selector};
 use outpost_proto::{ModelName, Version};
 use serde::Serialize;
@@ -46,6 +47,24 @@ impl ParsedAssignment {
     }
 }
 
+/// A rollout a device is a member of: it serves the version (or runs it in shadow) while the
+/// rollout holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutTarget {
+    /// Rollout id.
+    pub rollout_id: i64,
+    /// Model.
+    pub model: String,
+    /// The version.
+    pub version: String,
+    /// Share of requests to shadow, when the device runs the version in shadow.
+    pub shadow_sample: Option<f64>,
+    /// Retry counter.
+    pub attempt: u32,
+    /// When the rollout was created: against assignments, the newer decision wins.
+    pub created_ms: i64,
+}
+
 /// Everything a device's desired state depends on.
 #[derive(Debug, Clone, Copy)]
 pub struct DesiredInputs<'a> {
@@ -57,6 +76,8 @@ pub struct DesiredInputs<'a> {
     pub labels: &'a Labels,
     /// The device's override, if any.
     pub device_override: Option<&'a DeviceOverride>,
+    /// Rollouts holding the device, oldest first.
+    pub rollouts: &'a [RolloutTarget],
     /// Commands not yet acknowledged, oldest first.
     pub commands: &'a [DeviceCommand],
     /// Heartbeat interval, seconds.
@@ -76,6 +97,7 @@ struct Hashed<'a> {
 /// Computes the desired state and its ETag.
 pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
     let mut models: BTreeMap<String, DesiredModel> = BTreeMap::new();
+    let mut decided_ms: BTreeMap<String, i64> = BTreeMap::new();
     for parsed in inputs.assignments {
         let matches = parsed.selector.as_ref().is_some_and(|s| s.matches(inputs.labels));
         let a = &parsed.assignment;
@@ -83,6 +105,7 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
         let named_well = ModelName::is_valid(&a.model) && Version::is_valid(&a.version);
         if matches && named_well {
             // Oldest first, so a later (newer) match overwrites an earlier one for the same model.
+            decided_ms.insert(a.model.clone(), a.created_ms);
             models.insert(
                 a.model.clone(),
                 DesiredModel {
@@ -92,6 +115,24 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
                     package: None,
                     shadow: None,
                     attempt: 0,
+                },
+            );
+        }
+    }
+    for t in inputs.rollouts.iter().filter(|t| t.shadow_sample.is_none()) {
+        let well_named = ModelName::is_valid(&t.model) && Version::is_valid(&t.version);
+        // An assignment made after the rollout started is the newer decision and wins.
+        if well_named && decided_ms.get(&t.model).is_none_or(|&at| t.created_ms >= at) {
+            decided_ms.insert(t.model.clone(), t.created_ms);
+            models.insert(
+                t.model.clone(),
+                DesiredModel {
+                    name: t.model.clone(),
+                    version: t.version.clone(),
+                    source: format!("rollout:{}", t.rollout_id),
+                    package: None,
+                    shadow: None,
+                    attempt: t.attempt,
                 },
             );
         }
@@ -116,6 +157,17 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
             }
         }
         config = ov.config.clone();
+    }
+    for t in inputs.rollouts {
+        let Some(sample) = t.shadow_sample else { continue };
+        // A shadow needs a serving version to compare with; it never replaces one.
+        if let Some(m) = models.get_mut(&t.model).filter(|m| m.version != t.version && Version::is_valid(&t.version)) {
+            m.shadow = Some(ShadowSpec {
+                version: t.version.clone(),
+                package: inputs.packages.get(&(t.model.clone(), t.version.clone())).cloned(),
+                sample,
+            });
+        }
     }
     let models: Vec<DesiredModel> = models
         .into_values()
@@ -176,6 +228,7 @@ mod tests {
             packages: &NO_PACKAGES,
             labels: l,
             device_override: o,
+            rollouts: &[],
             commands: &[],
             heartbeat_interval_s: 30,
         }

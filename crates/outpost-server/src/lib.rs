@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod replay;
 pub mod reports;
+pub mod rollout;
 pub mod routes;
 pub mod serve;
 mod server;

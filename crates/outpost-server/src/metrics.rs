@@ -36,6 +36,22 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
+/// Labels of per-rollout series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RolloutLabels {
+    /// Rollout id.
+    pub rollout: String,
+    /// A device state, a gate or a lifecycle state, depending on the series.
+    pub key: String,
+}
+
+/// Labels of the rollout decision counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `rollout.start`, `rollout.wave`, `rollout.rollback`, ...
+    pub action: String,
+}
+
 /// The server's metrics and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +71,16 @@ pub struct Metrics {
     pub package_bytes_sent: Counter,
     /// Delta plan and blob bytes sent to devices (egress of delta downloads).
     pub delta_bytes_sent: Counter,
+    /// Time of one engine evaluation of one rollout (reads, step, write), seconds.
+    pub rollout_evaluation: Histogram,
+    /// Rollout decisions taken (by the engine and by operators).
+    pub rollout_decisions: Family<DecisionLabels, Counter>,
+    /// Devices of each rollout this replica holds, by state in the rollout.
+    pub rollout_devices: Family<RolloutLabels, Gauge>,
+    /// The last reading of each gate of each rollout this replica holds.
+    pub rollout_gate_value: Family<RolloutLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 for the lifecycle state of each rollout this replica holds.
+    pub rollout_state: Family<RolloutLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -91,8 +117,31 @@ impl Metrics {
             "Desired-state long-polls currently waiting",
             long_polls_waiting.clone(),
         );
+        let rollout_evaluation = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        registry.register(
+            "rollout_evaluation_duration_seconds",
+            "One rollout engine evaluation: fleet read, gates, step and write",
+            rollout_evaluation.clone(),
+        );
+        let rollout_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register("rollout_decisions", "Rollout decisions by action", rollout_decisions.clone());
+        let rollout_devices = Family::<RolloutLabels, Gauge>::default();
+        registry.register("rollout_devices", "Devices of a rollout by state (key)", rollout_devices.clone());
+        let rollout_gate_value = Family::<RolloutLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "rollout_gate_value",
+            "Last value of a rollout gate (key: the gate)",
+            rollout_gate_value.clone(),
+        );
+        let rollout_state = Family::<RolloutLabels, Gauge>::default();
+        registry.register("rollout_state", "1 for a rollout's lifecycle state (key)", rollout_state.clone());
         Metrics {
             registry,
+            rollout_evaluation,
+            rollout_decisions,
+            rollout_devices,
+            rollout_gate_value,
+            rollout_state,
             requests,
             latency,
             reports_received,

@@ -2,7 +2,7 @@
 //! cannot drift from the handlers.
 
 use crate::routes::registry::{API_TOKEN_NAME_MAX, MAX_EXPIRES_IN_S};
-use crate::routes::{self, channel, deltas, devices, packages, registry, tuf, MAX_LIMIT};
+use crate::routes::{self, channel, deltas, devices, packages, registry, rollouts, tuf, MAX_LIMIT};
 use outpost_proto::fleet::selector::{MAX_SELECTOR_BYTES, SELECTOR_PATTERN};
 use outpost_proto::fleet::signing::{HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -22,6 +22,8 @@ use utoipa::{Modify, OpenApi};
         registry::publish_model, registry::list_models, registry::model_versions,
         registry::create_assignment, registry::list_assignments, registry::delete_assignment,
         registry::list_audit,
+        rollouts::create_rollout, rollouts::list_rollouts, rollouts::get_rollout, rollouts::rollout_devices,
+        rollouts::rollout_action,
         packages::publish_package, packages::download_package, packages::device_package,
         deltas::device_delta_plan, deltas::device_delta_blobs, deltas::package_index,
         tuf::metadata, tuf::target, tuf::current_targets, tuf::put_targets, tuf::current_role, tuf::put_release,
@@ -33,6 +35,7 @@ use utoipa::{Modify, OpenApi};
         (name = "tokens", description = "Enrollment and API tokens"),
         (name = "models", description = "Model registry"),
         (name = "assignments", description = "Which model versions run where"),
+        (name = "rollouts", description = "Waves over label-selected devices, gated on health"),
         (name = "audit", description = "Who changed what"),
         (name = "device", description = "The signed device channel"),
         (name = "tuf", description = "The TUF repository of the packages"),
@@ -56,6 +59,9 @@ const COUNT_MAPS: &[(&str, &str)] = &[
     ("FleetSummary", "by_health"),
     ("FleetSummary", "by_agent_version"),
     ("FleetSummary", "by_model_version"),
+    ("Rollout", "skipped"),
+    ("WaveStatus", "by_state"),
+    ("WaveStatus", "failures"),
 ];
 
 /// The OpenAPI document as served: the generated one with the schema corrections above.

@@ -182,7 +182,9 @@ impl Server {
             deltas,
             shutdown: shutdown_rx.clone(),
         });
-        let tasks = spawn_maintenance(state.clone());
+        let mut tasks = spawn_maintenance(state.clone());
+        let owner = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
+        tasks.push(tokio::spawn(crate::rollout::driver::Driver::new(state.clone(), owner).run()));
         let app = crate::routes::router(state);
         let mut stop = shutdown_rx;
         let serve = tokio::spawn(crate::serve::run(listener, app, async move {
@@ -274,6 +276,16 @@ fn spawn_maintenance(state: SharedState) -> Vec<JoinHandle<()>> {
                     Ok(n) if n > 0 => tracing::info!(removed = n, "pruned device history"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "pruning device history failed; will retry"),
+                }
+            })
+        }),
+        every(Duration::from_secs(600), state.clone(), |s| {
+            Box::pin(async move {
+                let cutoff = now_ms().saturating_sub(secs_to_ms(s.config.version_stats_retention_s));
+                match s.db.prune_version_stats(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "pruned per-version request windows"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning per-version windows failed; will retry"),
                 }
             })
         }),

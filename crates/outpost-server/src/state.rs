@@ -70,10 +70,11 @@ impl AppState {
     /// A device's desired state, `None` when the device does not exist.
     pub async fn desired_for(&self, device_id: &str) -> Result<Option<DesiredState>, ApiError> {
         let epoch = self.hub.epoch();
-        let (labels, device_override, commands, assignments) = tokio::try_join!(
+        let (labels, device_override, commands, rollouts, assignments) = tokio::try_join!(
             async { self.db.channel_device_labels(device_id).await.map_err(ApiError::from) },
             async { self.db.channel_override(device_id).await.map_err(ApiError::from) },
             async { self.db.open_commands(device_id).await.map_err(ApiError::from) },
+            async { self.db.channel_rollout_targets(device_id).await.map_err(ApiError::from) },
             self.assignments(),
         )?;
         let Some(labels) = labels else { return Ok(None) };
@@ -82,6 +83,7 @@ impl AppState {
             packages: &assignments.packages,
             labels: &labels,
             device_override: device_override.as_ref(),
+            rollouts: &rollouts,
             commands: &commands,
             heartbeat_interval_s: self.config.heartbeat_interval_s,
         });

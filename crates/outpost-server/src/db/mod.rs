@@ -26,6 +26,7 @@ mod models;
 mod nonces;
 mod pools;
 mod reports;
+pub mod rollouts;
 mod select;
 mod sql;
 mod summary;
@@ -35,6 +36,7 @@ pub use error::DbError;
 pub use models::PackagePublish;
 pub use nonces::NonceRow;
 pub use pools::DbOptions;
+pub(crate) use reports::failure_name;
 pub use tokens::{is_blank, RevokeOutcome};
 
 use outpost_proto::fleet::api::{Command, DeviceStatus};

@@ -11,7 +11,7 @@
 use super::devices::health_name;
 use super::sql::Sql;
 use super::{Db, DbError, DbKind, ReportRow};
-use outpost_proto::fleet::device::ModelReport;
+use outpost_proto::fleet::device::{FailureKind, ModelReport};
 use serde::Serialize;
 use sqlx::AnyConnection;
 use sqlx::Row;
@@ -20,18 +20,47 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 
-/// What `device_models` holds for a device's models: (name, version, state) of each served
-/// model, and of each update on its way as (name, update version, `update:<state>`), so the
-/// fleet view can count where each version runs and where it is arriving or failed.
-fn model_rows(models: &[ModelReport]) -> Vec<(&str, &str, String)> {
+/// What `device_models` holds for a device's models: (name, version, state, failure kind) of
+/// each served model, of each update on its way as (name, update version, `update:<state>`), and
+/// of each shadow candidate as (name, candidate, `shadow:<state>`), so the fleet view can count
+/// where each version runs and where it is arriving or failed, and rollouts can read progress.
+fn model_rows(models: &[ModelReport]) -> Vec<(&str, &str, String, Option<&'static str>)> {
     let mut rows = Vec::with_capacity(models.len());
     for m in models {
-        rows.push((m.name.as_str(), m.version.as_str(), m.state.clone()));
+        rows.push((m.name.as_str(), m.version.as_str(), m.state.clone(), m.failure_kind.map(failure_name)));
         if let Some(u) = &m.update {
-            rows.push((m.name.as_str(), u.version.as_str(), format!("update:{}", u.state)));
+            rows.push((
+                m.name.as_str(),
+                u.version.as_str(),
+                format!("update:{}", u.state),
+                u.failure_kind.map(failure_name),
+            ));
+        }
+        if let Some(sh) = &m.shadow {
+            rows.push((m.name.as_str(), sh.version.as_str(), format!("shadow:{}", sh.state), None));
         }
     }
     rows
+}
+
+/// The wire name of a failure kind.
+pub(crate) fn failure_name(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::Io => "io",
+        FailureKind::HashMismatch => "hash_mismatch",
+        FailureKind::BadPackage => "bad_package",
+        FailureKind::BadManifest => "bad_manifest",
+        FailureKind::UnsupportedModel => "unsupported_model",
+        FailureKind::InvalidModel => "invalid_model",
+        FailureKind::MemoryBudget => "memory_budget",
+        FailureKind::BackendUnavailable => "backend_unavailable",
+        FailureKind::SelfTest => "self_test",
+        FailureKind::Download => "download",
+        FailureKind::DiskFull => "disk_full",
+        FailureKind::Probation => "probation",
+        FailureKind::Untrusted => "untrusted",
+        FailureKind::Other => "other",
+    }
 }
 
 /// Hash of what `device_models` holds for a device, order-independent.
@@ -96,7 +125,19 @@ const STATUS: &[(&str, &str)] = &[
     ("last_seq", "BIGINT"),
 ];
 const HARDWARE: &[(&str, &str)] = &[("device_id", "TEXT"), ("hardware", "TEXT")];
-const MODELS: &[(&str, &str)] = &[("device_id", "TEXT"), ("name", "TEXT"), ("version", "TEXT"), ("state", "TEXT")];
+const MODELS: &[(&str, &str)] =
+    &[("device_id", "TEXT"), ("name", "TEXT"), ("version", "TEXT"), ("state", "TEXT"), ("failure", "TEXT")];
+const STATS: &[(&str, &str)] = &[
+    ("device_id", "TEXT"),
+    ("model", "TEXT"),
+    ("version", "TEXT"),
+    ("shadow", "BIGINT"),
+    ("received_ms", "BIGINT"),
+    ("requests", "BIGINT"),
+    ("errors", "BIGINT"),
+    ("latency", "TEXT"),
+    ("agreement", "DOUBLE PRECISION"),
+];
 const HISTORY: &[(&str, &str)] =
     &[("device_id", "TEXT"), ("at_ms", "BIGINT"), ("received_ms", "BIGINT"), ("report", "TEXT")];
 
@@ -107,6 +148,7 @@ pub(super) struct ReportSql {
     delete_models: String,
     insert_models: String,
     history: String,
+    stats: String,
 }
 
 impl ReportSql {
@@ -134,7 +176,7 @@ impl ReportSql {
                 json_rows(kind, ID)
             ),
             insert_models: format!(
-                "INSERT INTO device_models (device_id, name, version, state) SELECT {} FROM {} WHERE true",
+                "INSERT INTO device_models (device_id, name, version, state, failure) SELECT {} FROM {} WHERE true",
                 r_columns(MODELS),
                 json_rows(kind, MODELS)
             ),
@@ -142,6 +184,12 @@ impl ReportSql {
                 "INSERT INTO device_reports (device_id, at_ms, received_ms, report) SELECT {} FROM {} WHERE true",
                 r_columns(HISTORY),
                 json_rows(kind, HISTORY)
+            ),
+            stats: format!(
+                "INSERT INTO version_stats (device_id, model, version, shadow, received_ms, requests, errors, latency, \
+                 agreement) SELECT {} FROM {} WHERE true",
+                r_columns(STATS),
+                json_rows(kind, STATS)
             ),
         }
     }
@@ -176,6 +224,20 @@ struct ModelRow<'a> {
     name: &'a str,
     version: &'a str,
     state: String,
+    failure: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct StatsRow<'a> {
+    device_id: &'a str,
+    model: &'a str,
+    version: &'a str,
+    shadow: i64,
+    received_ms: i64,
+    requests: i64,
+    errors: i64,
+    latency: String,
+    agreement: f64,
 }
 
 #[derive(Serialize)]
@@ -244,6 +306,8 @@ impl Db {
         execute_json(&mut tx, &sql.hardware, &hardware).await?;
         let model_updates = self.rewrite_models(&mut tx, &latest).await?;
         let history_updates = self.append_history(&mut tx, batch, &known).await?;
+        let stats = stats_rows(batch, &known)?;
+        execute_json(&mut tx, &sql.stats, &stats).await?;
         tx.commit().await?;
 
         if let Ok(mut hashes) = self.inner.model_hashes.lock() {
@@ -253,6 +317,13 @@ impl Db {
             last.extend(history_updates);
         }
         Ok(())
+    }
+
+    /// Deletes per-version windows received before `older_than_ms`; returns how many.
+    pub async fn prune_version_stats(&self, older_than_ms: i64) -> Result<u64, DbError> {
+        let mut q = Sql::new("DELETE FROM version_stats WHERE received_ms < ");
+        q.bind(older_than_ms);
+        Ok(q.query().execute(self.pool()).await?.rows_affected())
     }
 
     /// Rewrites `device_models` for devices whose model set changed; returns the new hashes.
@@ -276,11 +347,12 @@ impl Db {
         let models: Vec<ModelRow<'_>> = changed
             .iter()
             .flat_map(|(row, _)| {
-                model_rows(&row.report.models).into_iter().map(|(name, version, state)| ModelRow {
+                model_rows(&row.report.models).into_iter().map(|(name, version, state, failure)| ModelRow {
                     device_id: &row.device_id,
                     name,
                     version,
                     state,
+                    failure,
                 })
             })
             .collect();
@@ -328,4 +400,51 @@ impl Db {
         execute_json(conn, &self.inner.report_sql.history, &rows).await?;
         Ok(stored)
     }
+}
+
+/// The per-version windows of every report in the batch (not only the newest: each report's
+/// windows are its own). A report queued offline is placed at its arrival time minus how much
+/// older it is than the newest report of the same submission, by the device's clock: offsets
+/// on one clock are right even when that clock is not.
+fn stats_rows<'a>(batch: &'a [ReportRow], known: &HashSet<String>) -> Result<Vec<StatsRow<'a>>, DbError> {
+    let mut newest: HashMap<(&str, i64), i64> = HashMap::new();
+    for row in batch {
+        let e = newest.entry((row.device_id.as_str(), row.received_ms)).or_insert(row.report.at_ms);
+        *e = (*e).max(row.report.at_ms);
+    }
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    for row in batch.iter().filter(|r| known.contains(&r.device_id)) {
+        let lag = newest[&(row.device_id.as_str(), row.received_ms)].saturating_sub(row.report.at_ms).max(0);
+        let received_ms = row.received_ms.saturating_sub(lag);
+        for m in &row.report.models {
+            for w in m.windows.iter().filter(|w| w.requests > 0 || w.errors > 0) {
+                out.push(StatsRow {
+                    device_id: &row.device_id,
+                    model: &m.name,
+                    version: &w.version,
+                    shadow: 0,
+                    received_ms,
+                    requests: count(w.requests),
+                    errors: count(w.errors),
+                    latency: serde_json::to_string(&w.latency)?,
+                    agreement: 0.0,
+                });
+            }
+            if let Some(sh) = m.shadow.as_ref().filter(|s| s.samples > 0 || s.errors > 0) {
+                out.push(StatsRow {
+                    device_id: &row.device_id,
+                    model: &m.name,
+                    version: &sh.version,
+                    shadow: 1,
+                    received_ms,
+                    requests: count(sh.samples),
+                    errors: count(sh.errors),
+                    latency: "[]".into(),
+                    agreement: if sh.agreement.is_finite() { sh.agreement.clamp(0.0, sh.samples as f64) } else { 0.0 },
+                });
+            }
+        }
+    }
+    Ok(out)
 }

@@ -34,7 +34,7 @@ impl Db {
         q.push(" GROUP BY 1, 2, 3");
         let mut models = Sql::new(
             "SELECT m.name, m.version, COUNT(DISTINCT m.device_id) AS n FROM device_models m \
-             JOIN devices d ON d.id = m.device_id WHERE m.state NOT LIKE 'update:%'",
+             JOIN devices d ON d.id = m.device_id WHERE m.state NOT LIKE 'update:%' AND m.state NOT LIKE 'shadow:%'",
         );
         push_selector(&mut models, selector);
         models.push(" GROUP BY m.name, m.version");

@@ -6,6 +6,7 @@ pub mod deltas;
 pub mod devices;
 pub mod packages;
 pub mod registry;
+pub mod rollouts;
 pub mod tuf;
 
 use crate::error::ApiError;
@@ -164,6 +165,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/tuf/targets/{name}/{file}", get(tuf::target))
         .route("/v1/assignments", post(registry::create_assignment).get(registry::list_assignments))
         .route("/v1/assignments/{id}", delete(registry::delete_assignment))
+        .route("/v1/rollouts", post(rollouts::create_rollout).get(rollouts::list_rollouts))
+        .route("/v1/rollouts/{id}", get(rollouts::get_rollout))
+        .route("/v1/rollouts/{id}/devices", get(rollouts::rollout_devices))
+        .route("/v1/rollouts/{id}/{action}", post(rollouts::rollout_action))
         .route("/v1/audit", get(registry::list_audit))
         .route("/v1/enroll", post(channel::enroll))
         .route("/v1/device/heartbeat", post(channel::heartbeat))

@@ -1,0 +1,187 @@
+//! The engine's background task: every tick it takes or renews the lease of each active
+//! rollout, reads the fleet and the new per-version windows, runs one [`engine::step`] and
+//! stores the result, then wakes the devices whose desired state changed.
+//!
+//! Leases make replicas safe: a rollout is acted on by the replica holding its lease, and a
+//! step is stored only if that replica still holds it and no operator changed the rollout since
+//! it was read. Windows are read incrementally (by row id) into memory per model, so a tick
+//! costs the same few statements whatever the fleet's size.
+
+use super::engine::{self, EngineConfig, Step};
+use super::gates::StatRow;
+use crate::db::rollouts::StoredRollout;
+use crate::metrics::{DecisionLabels, RolloutLabels};
+use crate::state::{now_ms, SharedState};
+use outpost_proto::fleet::rollout::RolloutState;
+use outpost_proto::fleet::Selector;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Per-version windows of one model held in memory, read incrementally.
+#[derive(Debug, Default)]
+struct StatsCache {
+    last_id: i64,
+    by_device: HashMap<String, Vec<StatRow>>,
+}
+
+/// The engine of one server process.
+pub struct Driver {
+    state: SharedState,
+    owner: String,
+    cfg: EngineConfig,
+    stats: Mutex<HashMap<String, StatsCache>>,
+}
+
+/// How far back windows are kept in memory for a rollout: its bake, the baseline before each
+/// device changed, and the time a wave may take.
+fn window_ms(r: &engine::RolloutRecord, cfg: &EngineConfig) -> i64 {
+    let bake = i64::try_from(r.spec.bake_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    bake.saturating_mul(2)
+        .saturating_add(bake.max(cfg.baseline_min_ms))
+        .saturating_add(engine::wave_deadline_ms(&r.spec))
+}
+
+impl Driver {
+    /// An engine acting as `owner` (unique per process).
+    pub fn new(state: SharedState, owner: String) -> Driver {
+        let cfg = EngineConfig {
+            retry_base_ms: i64::try_from(state.config.rollout_retry_s.saturating_mul(1000)).unwrap_or(30_000),
+            ..EngineConfig::default()
+        };
+        Driver { state, owner, cfg, stats: Mutex::new(HashMap::new()) }
+    }
+
+    /// Runs until shutdown, then gives up its leases.
+    pub async fn run(self) {
+        let period = Duration::from_millis(self.state.config.rollout_tick_ms.max(50));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => self.tick().await,
+                _ = stop.changed() => break,
+            }
+        }
+        if let Err(e) = self.state.db.release_rollouts(&self.owner).await {
+            tracing::warn!(error = %e, "could not release rollout leases; another replica takes over when they expire");
+        }
+    }
+
+    /// One pass over every rollout this replica holds.
+    pub async fn tick(&self) {
+        let now = now_ms();
+        let ttl = i64::try_from(self.state.config.rollout_lease_ms).unwrap_or(15_000);
+        let held = match self.state.db.claim_rollouts(&self.owner, now, ttl).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "rollout engine cannot read its rollouts; will retry");
+                return;
+            }
+        };
+        for stored in held {
+            let started = Instant::now();
+            if let Err(e) = self.evaluate(&stored).await {
+                tracing::warn!(rollout = stored.record.id, error = %e, "rollout evaluation failed; will retry");
+            }
+            self.state.metrics.rollout_evaluation.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Reads the model's new windows into its cache and drops the ones too old to matter.
+    async fn refresh_windows(
+        &self,
+        caches: &mut HashMap<String, StatsCache>,
+        stored: &StoredRollout,
+        now: i64,
+    ) -> Result<(), crate::db::DbError> {
+        let model = stored.record.spec.model.to_string();
+        let keep_from = now.saturating_sub(window_ms(&stored.record, &self.cfg));
+        let cache = caches.entry(model.clone()).or_default();
+        let rows = self.state.db.version_stats_since(&model, cache.last_id, keep_from).await?;
+        for (id, device, row) in rows {
+            cache.last_id = cache.last_id.max(id);
+            cache.by_device.entry(device).or_default().push(row);
+        }
+        cache.by_device.retain(|_, rows| {
+            rows.retain(|r| r.received_ms >= keep_from);
+            !rows.is_empty()
+        });
+        Ok(())
+    }
+
+    async fn evaluate(&self, stored: &StoredRollout) -> Result<(), crate::db::DbError> {
+        let now = now_ms();
+        let r = &stored.record;
+        let selector: Selector = r.spec.selector.parse().unwrap_or_default();
+        let fleet = self.state.db.rollout_fleet(r, &selector, now, self.state.config.thresholds()).await?;
+        let members = self.state.db.rollout_members(r.id).await?;
+        let mut caches = self.stats.lock().await;
+        if r.state == RolloutState::Running {
+            self.refresh_windows(&mut caches, stored, now).await?;
+        }
+        let empty = HashMap::new();
+        let stats = caches.get(r.spec.model.as_str()).map_or(&empty, |c| &c.by_device);
+        let step = engine::step(r, &members, &fleet, stats, &self.cfg, now);
+        drop(caches);
+        self.publish_metrics(r, &members, &step);
+        if step.rollout.is_none() && step.changed.is_empty() && step.decisions.is_empty() {
+            return Ok(());
+        }
+        if !self.state.db.save_rollout_step(&self.owner, stored, &step, now).await? {
+            tracing::info!(
+                rollout = r.id,
+                "rollout changed or lease lost since it was read; the next tick reads it again"
+            );
+            return Ok(());
+        }
+        apply_effects(&self.state, &step);
+        Ok(())
+    }
+
+    fn publish_metrics(&self, r: &engine::RolloutRecord, members: &[engine::Member], step: &Step) {
+        let m = &self.state.metrics;
+        let id = r.id.to_string();
+        let after = step.rollout.as_ref().unwrap_or(r);
+        let mut by_state: HashMap<&'static str, i64> = HashMap::new();
+        let changed: HashMap<&str, &engine::Member> = step.changed.iter().map(|c| (c.device_id.as_str(), c)).collect();
+        for member in members.iter().map(|x| changed.get(x.device_id.as_str()).copied().unwrap_or(x)) {
+            *by_state.entry(member.state.as_str()).or_default() += 1;
+        }
+        for c in step.changed.iter().filter(|c| !members.iter().any(|x| x.device_id == c.device_id)) {
+            *by_state.entry(c.state.as_str()).or_default() += 1;
+        }
+        for (state, n) in by_state {
+            m.rollout_devices.get_or_create(&RolloutLabels { rollout: id.clone(), key: state.into() }).set(n);
+        }
+        for s in ["pending", "running", "paused", "completed", "rolled_back", "aborted"] {
+            let v = i64::from(after.state.as_str() == s);
+            m.rollout_state.get_or_create(&RolloutLabels { rollout: id.clone(), key: s.into() }).set(v);
+        }
+        if let Some(w) = after.waves.get(after.wave) {
+            for g in &w.gates {
+                if let Some(v) = g.value {
+                    m.rollout_gate_value
+                        .get_or_create(&RolloutLabels { rollout: id.clone(), key: g.gate.clone() })
+                        .set(v);
+                }
+            }
+        }
+    }
+}
+
+/// After a step or an action is stored: count its decisions and wake the devices it changed.
+pub fn apply_effects(state: &SharedState, step: &Step) {
+    for d in &step.decisions {
+        state.metrics.rollout_decisions.get_or_create(&DecisionLabels { action: d.action.to_string() }).inc();
+        tracing::info!(action = d.action, details = %d.details, "rollout decision");
+    }
+    // A completion creates an assignment; a rollback may delete the one a completion made.
+    if step.completed || step.decisions.iter().any(|d| d.action == "rollout.rollback") {
+        state.hub.assignments_changed();
+    }
+    for device in &step.desired_changed {
+        state.hub.device_changed(device);
+    }
+}

@@ -1,0 +1,711 @@
+//! The rollout state machine: one pure step from a rollout, its devices, what the fleet
+//! reported and the time, to the next state and the decisions taken, with the numbers that
+//! caused them. No I/O, so every rule (wave sizing, joining, retries, gates, deadlines) is
+//! tested without a database or a clock.
+
+use super::gates::{judge, GateInput, StatRow, Totals};
+use super::waves::{classify, cumulative_target, is_transient, join_rank, Observed};
+use outpost_proto::fleet::device::FailureKind;
+use outpost_proto::fleet::rollout::{
+    CreateRollout, DeviceRolloutState, GateMetric, GateReading, OnFailure, RolloutState, Verdict, WavePhase,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// How a device takes part: running the candidate in shadow, or serving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Beside the serving version; never answers.
+    Shadow,
+    /// Serving it.
+    Live,
+}
+
+/// One device of a rollout, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// Device id.
+    pub device_id: String,
+    /// Its wave.
+    pub wave: usize,
+    /// Shadow or live.
+    pub mode: Mode,
+    /// Where it is.
+    pub state: DeviceRolloutState,
+    /// The version it served when it joined.
+    pub from_version: Option<String>,
+    /// Why it failed.
+    pub failure: Option<FailureKind>,
+    /// Attempts offered after the first (raised on each retry).
+    pub attempts: u32,
+    /// When a failed transient update is offered again.
+    pub retry_ms: Option<i64>,
+    /// When it entered its current mode (the start of its new-version window).
+    pub since_ms: i64,
+    /// Last change.
+    pub updated_ms: i64,
+}
+
+/// One wave's record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WaveRecord {
+    /// Where it is.
+    pub phase: Option<WavePhase>,
+    /// When it (or its live part, after a shadow phase) started.
+    pub started_ms: Option<i64>,
+    /// When its bake (or shadow) window started.
+    pub bake_started_ms: Option<i64>,
+    /// The gates as last judged.
+    pub gates: Vec<GateReading>,
+}
+
+/// A rollout as the engine keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutRecord {
+    /// Id.
+    pub id: i64,
+    /// What was asked for (waves normalised).
+    pub spec: CreateRollout,
+    /// Lifecycle state.
+    pub state: RolloutState,
+    /// The current wave.
+    pub wave: usize,
+    /// One record per wave.
+    pub waves: Vec<WaveRecord>,
+    /// The last decision in words.
+    pub reason: String,
+    /// When it was created (its place among assignments: the newer decision wins).
+    pub created_ms: i64,
+}
+
+/// What the fleet says about one device that matches the selector or is a member.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceView {
+    /// The selector matches it now.
+    pub matches: bool,
+    /// Heard from recently.
+    pub online: bool,
+    /// Its override names this model: skipped.
+    pub pinned: bool,
+    /// It is in another active rollout of this model: skipped.
+    pub busy: bool,
+    /// When its last report arrived.
+    pub last_seen_ms: Option<i64>,
+    /// What it last reported about the model.
+    pub observed: Observed,
+}
+
+/// Settings of the engine that are not per rollout.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// First retry delay of a transient failure; doubles per attempt.
+    pub retry_base_ms: i64,
+    /// Longest retry delay.
+    pub retry_cap_ms: i64,
+    /// Retries offered before a failure is final.
+    pub max_attempts: u32,
+    /// Shortest window of the previous version read as a baseline.
+    pub baseline_min_ms: i64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { retry_base_ms: 30_000, retry_cap_ms: 3_600_000, max_attempts: 5, baseline_min_ms: 600_000 }
+    }
+}
+
+/// A decision for the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// `rollout.start`, `rollout.wave`, `rollout.pause`, `rollout.rollback`, `rollout.complete`, ...
+    pub action: &'static str,
+    /// The numbers behind it.
+    pub details: serde_json::Value,
+}
+
+/// The outcome of a step.
+#[derive(Debug, Clone, Default)]
+pub struct Step {
+    /// The rollout after the step (`None`: unchanged).
+    pub rollout: Option<RolloutRecord>,
+    /// Members added or changed.
+    pub changed: Vec<Member>,
+    /// Decisions, oldest first.
+    pub decisions: Vec<Decision>,
+    /// The rollout completed: its version becomes an assignment for its selector.
+    pub completed: bool,
+    /// Devices whose desired state changed.
+    pub desired_changed: Vec<String>,
+}
+
+/// What an operator asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop moving; keep what devices have.
+    Pause,
+    /// Move on from a pause.
+    Resume,
+    /// Stop for good; devices on the new version keep it.
+    Abort,
+    /// Return every device to its previous version.
+    Rollback,
+    /// Skip the remaining waves: the version becomes an assignment now.
+    Promote,
+}
+
+impl Action {
+    /// The wire name (also the audit action suffix).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Abort => "abort",
+            Action::Rollback => "rollback",
+            Action::Promote => "promote",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(text: &str) -> Option<Action> {
+        [Action::Pause, Action::Resume, Action::Abort, Action::Rollback, Action::Promote]
+            .into_iter()
+            .find(|a| a.as_str() == text)
+    }
+}
+
+fn has_shadow_gate(spec: &CreateRollout) -> bool {
+    spec.gates.iter().any(|g| g.metric == GateMetric::ShadowAgreement)
+}
+
+/// The phase a wave starts in.
+fn first_phase(spec: &CreateRollout) -> WavePhase {
+    if spec.shadow || has_shadow_gate(spec) {
+        WavePhase::Shadow
+    } else {
+        WavePhase::Updating
+    }
+}
+
+/// How long a wave may take to get its devices updated, or its gates their data.
+pub fn wave_deadline_ms(spec: &CreateRollout) -> i64 {
+    let s = spec.wave_deadline_s.unwrap_or_else(|| (spec.bake_s.saturating_mul(3)).max(600));
+    i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn bake_ms(spec: &CreateRollout) -> i64 {
+    i64::try_from(spec.bake_s.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn counts_as_failed(m: &Member) -> bool {
+    matches!(m.state, DeviceRolloutState::Failed | DeviceRolloutState::RolledBack)
+}
+
+struct Ctx<'a> {
+    r: RolloutRecord,
+    members: BTreeMap<String, Member>,
+    changed: BTreeMap<String, ()>,
+    step: Step,
+    now: i64,
+    cfg: &'a EngineConfig,
+}
+
+impl Ctx<'_> {
+    fn touch(&mut self, id: &str, desired: bool) {
+        self.changed.insert(id.to_string(), ());
+        if desired {
+            self.step.desired_changed.push(id.to_string());
+        }
+    }
+
+    fn decide(&mut self, action: &'static str, reason: String, mut details: serde_json::Value) {
+        if let Some(obj) = details.as_object_mut() {
+            obj.insert("reason".into(), serde_json::Value::String(reason.clone()));
+            obj.insert("wave".into(), serde_json::json!(self.r.wave));
+        }
+        self.r.reason = reason;
+        self.step.decisions.push(Decision { action, details });
+    }
+
+    fn finish(mut self, original: &RolloutRecord) -> Step {
+        self.step.changed = self.changed.keys().filter_map(|id| self.members.get(id).cloned()).collect();
+        self.step.desired_changed.sort();
+        self.step.desired_changed.dedup();
+        if self.r != *original {
+            self.step.rollout = Some(self.r);
+        }
+        self.step
+    }
+
+    /// Every member returns to its previous version.
+    fn revert_all(&mut self) {
+        let ids: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.state != DeviceRolloutState::Reverted)
+            .map(|m| m.device_id.clone())
+            .collect();
+        for id in ids {
+            if let Some(m) = self.members.get_mut(&id) {
+                m.state = DeviceRolloutState::Reverted;
+                m.retry_ms = None;
+                m.updated_ms = self.now;
+            }
+            self.touch(&id, true);
+        }
+    }
+
+    /// Shadow members stop running the candidate (a paused or aborted rollout keeps live ones).
+    fn drop_shadows(&mut self) {
+        let ids: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.mode == Mode::Shadow && m.state != DeviceRolloutState::Reverted)
+            .map(|m| m.device_id.clone())
+            .collect();
+        for id in ids {
+            if let Some(m) = self.members.get_mut(&id) {
+                m.state = DeviceRolloutState::Reverted;
+                m.updated_ms = self.now;
+            }
+            self.touch(&id, true);
+        }
+    }
+
+    /// A gate or the failure budget failed: the rollout's own setting says what happens.
+    fn fail(&mut self, reason: String, details: serde_json::Value) {
+        match self.r.spec.on_failure {
+            OnFailure::Pause => {
+                self.r.state = RolloutState::Paused;
+                self.decide("rollout.pause", reason, details);
+            }
+            OnFailure::Rollback => {
+                self.r.state = RolloutState::RolledBack;
+                self.revert_all();
+                self.decide("rollout.rollback", reason, details);
+            }
+        }
+    }
+
+    /// Not a health failure: the wave could not finish in time. Always pauses.
+    fn stall(&mut self, reason: String, details: serde_json::Value) {
+        self.r.state = RolloutState::Paused;
+        self.decide("rollout.pause", reason, details);
+    }
+
+    fn wave_mut(&mut self) -> &mut WaveRecord {
+        let k = self.r.wave;
+        if self.r.waves.len() <= k {
+            self.r.waves.resize(k + 1, WaveRecord::default());
+        }
+        &mut self.r.waves[k]
+    }
+
+    fn start_wave(&mut self, k: usize) {
+        self.r.wave = k;
+        let phase = first_phase(&self.r.spec);
+        let now = self.now;
+        let w = self.wave_mut();
+        *w = WaveRecord { phase: Some(phase), started_ms: Some(now), bake_started_ms: None, gates: Vec::new() };
+    }
+}
+
+/// Reads members' reports: progress, failures, retries.
+fn observe(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>) {
+    let version = ctx.r.spec.version.to_string();
+    let running = ctx.r.state == RolloutState::Running;
+    let ids: Vec<String> = ctx.members.keys().cloned().collect();
+    for id in ids {
+        let Some(m) = ctx.members.get(&id).cloned() else { continue };
+        if m.state == DeviceRolloutState::Reverted {
+            continue;
+        }
+        let mut next = m.clone();
+        // A report from before the device's last change says nothing about it.
+        let fresh = fleet.get(&id).and_then(|v| v.last_seen_ms).is_some_and(|seen| seen > m.since_ms.max(m.updated_ms));
+        if let (true, Some(view)) = (fresh, fleet.get(&id)) {
+            if let Some((state, failure)) = classify(&view.observed, &version, m.mode == Mode::Shadow) {
+                next.state = state;
+                next.failure = failure;
+            }
+        }
+        if next.state == DeviceRolloutState::Failed {
+            let transient = next.failure.is_some_and(is_transient);
+            if transient && next.attempts < ctx.cfg.max_attempts && next.retry_ms.is_none() {
+                let delay = ctx.cfg.retry_base_ms.saturating_mul(1i64 << next.attempts.min(20));
+                next.retry_ms = Some(ctx.now.saturating_add(delay.min(ctx.cfg.retry_cap_ms)));
+            }
+        }
+        let mut desired = false;
+        if running && next.state == DeviceRolloutState::Failed && next.retry_ms.is_some_and(|t| t <= ctx.now) {
+            next.attempts += 1;
+            next.state = DeviceRolloutState::Targeted;
+            next.failure = None;
+            next.retry_ms = None;
+            desired = true;
+        }
+        if next != m {
+            next.updated_ms = ctx.now;
+            ctx.members.insert(id.clone(), next);
+            ctx.touch(&id, desired);
+        }
+    }
+}
+
+/// Adds devices to the current wave until it holds its share of the eligible devices.
+fn join(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>, phase: WavePhase) -> u64 {
+    let mut free: Vec<(&String, &DeviceView)> =
+        fleet.iter().filter(|(id, v)| v.matches && !v.pinned && !v.busy && !ctx.members.contains_key(*id)).collect();
+    let held = ctx.members.len() as u64;
+    let eligible = held + free.len() as u64;
+    let target = cumulative_target(&ctx.r.spec.waves, ctx.r.wave, eligible);
+    let need = usize::try_from(target.saturating_sub(held)).unwrap_or(usize::MAX);
+    if need == 0 {
+        return eligible;
+    }
+    let id = ctx.r.id;
+    free.sort_by_cached_key(|(d, _)| join_rank(id, d));
+    let mode = if phase == WavePhase::Shadow { Mode::Shadow } else { Mode::Live };
+    let joining: Vec<(String, Option<String>)> = free
+        .into_iter()
+        .take(need)
+        .map(|(d, v)| (d.clone(), v.observed.serving.as_ref().map(|s| s.0.clone())))
+        .collect();
+    for (device_id, from_version) in joining {
+        let member = Member {
+            device_id: device_id.clone(),
+            wave: ctx.r.wave,
+            mode,
+            state: DeviceRolloutState::Targeted,
+            from_version,
+            failure: None,
+            attempts: 0,
+            retry_ms: None,
+            since_ms: ctx.now,
+            updated_ms: ctx.now,
+        };
+        ctx.members.insert(device_id.clone(), member);
+        ctx.touch(&device_id, true);
+    }
+    eligible
+}
+
+/// Sums the wave's windows: the new version since the bake started, and each device's
+/// previous version over the same length before it changed.
+pub fn gate_totals(
+    members: &[&Member],
+    version: &str,
+    shadow: bool,
+    bake_started_ms: i64,
+    baseline_ms: i64,
+    stats: &HashMap<String, Vec<StatRow>>,
+) -> (Totals, Totals) {
+    let (mut candidate, mut baseline) = (Totals::default(), Totals::default());
+    for m in members {
+        let Some(rows) = stats.get(&m.device_id) else { continue };
+        let from = m.from_version.as_deref();
+        for row in rows {
+            if row.version == version && row.shadow == shadow && row.received_ms >= bake_started_ms.max(m.since_ms) {
+                candidate.add(row);
+            } else if !shadow
+                && !row.shadow
+                && Some(row.version.as_str()) == from
+                && row.received_ms < m.since_ms
+                && row.received_ms >= m.since_ms.saturating_sub(baseline_ms)
+            {
+                baseline.add(row);
+            }
+        }
+    }
+    (candidate, baseline)
+}
+
+/// Judges a phase's gates; returns the readings.
+fn judge_wave(
+    ctx: &Ctx<'_>,
+    shadow: bool,
+    stats: &HashMap<String, Vec<StatRow>>,
+    bake_started: i64,
+) -> Vec<GateReading> {
+    let spec = &ctx.r.spec;
+    let members: Vec<&Member> = ctx
+        .members
+        .values()
+        .filter(|m| m.wave == ctx.r.wave && m.state != DeviceRolloutState::Reverted)
+        .filter(|m| (m.mode == Mode::Shadow) == shadow)
+        .collect();
+    let baseline_ms = bake_ms(spec).max(ctx.cfg.baseline_min_ms);
+    let (candidate, baseline) = gate_totals(&members, spec.version.as_str(), shadow, bake_started, baseline_ms, stats);
+    let input = GateInput {
+        candidate,
+        baseline,
+        min_samples: spec.min_samples,
+        final_call: ctx.now >= bake_started.saturating_add(bake_ms(spec)),
+    };
+    spec.gates
+        .iter()
+        .filter(|g| (g.metric == GateMetric::ShadowAgreement) == shadow)
+        .map(|g| judge(g, &input))
+        .collect()
+}
+
+/// Runs the current wave's phase.
+fn advance(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>, stats: &HashMap<String, Vec<StatRow>>) {
+    let k = ctx.r.wave;
+    let phase = ctx.wave_mut().phase.unwrap_or(WavePhase::Updating);
+    let eligible = join(ctx, fleet, phase);
+    // The failure budget counts every device the rollout touched.
+    let touched: Vec<&Member> = ctx.members.values().filter(|m| m.state != DeviceRolloutState::Reverted).collect();
+    let failed = touched.iter().filter(|m| counts_as_failed(m)).count() as u64;
+    let total = touched.len() as u64;
+    if failed > 0 && failed as f64 > ctx.r.spec.max_failures / 100.0 * total as f64 {
+        let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+        for m in touched.iter().filter(|m| counts_as_failed(m)) {
+            let kind = m.failure.map(|k| serde_json::to_value(k).unwrap_or_default());
+            *kinds
+                .entry(kind.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "other".into()))
+                .or_default() += 1;
+        }
+        let reason = format!(
+            "update failures: {failed} of {total} devices ({:.1} %) exceed max_failures {} %",
+            failed as f64 * 100.0 / total as f64,
+            ctx.r.spec.max_failures
+        );
+        ctx.fail(reason, serde_json::json!({"failed": failed, "devices": total, "by_kind": kinds}));
+        return;
+    }
+    let wave: Vec<&Member> =
+        ctx.members.values().filter(|m| m.wave == k && m.state != DeviceRolloutState::Reverted).collect();
+    let size = wave.len() as u64;
+    let updated = wave.iter().filter(|m| m.state == DeviceRolloutState::Updated).count() as u64;
+    let offline = wave.iter().filter(|m| !fleet.get(&m.device_id).is_some_and(|v| v.online)).count() as u64;
+    let need = ((ctx.r.spec.success / 100.0 * size as f64) - 1e-9).ceil().max(0.0) as u64;
+    let deadline = wave_deadline_ms(&ctx.r.spec);
+    let now = ctx.now;
+    let w = ctx.wave_mut().clone();
+    let started = w.started_ms.unwrap_or(now);
+    if size == 0 {
+        // A wave that adds no device (a tiny fleet) has nothing to wait for or judge.
+        return next_wave(ctx, eligible);
+    }
+    match (phase, w.bake_started_ms) {
+        (WavePhase::Shadow | WavePhase::Updating, None) => {
+            if updated >= need.max(1) {
+                ctx.wave_mut().bake_started_ms = Some(now);
+                let what = if phase == WavePhase::Shadow { "run the candidate in shadow" } else { "run the version" };
+                let reason = format!("wave {}: {updated} of {size} devices {what}; baking", k + 1);
+                ctx.decide("rollout.bake", reason, serde_json::json!({"updated": updated, "devices": size}));
+                if phase == WavePhase::Updating {
+                    ctx.wave_mut().phase = Some(WavePhase::Baking);
+                }
+            } else if now > started.saturating_add(deadline) {
+                let reason = format!(
+                    "wave {}: only {updated} of {size} devices updated by the deadline (needed {need}; {offline} offline)",
+                    k + 1
+                );
+                ctx.stall(
+                    reason,
+                    serde_json::json!({"updated": updated, "devices": size, "needed": need, "offline": offline}),
+                );
+            }
+        }
+        (_, Some(bake_started)) => {
+            let shadow = phase == WavePhase::Shadow;
+            let readings = judge_wave(ctx, shadow, stats, bake_started);
+            ctx.wave_mut().gates = readings.clone();
+            let details = serde_json::json!({"gates": readings});
+            if let Some(bad) = readings.iter().find(|g| g.verdict == Verdict::Fail) {
+                let reason = format!(
+                    "wave {}: gate {} failed: {} against {} ({})",
+                    k + 1,
+                    bad.gate,
+                    fmt_value(bad.value),
+                    fmt_value(bad.limit),
+                    bad.note
+                );
+                ctx.fail(reason, details);
+                return;
+            }
+            let bake_end = bake_started.saturating_add(bake_ms(&ctx.r.spec));
+            if now < bake_end {
+                return;
+            }
+            if readings.iter().all(|g| g.verdict == Verdict::Pass) {
+                if shadow && !ctx.r.spec.shadow {
+                    go_live(ctx, k);
+                } else {
+                    next_wave(ctx, eligible);
+                }
+            } else if now > bake_end.saturating_add(deadline) {
+                let waiting: Vec<String> = readings
+                    .iter()
+                    .filter(|g| g.verdict == Verdict::Waiting)
+                    .map(|g| format!("{}: {}", g.gate, g.note))
+                    .collect();
+                let reason =
+                    format!("wave {}: not enough data to judge after the bake ({})", k + 1, waiting.join("; "));
+                ctx.stall(reason, details);
+            }
+        }
+        (WavePhase::Baking, None) | (WavePhase::Waiting | WavePhase::Done, None) => {
+            ctx.wave_mut().bake_started_ms = Some(now);
+        }
+    }
+}
+
+fn fmt_value(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.4}"))
+}
+
+/// The shadow phase passed: the wave's devices now serve the candidate.
+fn go_live(ctx: &mut Ctx<'_>, k: usize) {
+    let now = ctx.now;
+    let ids: Vec<String> = ctx
+        .members
+        .values()
+        .filter(|m| m.wave == k && m.mode == Mode::Shadow && m.state != DeviceRolloutState::Reverted)
+        .map(|m| m.device_id.clone())
+        .collect();
+    for id in &ids {
+        if let Some(m) = ctx.members.get_mut(id) {
+            m.mode = Mode::Live;
+            m.state = DeviceRolloutState::Targeted;
+            m.failure = None;
+            m.since_ms = now;
+            m.updated_ms = now;
+        }
+        ctx.touch(id, true);
+    }
+    let gates = ctx.wave_mut().gates.clone();
+    let w = ctx.wave_mut();
+    w.phase = Some(WavePhase::Updating);
+    w.started_ms = Some(now);
+    w.bake_started_ms = None;
+    let reason = format!("wave {}: shadow gates passed; {} devices switch to the version", k + 1, ids.len());
+    ctx.decide("rollout.live", reason, serde_json::json!({"gates": gates, "devices": ids.len()}));
+}
+
+fn next_wave(ctx: &mut Ctx<'_>, eligible: u64) {
+    let k = ctx.r.wave;
+    let gates = ctx.wave_mut().gates.clone();
+    ctx.wave_mut().phase = Some(WavePhase::Done);
+    let devices = ctx.members.values().filter(|m| m.state != DeviceRolloutState::Reverted).count();
+    if k + 1 < ctx.r.spec.waves.len() {
+        ctx.start_wave(k + 1);
+        let reason = format!(
+            "wave {} passed; wave {} starts ({} % of {eligible} devices)",
+            k + 1,
+            k + 2,
+            ctx.r.spec.waves[k + 1]
+        );
+        ctx.decide(
+            "rollout.wave",
+            reason,
+            serde_json::json!({"gates": gates, "devices": devices, "eligible": eligible}),
+        );
+    } else {
+        ctx.r.state = RolloutState::Completed;
+        if ctx.r.spec.shadow {
+            ctx.drop_shadows();
+        }
+        ctx.step.completed = !ctx.r.spec.shadow;
+        let reason = if ctx.r.spec.shadow {
+            format!("every wave passed in shadow on {devices} devices; the candidate was never served")
+        } else {
+            format!("every wave passed; {devices} devices updated; the version is now assigned to the selector")
+        };
+        ctx.decide("rollout.complete", reason, serde_json::json!({"gates": gates, "devices": devices}));
+    }
+}
+
+/// One engine tick for a rollout.
+pub fn step(
+    r: &RolloutRecord,
+    members: &[Member],
+    fleet: &HashMap<String, DeviceView>,
+    stats: &HashMap<String, Vec<StatRow>>,
+    cfg: &EngineConfig,
+    now: i64,
+) -> Step {
+    let mut ctx = Ctx {
+        r: r.clone(),
+        members: members.iter().map(|m| (m.device_id.clone(), m.clone())).collect(),
+        changed: BTreeMap::new(),
+        step: Step::default(),
+        now,
+        cfg,
+    };
+    if !ctx.r.state.is_active() {
+        return ctx.finish(r);
+    }
+    if ctx.r.state == RolloutState::Pending {
+        ctx.r.state = RolloutState::Running;
+        ctx.start_wave(0);
+        let reason = format!("started: wave 1 of {}", ctx.r.spec.waves.len());
+        ctx.decide("rollout.start", reason, serde_json::json!({"waves": ctx.r.spec.waves}));
+    }
+    observe(&mut ctx, fleet);
+    if ctx.r.state == RolloutState::Running {
+        advance(&mut ctx, fleet, stats);
+    }
+    ctx.finish(r)
+}
+
+/// An operator's action; `Err` says why it does not apply in the rollout's state.
+pub fn act(r: &RolloutRecord, members: &[Member], action: Action, actor: &str, now: i64) -> Result<Step, String> {
+    let cfg = EngineConfig::default();
+    let mut ctx = Ctx {
+        r: r.clone(),
+        members: members.iter().map(|m| (m.device_id.clone(), m.clone())).collect(),
+        changed: BTreeMap::new(),
+        step: Step::default(),
+        now,
+        cfg: &cfg,
+    };
+    let state = r.state;
+    let refuse = || Err(format!("cannot {} a rollout that is {}", action.as_str(), state.as_str()));
+    let by = format!("by {actor}");
+    match action {
+        Action::Pause if state.is_active() && state != RolloutState::Paused => {
+            ctx.r.state = RolloutState::Paused;
+            ctx.decide("rollout.pause", format!("paused {by}"), serde_json::json!({}));
+        }
+        Action::Resume if state == RolloutState::Paused => {
+            ctx.r.state = RolloutState::Running;
+            // The deadline counts from the resume: the pause was not the devices' fault.
+            let w = ctx.wave_mut();
+            if w.phase.is_none() {
+                w.phase = Some(first_phase(&r.spec));
+            }
+            w.started_ms = Some(now);
+            if w.bake_started_ms.is_some() {
+                w.bake_started_ms = Some(now);
+            }
+            ctx.decide("rollout.resume", format!("resumed {by}"), serde_json::json!({}));
+        }
+        Action::Abort if state.is_active() => {
+            ctx.r.state = RolloutState::Aborted;
+            ctx.drop_shadows();
+            ctx.decide("rollout.abort", format!("aborted {by}; devices on the version keep it"), serde_json::json!({}));
+        }
+        Action::Rollback if state != RolloutState::RolledBack => {
+            ctx.r.state = RolloutState::RolledBack;
+            ctx.revert_all();
+            let n = ctx.step.desired_changed.len();
+            ctx.decide(
+                "rollout.rollback",
+                format!("rolled back {by}; {n} devices return to their previous version"),
+                serde_json::json!({"devices": n}),
+            );
+        }
+        Action::Promote if state.is_active() => {
+            ctx.r.state = RolloutState::Completed;
+            ctx.step.completed = true;
+            ctx.drop_shadows();
+            let reason = format!("promoted {by}: the version is assigned to the selector without the remaining waves");
+            ctx.decide("rollout.promote", reason, serde_json::json!({"wave": r.wave}));
+        }
+        _ => return refuse(),
+    }
+    Ok(ctx.finish(r))
+}

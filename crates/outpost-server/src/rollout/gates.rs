@@ -1,0 +1,285 @@
+//! Gate arithmetic: the per-version windows devices report, summed over a wave's devices and a
+//! time window, and judged against a gate.
+//!
+//! Two rules keep a gate from deciding on noise. Below `min_samples` it says `waiting` and how
+//! many samples it has. Above, during the bake it fails early only when the failure is clear
+//! (the 95 % Wilson bound of a rate is past the limit, not just the point estimate); at the end
+//! of the bake the point estimate decides.
+
+use outpost_proto::fleet::quality::LatencyHistogram;
+use outpost_proto::fleet::rollout::{Gate, GateMetric, GateReading, Threshold, Verdict};
+
+/// One stored window: what a device reported for one version in one report.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatRow {
+    /// When the server received it, Unix milliseconds (server clock: devices' clocks drift).
+    pub received_ms: i64,
+    /// The version it is about.
+    pub version: String,
+    /// True for a shadow comparison of a candidate, false for served requests.
+    pub shadow: bool,
+    /// Requests served (or shadow comparisons made).
+    pub requests: u64,
+    /// Errors among them.
+    pub errors: u64,
+    /// Latencies of served requests.
+    pub latency: LatencyHistogram,
+    /// Sum of shadow agreement.
+    pub agreement: f64,
+}
+
+/// Sums over devices and time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Requests.
+    pub requests: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Latencies.
+    pub latency: LatencyHistogram,
+    /// Shadow comparisons.
+    pub shadow_samples: u64,
+    /// Sum of their agreement.
+    pub agreement: f64,
+}
+
+impl Totals {
+    /// Adds one row.
+    pub fn add(&mut self, row: &StatRow) {
+        if row.shadow {
+            self.shadow_samples += row.requests;
+            self.agreement += row.agreement;
+        } else {
+            self.requests += row.requests;
+            self.errors += row.errors;
+            self.latency.merge(&row.latency);
+        }
+    }
+}
+
+/// What a gate is judged on: the new version on the wave's devices over the bake window, and
+/// the previous version on the same devices before they changed.
+#[derive(Debug, Clone, Default)]
+pub struct GateInput {
+    /// The new version (or the shadow candidate).
+    pub candidate: Totals,
+    /// The previous version.
+    pub baseline: Totals,
+    /// Samples needed to decide.
+    pub min_samples: u64,
+    /// True once the bake window is over: the point estimate decides.
+    pub final_call: bool,
+}
+
+/// Error rates below this count as this in ratio gates, so a clean baseline (0 errors) does
+/// not make any single error an infinite regression.
+pub const ERROR_RATE_FLOOR: f64 = 0.001;
+
+/// 95 % Wilson score interval of `k` successes in `n` trials.
+pub fn wilson(k: f64, n: f64) -> (f64, f64) {
+    if n <= 0.0 {
+        return (0.0, 1.0);
+    }
+    let z = 1.959_964f64;
+    let p = (k / n).clamp(0.0, 1.0);
+    let denom = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denom;
+    let half = z * ((p * (1.0 - p) / n) + z * z / (4.0 * n * n)).sqrt() / denom;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+fn reading(
+    gate: &Gate,
+    value: Option<f64>,
+    baseline: Option<f64>,
+    limit: Option<f64>,
+    verdict: Verdict,
+    note: String,
+) -> GateReading {
+    GateReading { gate: gate.to_string(), value, baseline, limit, verdict, note }
+}
+
+/// Judges one gate.
+pub fn judge(gate: &Gate, input: &GateInput) -> GateReading {
+    let c = &input.candidate;
+    let b = &input.baseline;
+    let min = input.min_samples.max(1);
+    match gate.metric {
+        GateMetric::ErrorRate => {
+            if c.requests < min {
+                let note = format!("waiting for data: {} of {min} requests on the new version", c.requests);
+                return reading(gate, None, None, None, Verdict::Waiting, note);
+            }
+            let value = c.errors as f64 / c.requests as f64;
+            let (limit, baseline) = match gate.threshold {
+                Threshold::Fraction(f) => (f, None),
+                Threshold::Ratio(r) => {
+                    if b.requests < min {
+                        let note =
+                            format!("waiting for data: {} of {min} requests on the previous version", b.requests);
+                        return reading(gate, Some(value), None, None, Verdict::Waiting, note);
+                    }
+                    let base = b.errors as f64 / b.requests as f64;
+                    (base.max(ERROR_RATE_FLOOR) * r, Some(base))
+                }
+                Threshold::Millis(_) => return mismatched(gate),
+            };
+            let (low, _) = wilson(c.errors as f64, c.requests as f64);
+            let failed = if input.final_call { value >= limit } else { low >= limit };
+            let verdict = match (failed, input.final_call) {
+                (true, _) => Verdict::Fail,
+                (false, true) => Verdict::Pass,
+                (false, false) if value < limit => Verdict::Pass,
+                (false, false) => Verdict::Waiting,
+            };
+            let note = format!("{} errors in {} requests", c.errors, c.requests);
+            reading(gate, Some(value), baseline, Some(limit), verdict, note)
+        }
+        GateMetric::P99Latency | GateMetric::P50Latency => {
+            let q = if gate.metric == GateMetric::P99Latency { 0.99 } else { 0.5 };
+            if c.requests < min {
+                let note = format!("waiting for data: {} of {min} requests on the new version", c.requests);
+                return reading(gate, None, None, None, Verdict::Waiting, note);
+            }
+            let value = c.latency.quantile(q);
+            let (limit, baseline) = match gate.threshold {
+                Threshold::Millis(ms) => (Some(ms), None),
+                Threshold::Ratio(r) => {
+                    if b.requests < min {
+                        let note =
+                            format!("waiting for data: {} of {min} requests on the previous version", b.requests);
+                        return reading(gate, value, None, None, Verdict::Waiting, note);
+                    }
+                    let base = b.latency.quantile(q);
+                    (base.map(|v| v * r), base)
+                }
+                Threshold::Fraction(_) => return mismatched(gate),
+            };
+            let verdict = match (value, limit) {
+                (Some(v), Some(l)) if v >= l => Verdict::Fail,
+                (Some(_), Some(_)) => Verdict::Pass,
+                _ => Verdict::Waiting,
+            };
+            let note = format!("{} requests, {} on the previous version", c.requests, b.requests);
+            reading(gate, value, baseline, limit, verdict, note)
+        }
+        GateMetric::ShadowAgreement => {
+            let n = c.shadow_samples;
+            if n < min {
+                let note = format!("waiting for data: {n} of {min} shadow comparisons");
+                return reading(gate, None, None, None, Verdict::Waiting, note);
+            }
+            let value = c.agreement / n as f64;
+            let limit = match gate.threshold {
+                Threshold::Fraction(f) => f,
+                _ => return mismatched(gate),
+            };
+            let (_, high) = wilson(c.agreement, n as f64);
+            let failed = if input.final_call { value <= limit } else { high <= limit };
+            let verdict = match (failed, input.final_call) {
+                (true, _) => Verdict::Fail,
+                (false, true) => Verdict::Pass,
+                (false, false) if value > limit => Verdict::Pass,
+                (false, false) => Verdict::Waiting,
+            };
+            reading(gate, Some(value), None, Some(limit), verdict, format!("{n} shadow comparisons"))
+        }
+    }
+}
+
+/// The gate parser (`outpost_proto::fleet::rollout`) refuses a metric with the wrong unit, so
+/// only a hand-built gate gets here; it never decides.
+fn mismatched(gate: &Gate) -> GateReading {
+    reading(gate, None, None, None, Verdict::Waiting, "this metric does not take this unit".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(requests: u64, errors: u64, latency_ms: f64) -> Totals {
+        let mut t = Totals { requests, errors, ..Totals::default() };
+        for _ in 0..requests {
+            t.latency.record(latency_ms);
+        }
+        t
+    }
+
+    fn gate(text: &str) -> Gate {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn too_few_samples_wait_and_say_how_many() {
+        let input =
+            GateInput { candidate: totals(12, 12, 5.0), min_samples: 100, final_call: true, ..GateInput::default() };
+        let r = judge(&gate("error_rate<1%"), &input);
+        assert_eq!(r.verdict, Verdict::Waiting);
+        assert!(r.note.contains("12 of 100"), "{}", r.note);
+        let r = judge(&gate("shadow_agreement>97%"), &input);
+        assert_eq!(r.verdict, Verdict::Waiting);
+        // Ratio gates also need the previous version's data.
+        let input = GateInput {
+            candidate: totals(500, 0, 5.0),
+            baseline: totals(3, 0, 5.0),
+            min_samples: 100,
+            final_call: true,
+        };
+        let r = judge(&gate("p99_latency<1.2x"), &input);
+        assert_eq!(r.verdict, Verdict::Waiting);
+        assert!(r.note.contains("previous version"), "{}", r.note);
+    }
+
+    #[test]
+    fn error_rate_fails_early_only_when_clear_and_decides_at_the_end() {
+        // 2 errors in 100 against 1 %: the point estimate is over, the Wilson bound is not.
+        let input = GateInput { candidate: totals(100, 2, 5.0), min_samples: 100, ..GateInput::default() };
+        assert_eq!(judge(&gate("error_rate<1%"), &input).verdict, Verdict::Waiting);
+        let last = GateInput { final_call: true, ..input.clone() };
+        assert_eq!(judge(&gate("error_rate<1%"), &last).verdict, Verdict::Fail);
+        // 20 in 100 is clear at once.
+        let bad = GateInput { candidate: totals(100, 20, 5.0), min_samples: 100, ..GateInput::default() };
+        let r = judge(&gate("error_rate<1%"), &bad);
+        assert_eq!((r.verdict, r.value), (Verdict::Fail, Some(0.2)));
+        let good = GateInput { candidate: totals(1000, 1, 5.0), min_samples: 100, ..GateInput::default() };
+        assert_eq!(judge(&gate("error_rate<1%"), &good).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn ratio_gates_compare_with_the_previous_version_and_floor_a_clean_baseline() {
+        let input = GateInput {
+            candidate: totals(1000, 1, 5.0),
+            baseline: totals(1000, 0, 5.0),
+            min_samples: 100,
+            final_call: true,
+        };
+        // 0.1 % against a clean baseline floored at 0.1 % × 2: passes.
+        let r = judge(&gate("error_rate<2x"), &input);
+        assert_eq!((r.verdict, r.baseline, r.limit), (Verdict::Pass, Some(0.0), Some(0.002)));
+        let slow = GateInput { candidate: totals(1000, 0, 9.0), ..input.clone() };
+        let r = judge(&gate("p99_latency<1.2x"), &slow);
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        assert!(r.value.unwrap() / r.baseline.unwrap() > 1.5);
+        let same = GateInput { candidate: totals(1000, 0, 5.0), ..input };
+        assert_eq!(judge(&gate("p99_latency<1.2x"), &same).verdict, Verdict::Pass);
+        assert_eq!(judge(&gate("p50_latency<4ms"), &same).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn shadow_agreement_is_the_mean_agreement() {
+        let mut c = Totals { shadow_samples: 200, agreement: 190.0, ..Totals::default() };
+        let input = GateInput { candidate: c.clone(), min_samples: 100, final_call: true, ..GateInput::default() };
+        let r = judge(&gate("shadow_agreement>97%"), &input);
+        assert_eq!((r.verdict, r.value), (Verdict::Fail, Some(0.95)));
+        c.agreement = 199.0;
+        let input = GateInput { candidate: c, min_samples: 100, final_call: false, ..GateInput::default() };
+        assert_eq!(judge(&gate("shadow_agreement>97%"), &input).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn wilson_bounds_bracket_the_rate() {
+        let (lo, hi) = wilson(2.0, 100.0);
+        assert!(lo < 0.02 && hi > 0.02 && lo > 0.0 && hi < 0.08, "{lo} {hi}");
+        assert_eq!(wilson(0.0, 0.0), (0.0, 1.0));
+    }
+}

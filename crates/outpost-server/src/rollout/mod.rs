@@ -1,0 +1,15 @@
+//! The rollout engine: a model version moving over label-selected devices in waves, each wave
+//! gated on how the version behaves on live data, with automatic pause or rollback.
+//!
+//! [`engine`] is the pure state machine, [`gates`] the arithmetic on what devices report,
+//! [`waves`] sizing and ordering; [`driver`] is the background task that holds rollouts by
+//! lease, feeds the engine from the database each tick and stores its steps.
+
+pub mod driver;
+pub mod engine;
+pub mod gates;
+pub mod view;
+pub mod waves;
+
+#[cfg(test)]
+mod engine_tests;
