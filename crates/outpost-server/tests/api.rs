@@ -11,6 +11,8 @@ mod doors;
 mod packages;
 #[path = "api/resources.rs"]
 mod resources;
+#[path = "api/rollouts.rs"]
+mod rollouts;
 #[path = "api/selector_attacks.rs"]
 mod selector_attacks;
 
