@@ -49,6 +49,9 @@ enum Command {
     /// Fleet-wide views.
     #[command(subcommand)]
     Fleet(fleet::device::FleetCommand),
+    /// Move a model version over the fleet in waves gated on health; watch, pause, roll back.
+    #[command(subcommand)]
+    Rollout(fleet::rollout::RolloutCommand),
     /// Simulate a fleet of devices speaking the real protocol to a server.
     Sim(sim::SimArgs),
     /// Train the demo model, start a server, agents and a simulated fleet, show it working.
@@ -75,7 +78,7 @@ fn main() -> std::process::ExitCode {
         )
         .with(outpost_agent::control::logs::LogRing::global().clone())
         .init();
-    if matches!(cli.command, Command::Token(_) | Command::Device(_) | Command::Fleet(_)) {
+    if matches!(cli.command, Command::Token(_) | Command::Device(_) | Command::Fleet(_) | Command::Rollout(_)) {
         // Rust ignores SIGPIPE so that long-running servers see EPIPE; short listing commands
         // should instead end quietly when their reader (`head`, `less`) goes away.
         // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
@@ -90,6 +93,7 @@ fn main() -> std::process::ExitCode {
         Command::Token(cmd) => fleet::token::run(cmd),
         Command::Device(cmd) => fleet::device::run(cmd),
         Command::Fleet(cmd) => fleet::device::run_fleet(cmd),
+        Command::Rollout(cmd) => fleet::rollout::run(cmd),
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
         Command::TufClient(args) => tuf::run(args),

@@ -154,6 +154,23 @@ fn operator_enrolls_an_agent_labels_commands_and_revokes_it_through_the_cli() {
     assert_eq!(shown[0]["devices_serving"], 1, "{shown}");
     assert_eq!(shown[0]["version"]["package"]["sha256"], published["package"]["sha256"]);
 
+    // A rollout of the version the agent runs, through the CLI: the real agent's reports
+    // complete its one wave after a one-second bake.
+    let (ok, out, err) =
+        cli(&url, &admin, &["rollout", "create", "vibration-anomaly@1", "--waves", "100%", "--bake", "1s"]);
+    assert!(ok && out.contains("rollout 1 created"), "{out}{err}");
+    let (ok, _, err) = cli(&url, &admin, &["rollout", "create", "vibration-anomaly@1", "--gate", "error_rate>1%"]);
+    assert!(!ok && err.contains("error_rate takes <"), "{err}");
+    wait_for("the rollout to complete", || json(&url, &admin, &["rollout", "show", "1"])["state"] == "completed");
+    let (ok, out, err) = cli(&url, &admin, &["rollout", "show", "1"]);
+    assert!(ok && out.contains("completed") && out.contains("every wave passed"), "{out}{err}");
+    let listed = json(&url, &admin, &["rollout", "list"]);
+    assert_eq!(listed[0]["waves"][0]["by_state"]["updated"], 1, "{listed}");
+    let devices = json(&url, &admin, &["rollout", "devices", "1"]);
+    assert_eq!((devices[0]["device_id"].as_str(), devices[0]["state"].as_str()), (Some(id.as_str()), Some("updated")));
+    let (ok, _, err) = cli(&url, &admin, &["rollout", "pause", "1"]);
+    assert!(!ok && err.contains("cannot pause a rollout that is completed"), "{err}");
+
     // Revocation: an operator may not, an admin may; the device is then refused.
     let operator = json(&url, &admin, &["token", "create", "--api-role", "operator", "--name", "ci-operator"]);
     let operator = operator["secret"].as_str().unwrap().to_string();

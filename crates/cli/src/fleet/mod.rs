@@ -3,4 +3,5 @@
 pub mod client;
 pub mod device;
 pub mod models;
+pub mod rollout;
 pub mod token;
