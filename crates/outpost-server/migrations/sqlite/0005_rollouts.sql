@@ -37,6 +37,8 @@ CREATE TABLE rollout_devices (
     PRIMARY KEY (rollout_id, device_id)
 );
 CREATE INDEX rollout_devices_device ON rollout_devices (device_id);
+-- Replicas that do not hold a rollout read its changes by time to drop their cached ETags.
+CREATE INDEX rollout_devices_updated ON rollout_devices (updated_ms);
 
 -- What devices report per model version and report interval: served requests, errors and a
 -- latency histogram, or a shadow candidate's comparisons. Additive, so gates sum them over a

@@ -264,6 +264,22 @@ impl Db {
         rows.iter().map(stored_rollout).collect()
     }
 
+    /// Members changed at or after `since_ms` (by any replica), with when; and a fingerprint of
+    /// the assignments (count, highest id, newest rollout change). Replicas compare these to
+    /// drop the cached ETags of devices another replica changed.
+    pub async fn rollout_changes(&self, since_ms: i64) -> Result<(Vec<(String, i64)>, (i64, i64)), DbError> {
+        let mut q = Sql::new("SELECT device_id, updated_ms FROM rollout_devices WHERE updated_ms >= ");
+        q.bind(since_ms);
+        let mut conn = self.pool().acquire().await?;
+        let rows = q.query().fetch_all(&mut *conn).await?;
+        let changed = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>("device_id")?, r.try_get::<i64, _>("updated_ms")?)))
+            .collect::<Result<Vec<_>, DbError>>()?;
+        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS top FROM assignments").fetch_one(&mut *conn).await?;
+        Ok((changed, (row.try_get("n")?, row.try_get("top")?)))
+    }
+
     /// Gives up `owner`'s leases (orderly shutdown: another replica takes over at once).
     pub async fn release_rollouts(&self, owner: &str) -> Result<(), DbError> {
         let mut q = Sql::new("UPDATE rollouts SET lease_owner = NULL, lease_until_ms = 0 WHERE lease_owner = ");

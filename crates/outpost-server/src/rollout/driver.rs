@@ -31,7 +31,20 @@ pub struct Driver {
     owner: String,
     cfg: EngineConfig,
     stats: Mutex<HashMap<String, StatsCache>>,
+    seen: Mutex<Seen>,
 }
+
+/// What this replica last saw of changes any replica made (see [`Driver::sync_caches`]).
+#[derive(Debug, Default)]
+struct Seen {
+    /// Per device, the newest member change already invalidated.
+    devices: HashMap<String, i64>,
+    /// The assignment fingerprint.
+    assignments: Option<(i64, i64)>,
+}
+
+/// Replicas' clocks differ: changes are read back this far.
+const CLOCK_MARGIN_MS: i64 = 10_000;
 
 /// How far back windows are kept in memory for a rollout: its bake, the baseline before each
 /// device changed, and the time a wave may take.
@@ -49,7 +62,7 @@ impl Driver {
             retry_base_ms: i64::try_from(state.config.rollout_retry_s.saturating_mul(1000)).unwrap_or(30_000),
             ..EngineConfig::default()
         };
-        Driver { state, owner, cfg, stats: Mutex::new(HashMap::new()) }
+        Driver { state, owner, cfg, stats: Mutex::new(HashMap::new()), seen: Mutex::new(Seen::default()) }
     }
 
     /// Runs until shutdown, then gives up its leases.
@@ -69,9 +82,36 @@ impl Driver {
         }
     }
 
+    /// Drops the cached ETags of devices whose rollout membership another replica changed, and
+    /// the assignment cache when another replica's rollout completed or was rolled back: the
+    /// hub's caches are per process, the engine runs on one replica, devices poll any.
+    async fn sync_caches(&self, now: i64) {
+        let (changed, fingerprint) = match self.state.db.rollout_changes(now.saturating_sub(CLOCK_MARGIN_MS)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read rollout changes; cached desired states may lag");
+                return;
+            }
+        };
+        let mut seen = self.seen.lock().await;
+        for (device, at) in changed {
+            if seen.devices.get(&device).is_none_or(|&s| at > s) {
+                self.state.hub.device_changed(&device);
+                seen.devices.insert(device, at);
+            }
+        }
+        let horizon = now.saturating_sub(2 * CLOCK_MARGIN_MS);
+        seen.devices.retain(|_, at| *at >= horizon);
+        if seen.assignments.is_some_and(|f| f != fingerprint) {
+            self.state.hub.assignments_changed();
+        }
+        seen.assignments = Some(fingerprint);
+    }
+
     /// One pass over every rollout this replica holds.
     pub async fn tick(&self) {
         let now = now_ms();
+        self.sync_caches(now).await;
         let ttl = i64::try_from(self.state.config.rollout_lease_ms).unwrap_or(15_000);
         let held = match self.state.db.claim_rollouts(&self.owner, now, ttl).await {
             Ok(h) => h,

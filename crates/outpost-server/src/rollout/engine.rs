@@ -324,6 +324,11 @@ fn observe(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>) {
         // A report from before the device's last change says nothing about it.
         let fresh = fleet.get(&id).and_then(|v| v.last_seen_ms).is_some_and(|seen| seen > m.since_ms.max(m.updated_ms));
         if let (true, Some(view)) = (fresh, fleet.get(&id)) {
+            // A device that had not reported when it joined names its previous version now
+            // (the baseline of ratio gates), as long as it still serves that one.
+            if next.from_version.is_none() {
+                next.from_version = view.observed.serving.as_ref().map(|s| s.0.clone()).filter(|v| *v != version);
+            }
             if let Some((state, failure)) = classify(&view.observed, &version, m.mode == Mode::Shadow) {
                 next.state = state;
                 next.failure = failure;

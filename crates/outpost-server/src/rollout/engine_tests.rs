@@ -391,7 +391,7 @@ fn devices_that_join_or_change_labels_mid_rollout_are_included_and_pinned_or_bus
 
 #[test]
 fn shadow_agreement_gates_each_wave_before_its_devices_serve_the_candidate() {
-    let mut s = sim(spec(&[50.0], &["shadow_agreement>97%", "error_rate<1%"]), &devices(4, Kind::Good));
+    let mut s = sim(spec(&[50.0], &["shadow_agreement>97%", "error_rate<1%", "p99_latency<1.5x"]), &devices(4, Kind::Good));
     s.tick();
     assert!(s.members.iter().all(|m| m.mode == Mode::Shadow));
     assert_eq!(s.r.waves[0].phase, Some(WavePhase::Shadow));
@@ -444,4 +444,17 @@ fn operator_actions_apply_only_where_they_make_sense() {
     assert_eq!(s.count(DeviceRolloutState::Reverted), 0, "devices on the version keep it");
     let audit: Vec<&str> = s.actions();
     assert_eq!(audit, vec!["rollout.start", "rollout.abort"]);
+}
+
+#[test]
+fn a_device_that_joins_before_its_first_report_learns_its_previous_version_from_it() {
+    let mut s = sim(spec(&[100.0], &["shadow_agreement>97%"]), &devices(2, Kind::Good));
+    for v in s.fleet.values_mut() {
+        (v.last_seen_ms, v.observed) = (None, Observed::default());
+    }
+    s.tick();
+    assert!(s.members.iter().all(|m| m.from_version.is_none()));
+    s.advance(10_000);
+    s.tick();
+    assert!(s.members.iter().all(|m| m.from_version.as_deref() == Some("1")), "{:?}", s.members);
 }

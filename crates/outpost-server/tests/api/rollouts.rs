@@ -81,7 +81,10 @@ async fn drive(s: &TestServer, devices: &mut [Scripted], id: i64, done: impl Fn(
         if done(&r.body) {
             return r.body;
         }
-        assert!(started.elapsed() < Duration::from_secs(40), "{}: rollout stuck: {:#}", s.label, r.body);
+        if started.elapsed() > Duration::from_secs(40) {
+            let devices = s.op(Method::GET, &format!("/v1/rollouts/{id}/devices"), Some(&s.admin), None).await;
+            panic!("{}: rollout stuck: {:#}\ndevices: {:#}", s.label, r.body, devices.body);
+        }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
 }
@@ -220,10 +223,18 @@ async fn rollouts_complete_roll_back_by_themselves_and_survive_restarts_and_repl
         let after = s.op(Method::GET, &format!("/v1/rollouts/{id4}"), Some(&s.admin), None).await.body;
         assert_eq!((&after["state"], &after["wave"]), (&before["state"], &before["wave"]), "{label}");
         assert_eq!(after["waves"][0]["bake_started_ms"], before["waves"][0]["bake_started_ms"], "{label}");
-        // A second replica on the same database: exactly one of them acts.
+        // A second replica on the same database: exactly one of them acts, and devices polling
+        // the other one follow (its caches learn what the acting replica changed).
         let replica = s.replica().await;
-        let done = drive(&s, &mut berlin, id4, state_is("completed")).await;
+        let done = drive(&replica, &mut berlin, id4, state_is("completed")).await;
         assert_eq!(done["waves"][1]["by_state"]["updated"], 3, "{label}");
+        for d in &berlin[..5] {
+            let started = Instant::now();
+            while desired_version(&replica, d).await != "4" {
+                assert!(started.elapsed() < Duration::from_secs(10), "{label}: the replica's cache never learned");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         let audit = audit_actions(&s, id4).await;
         let count = |a: &str| audit.iter().filter(|e| e["action"] == a).count();
         assert_eq!(
