@@ -171,7 +171,10 @@ fn create(a: CreateArgs) -> Result<()> {
     if api.json {
         return print_json(&r);
     }
-    println!("rollout {} created: {}@{} over {} devices; follow it with `outpost rollout show {} --watch`", r.id, model, version, r.eligible, r.id);
+    println!(
+        "rollout {} created: {}@{} over {} devices; follow it with `outpost rollout show {} --watch`",
+        r.id, model, version, r.eligible, r.id
+    );
     Ok(())
 }
 
@@ -226,10 +229,22 @@ fn print(r: &Rollout) {
     );
     println!("  {}", r.reason);
     let skipped: Vec<String> = r.skipped.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    println!("  {} eligible devices{}", r.eligible, if skipped.is_empty() { String::new() } else { format!("; skipped: {}", skipped.join(", ")) });
+    println!(
+        "  {} eligible devices{}",
+        r.eligible,
+        if skipped.is_empty() { String::new() } else { format!("; skipped: {}", skipped.join(", ")) }
+    );
     for w in &r.waves {
         let states: Vec<String> = w.by_state.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("  wave {} ({}%): {:?}, {} devices [{}], offline {}", w.index + 1, w.percent, w.phase, w.devices, states.join(", "), w.offline);
+        println!(
+            "  wave {} ({}%): {:?}, {} devices [{}], offline {}",
+            w.index + 1,
+            w.percent,
+            w.phase,
+            w.devices,
+            states.join(", "),
+            w.offline
+        );
         if !w.failures.is_empty() {
             let f: Vec<String> = w.failures.iter().map(|(k, n)| format!("{k} {n}")).collect();
             println!("    failures: {}", f.join(", "));
@@ -240,7 +255,8 @@ fn print(r: &Rollout) {
                 Verdict::Fail => "FAIL",
                 Verdict::Waiting => "wait",
             };
-            let baseline = g.baseline.map(|b| format!(" (previous {})", fmt_gate_value(&g.gate, Some(b)))).unwrap_or_default();
+            let baseline =
+                g.baseline.map(|b| format!(" (previous {})", fmt_gate_value(&g.gate, Some(b)))).unwrap_or_default();
             println!(
                 "    {mark} {}: {} vs limit {}{baseline}; {}",
                 g.gate,

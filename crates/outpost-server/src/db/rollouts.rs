@@ -276,7 +276,9 @@ impl Db {
             .iter()
             .map(|r| Ok((r.try_get::<String, _>("device_id")?, r.try_get::<i64, _>("updated_ms")?)))
             .collect::<Result<Vec<_>, DbError>>()?;
-        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS top FROM assignments").fetch_one(&mut *conn).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(MAX(id), 0) AS top FROM assignments")
+            .fetch_one(&mut *conn)
+            .await?;
         Ok((changed, (row.try_get("n")?, row.try_get("top")?)))
     }
 

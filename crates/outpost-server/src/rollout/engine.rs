@@ -3,7 +3,7 @@
 //! caused them. No I/O, so every rule (wave sizing, joining, retries, gates, deadlines) is
 //! tested without a database or a clock.
 
-use super::gates::{judge, GateInput, StatRow, Totals};
+use super::gates::{gate_totals, judge, GateInput, StatRow};
 use super::waves::{classify, cumulative_target, is_transient, join_rank, Observed};
 use outpost_proto::fleet::device::FailureKind;
 use outpost_proto::fleet::rollout::{
@@ -139,47 +139,12 @@ pub struct Step {
     pub desired_changed: Vec<String>,
 }
 
-/// What an operator asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Stop moving; keep what devices have.
-    Pause,
-    /// Move on from a pause.
-    Resume,
-    /// Stop for good; devices on the new version keep it.
-    Abort,
-    /// Return every device to its previous version.
-    Rollback,
-    /// Skip the remaining waves: the version becomes an assignment now.
-    Promote,
-}
-
-impl Action {
-    /// The wire name (also the audit action suffix).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-            Action::Abort => "abort",
-            Action::Rollback => "rollback",
-            Action::Promote => "promote",
-        }
-    }
-
-    /// Parses the wire name.
-    pub fn parse(text: &str) -> Option<Action> {
-        [Action::Pause, Action::Resume, Action::Abort, Action::Rollback, Action::Promote]
-            .into_iter()
-            .find(|a| a.as_str() == text)
-    }
-}
-
 fn has_shadow_gate(spec: &CreateRollout) -> bool {
     spec.gates.iter().any(|g| g.metric == GateMetric::ShadowAgreement)
 }
 
 /// The phase a wave starts in.
-fn first_phase(spec: &CreateRollout) -> WavePhase {
+pub(super) fn first_phase(spec: &CreateRollout) -> WavePhase {
     if spec.shadow || has_shadow_gate(spec) {
         WavePhase::Shadow
     } else {
@@ -201,24 +166,25 @@ fn counts_as_failed(m: &Member) -> bool {
     matches!(m.state, DeviceRolloutState::Failed | DeviceRolloutState::RolledBack)
 }
 
-struct Ctx<'a> {
-    r: RolloutRecord,
-    members: BTreeMap<String, Member>,
-    changed: BTreeMap<String, ()>,
-    step: Step,
-    now: i64,
-    cfg: &'a EngineConfig,
+/// One step in the making: the rollout and members as changed so far.
+pub(super) struct Ctx<'a> {
+    pub(super) r: RolloutRecord,
+    pub(super) members: BTreeMap<String, Member>,
+    pub(super) changed: BTreeMap<String, ()>,
+    pub(super) step: Step,
+    pub(super) now: i64,
+    pub(super) cfg: &'a EngineConfig,
 }
 
 impl Ctx<'_> {
-    fn touch(&mut self, id: &str, desired: bool) {
+    pub(super) fn touch(&mut self, id: &str, desired: bool) {
         self.changed.insert(id.to_string(), ());
         if desired {
             self.step.desired_changed.push(id.to_string());
         }
     }
 
-    fn decide(&mut self, action: &'static str, reason: String, mut details: serde_json::Value) {
+    pub(super) fn decide(&mut self, action: &'static str, reason: String, mut details: serde_json::Value) {
         if let Some(obj) = details.as_object_mut() {
             obj.insert("reason".into(), serde_json::Value::String(reason.clone()));
             obj.insert("wave".into(), serde_json::json!(self.r.wave));
@@ -227,7 +193,7 @@ impl Ctx<'_> {
         self.step.decisions.push(Decision { action, details });
     }
 
-    fn finish(mut self, original: &RolloutRecord) -> Step {
+    pub(super) fn finish(mut self, original: &RolloutRecord) -> Step {
         self.step.changed = self.changed.keys().filter_map(|id| self.members.get(id).cloned()).collect();
         self.step.desired_changed.sort();
         self.step.desired_changed.dedup();
@@ -238,7 +204,7 @@ impl Ctx<'_> {
     }
 
     /// Every member returns to its previous version.
-    fn revert_all(&mut self) {
+    pub(super) fn revert_all(&mut self) {
         let ids: Vec<String> = self
             .members
             .values()
@@ -256,7 +222,7 @@ impl Ctx<'_> {
     }
 
     /// Shadow members stop running the candidate (a paused or aborted rollout keeps live ones).
-    fn drop_shadows(&mut self) {
+    pub(super) fn drop_shadows(&mut self) {
         let ids: Vec<String> = self
             .members
             .values()
@@ -293,7 +259,7 @@ impl Ctx<'_> {
         self.decide("rollout.pause", reason, details);
     }
 
-    fn wave_mut(&mut self) -> &mut WaveRecord {
+    pub(super) fn wave_mut(&mut self) -> &mut WaveRecord {
         let k = self.r.wave;
         if self.r.waves.len() <= k {
             self.r.waves.resize(k + 1, WaveRecord::default());
@@ -393,36 +359,6 @@ fn join(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>, phase: WavePhase
         ctx.touch(&device_id, true);
     }
     eligible
-}
-
-/// Sums the wave's windows: the new version since the bake started, and each device's
-/// previous version over the same length before it changed.
-pub fn gate_totals(
-    members: &[&Member],
-    version: &str,
-    shadow: bool,
-    bake_started_ms: i64,
-    baseline_ms: i64,
-    stats: &HashMap<String, Vec<StatRow>>,
-) -> (Totals, Totals) {
-    let (mut candidate, mut baseline) = (Totals::default(), Totals::default());
-    for m in members {
-        let Some(rows) = stats.get(&m.device_id) else { continue };
-        let from = m.from_version.as_deref();
-        for row in rows {
-            if row.version == version && row.shadow == shadow && row.received_ms >= bake_started_ms.max(m.since_ms) {
-                candidate.add(row);
-            } else if !shadow
-                && !row.shadow
-                && Some(row.version.as_str()) == from
-                && row.received_ms < m.since_ms
-                && row.received_ms >= m.since_ms.saturating_sub(baseline_ms)
-            {
-                baseline.add(row);
-            }
-        }
-    }
-    (candidate, baseline)
 }
 
 /// Judges a phase's gates; returns the readings.
@@ -654,63 +590,4 @@ pub fn step(
         advance(&mut ctx, fleet, stats);
     }
     ctx.finish(r)
-}
-
-/// An operator's action; `Err` says why it does not apply in the rollout's state.
-pub fn act(r: &RolloutRecord, members: &[Member], action: Action, actor: &str, now: i64) -> Result<Step, String> {
-    let cfg = EngineConfig::default();
-    let mut ctx = Ctx {
-        r: r.clone(),
-        members: members.iter().map(|m| (m.device_id.clone(), m.clone())).collect(),
-        changed: BTreeMap::new(),
-        step: Step::default(),
-        now,
-        cfg: &cfg,
-    };
-    let state = r.state;
-    let refuse = || Err(format!("cannot {} a rollout that is {}", action.as_str(), state.as_str()));
-    let by = format!("by {actor}");
-    match action {
-        Action::Pause if state.is_active() && state != RolloutState::Paused => {
-            ctx.r.state = RolloutState::Paused;
-            ctx.decide("rollout.pause", format!("paused {by}"), serde_json::json!({}));
-        }
-        Action::Resume if state == RolloutState::Paused => {
-            ctx.r.state = RolloutState::Running;
-            // The deadline counts from the resume: the pause was not the devices' fault.
-            let w = ctx.wave_mut();
-            if w.phase.is_none() {
-                w.phase = Some(first_phase(&r.spec));
-            }
-            w.started_ms = Some(now);
-            if w.bake_started_ms.is_some() {
-                w.bake_started_ms = Some(now);
-            }
-            ctx.decide("rollout.resume", format!("resumed {by}"), serde_json::json!({}));
-        }
-        Action::Abort if state.is_active() => {
-            ctx.r.state = RolloutState::Aborted;
-            ctx.drop_shadows();
-            ctx.decide("rollout.abort", format!("aborted {by}; devices on the version keep it"), serde_json::json!({}));
-        }
-        Action::Rollback if state != RolloutState::RolledBack => {
-            ctx.r.state = RolloutState::RolledBack;
-            ctx.revert_all();
-            let n = ctx.step.desired_changed.len();
-            ctx.decide(
-                "rollout.rollback",
-                format!("rolled back {by}; {n} devices return to their previous version"),
-                serde_json::json!({"devices": n}),
-            );
-        }
-        Action::Promote if state.is_active() => {
-            ctx.r.state = RolloutState::Completed;
-            ctx.step.completed = true;
-            ctx.drop_shadows();
-            let reason = format!("promoted {by}: the version is assigned to the selector without the remaining waves");
-            ctx.decide("rollout.promote", reason, serde_json::json!({"wave": r.wave}));
-        }
-        _ => return refuse(),
-    }
-    Ok(ctx.finish(r))
 }

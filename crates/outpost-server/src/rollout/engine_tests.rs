@@ -1,6 +1,7 @@
 //! The engine against a simulated fleet: devices that follow their desired state (or not) and
 //! report windows, ticked by hand.
 
+use super::actions::{act, Action};
 use super::engine::*;
 use super::gates::StatRow;
 use super::waves::Observed;
@@ -391,7 +392,8 @@ fn devices_that_join_or_change_labels_mid_rollout_are_included_and_pinned_or_bus
 
 #[test]
 fn shadow_agreement_gates_each_wave_before_its_devices_serve_the_candidate() {
-    let mut s = sim(spec(&[50.0], &["shadow_agreement>97%", "error_rate<1%", "p99_latency<1.5x"]), &devices(4, Kind::Good));
+    let mut s =
+        sim(spec(&[50.0], &["shadow_agreement>97%", "error_rate<1%", "p99_latency<1.5x"]), &devices(4, Kind::Good));
     s.tick();
     assert!(s.members.iter().all(|m| m.mode == Mode::Shadow));
     assert_eq!(s.r.waves[0].phase, Some(WavePhase::Shadow));

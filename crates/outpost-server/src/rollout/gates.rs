@@ -6,8 +6,10 @@
 //! (the 95 % Wilson bound of a rate is past the limit, not just the point estimate); at the end
 //! of the bake the point estimate decides.
 
+use super::engine::Member;
 use outpost_proto::fleet::quality::LatencyHistogram;
 use outpost_proto::fleet::rollout::{Gate, GateMetric, GateReading, Threshold, Verdict};
+use std::collections::HashMap;
 
 /// One stored window: what a device reported for one version in one report.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -191,6 +193,36 @@ pub fn judge(gate: &Gate, input: &GateInput) -> GateReading {
 /// only a hand-built gate gets here; it never decides.
 fn mismatched(gate: &Gate) -> GateReading {
     reading(gate, None, None, None, Verdict::Waiting, "this metric does not take this unit".into())
+}
+
+/// Sums the wave's windows: the new version since the bake started, and each device's
+/// previous version over the same length before it changed.
+pub fn gate_totals(
+    members: &[&Member],
+    version: &str,
+    shadow: bool,
+    bake_started_ms: i64,
+    baseline_ms: i64,
+    stats: &HashMap<String, Vec<StatRow>>,
+) -> (Totals, Totals) {
+    let (mut candidate, mut baseline) = (Totals::default(), Totals::default());
+    for m in members {
+        let Some(rows) = stats.get(&m.device_id) else { continue };
+        let from = m.from_version.as_deref();
+        for row in rows {
+            if row.version == version && row.shadow == shadow && row.received_ms >= bake_started_ms.max(m.since_ms) {
+                candidate.add(row);
+            } else if !shadow
+                && !row.shadow
+                && Some(row.version.as_str()) == from
+                && row.received_ms < m.since_ms
+                && row.received_ms >= m.since_ms.saturating_sub(baseline_ms)
+            {
+                baseline.add(row);
+            }
+        }
+    }
+    (candidate, baseline)
 }
 
 #[cfg(test)]

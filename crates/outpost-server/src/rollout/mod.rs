@@ -5,6 +5,7 @@
 //! [`waves`] sizing and ordering; [`driver`] is the background task that holds rollouts by
 //! lease, feeds the engine from the database each tick and stores its steps.
 
+pub mod actions;
 pub mod driver;
 pub mod engine;
 pub mod gates;

@@ -5,7 +5,7 @@ use crate::auth::{OperatorRole, Viewer};
 use crate::db::rollouts::StoredRollout;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
-use crate::rollout::engine::{act, Action};
+use crate::rollout::actions::{act, Action};
 use crate::rollout::view::{device_view, rollout_view, Meta};
 use crate::rollout::waves::normalise_waves;
 use crate::state::{now_ms, SharedState};

@@ -111,7 +111,10 @@ async fn audit_actions(s: &TestServer, target: i64) -> Vec<Value> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["target"] == target.to_string() && e["action"].as_str().unwrap().starts_with("rollout."))
+        .filter(|e| {
+            e["target"].as_str() == Some(target.to_string().as_str())
+                && e["action"].as_str().unwrap().starts_with("rollout.")
+        })
         .cloned()
         .collect();
     entries.reverse();
