@@ -119,6 +119,7 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
             duration: None,
             enroll_concurrency: 16,
             faults: FaultConfig::default(),
+            quality: Default::default(),
             package_dir: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();

@@ -50,6 +50,18 @@ pub struct SimArgs {
     /// Fraction of reports sent as malformed JSON (the server must refuse them).
     #[arg(long, default_value_t = 0.0)]
     fault_garbage_json: f64,
+    /// Fraction of devices whose model updates fail their self-test (rollout failures).
+    #[arg(long, default_value_t = 0.0)]
+    fault_update_failure: f64,
+    /// Fraction of devices whose error rate (20 %) and latency (× 2) climb under --regress-version.
+    #[arg(long, default_value_t = 0.0, requires = "regress_version")]
+    fault_regress: f64,
+    /// The version that regresses on the --fault-regress devices.
+    #[arg(long)]
+    regress_version: Option<String>,
+    /// A version whose answers agree with the serving version on only 80 % of shadowed requests.
+    #[arg(long)]
+    disagree_version: Option<String>,
     /// Directory for the packages the devices download and verify (one copy per distinct
     /// package) [default: a temporary directory, removed at the end].
     #[arg(long)]
@@ -96,6 +108,12 @@ pub fn run(args: SimArgs) -> Result<()> {
             garbage_json: args.fault_garbage_json,
         },
         package_dir: args.package_dir.clone(),
+        quality: outpost_sim::quality::QualityFaults {
+            update_failure: args.fault_update_failure,
+            regress: args.fault_regress,
+            regress_version: args.regress_version.clone(),
+            disagree_version: args.disagree_version.clone(),
+        },
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.threads {

@@ -84,6 +84,7 @@ pub async fn run(index: usize, shared: Arc<Shared>, mut stop: watch::Receiver<bo
         models: DeviceModels::default(),
         wanted: watch::channel(Vec::new()).0,
         report_now: Notify::new(),
+        behaviour: crate::quality::Behaviour::draw(&config.quality, &mut rng),
     };
     if config.long_poll {
         tokio::join!(device.heartbeats(rng, stop.clone()), device.long_polls(stop.clone()), device.updates(stop));
@@ -152,6 +153,8 @@ struct Device {
     /// An update ended: report now rather than at the next interval, so the server's view of
     /// the fleet measures delivery, not the heartbeat interval.
     report_now: Notify,
+    /// How its models behave (faults drawn once).
+    behaviour: crate::quality::Behaviour,
 }
 
 impl Device {
@@ -167,7 +170,14 @@ impl Device {
             let applied = self.applied_etag();
             let mut report =
                 synthetic::state_report(seq, now_ms(), born.elapsed().as_secs(), &applied, &mut model, &mut rng);
-            let (real, missing) = self.models.reports();
+            let (mut real, missing) = self.models.reports();
+            {
+                let wanted = self.wanted.borrow();
+                for m in real.iter_mut() {
+                    let shadow = wanted.iter().find(|w| w.name == m.name).and_then(|w| w.shadow.as_ref());
+                    crate::quality::fill(m, shadow, &self.behaviour, &mut rng);
+                }
+            }
             report.models.extend(real);
             if missing {
                 report.health = Health::Degraded;
@@ -305,6 +315,11 @@ impl Device {
             let models = wanted.borrow_and_update().clone();
             for m in &models {
                 let Some(package) = self.models.to_fetch(m) else { continue };
+                if self.behaviour.fails_updates && self.models.runs_any(&m.name) {
+                    self.models.refuse(&m.name, &m.version, &package, "simulated self-test failure".into());
+                    self.report_now.notify_one();
+                    continue;
+                }
                 tokio::select! {
                     _ = updater.update(&m.name, &m.version, &package) => self.report_now.notify_one(),
                     _ = stopped(&mut stop) => return,

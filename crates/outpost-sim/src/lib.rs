@@ -19,6 +19,7 @@
 mod cache;
 mod device;
 pub mod histogram;
+pub mod quality;
 mod stats;
 pub mod synthetic;
 mod update;
@@ -66,6 +67,8 @@ pub struct SimConfig {
     pub enroll_concurrency: usize,
     /// Broken requests to send.
     pub faults: FaultConfig,
+    /// How models misbehave on part of the fleet (rollout tests).
+    pub quality: quality::QualityFaults,
     /// Where verified packages are kept, one copy per distinct package for the whole fleet;
     /// a temporary directory removed at the end when absent.
     pub package_dir: Option<PathBuf>,
@@ -106,7 +109,9 @@ fn validate(config: &SimConfig) -> Result<(), SimError> {
     fraction("offline_fraction", config.offline_fraction)?;
     fraction("faults.bad_signature", config.faults.bad_signature)?;
     fraction("faults.replay", config.faults.replay)?;
-    fraction("faults.garbage_json", config.faults.garbage_json)
+    fraction("faults.garbage_json", config.faults.garbage_json)?;
+    fraction("quality.update_failure", config.quality.update_failure)?;
+    fraction("quality.regress", config.quality.regress)
 }
 
 /// Raises the open-file limit to its hard maximum: each virtual device holds up to two
@@ -195,6 +200,7 @@ mod tests {
             duration: Some(Duration::from_millis(200)),
             enroll_concurrency: 4,
             faults: FaultConfig::default(),
+            quality: quality::QualityFaults::default(),
             package_dir: None,
         }
     }

@@ -142,6 +142,18 @@ impl DeviceModels {
         slot.update = None;
     }
 
+    /// Whether some version of `name` is active (so a new one is an update, not a first install).
+    pub fn runs_any(&self, name: &str) -> bool {
+        self.slots().get(name).is_some_and(|s| s.active.is_some())
+    }
+
+    /// Refuses `version` as a device whose self-test fails it would: reported failed, the
+    /// active version stays.
+    pub fn refuse(&self, name: &str, version: &str, package: &PackageRef, reason: String) {
+        self.begin(name, version, package);
+        self.give_up(name, package, FailureKind::SelfTest, reason);
+    }
+
     fn give_up(&self, name: &str, package: &PackageRef, kind: FailureKind, reason: String) {
         let mut slots = self.slots();
         let slot = slots.entry(name.to_string()).or_default();

@@ -2,6 +2,8 @@
 //! heartbeats, goes offline and catches up, acknowledges commands, and every broken request is
 //! refused.
 
+#[path = "fleet/rollouts.rs"]
+mod rollouts;
 #[path = "fleet/updates.rs"]
 mod updates;
 
@@ -54,6 +56,7 @@ async fn simulated_fleet_enrolls_heartbeats_catches_up_and_sees_every_fault_refu
         duration: Some(Duration::from_secs(5)),
         enroll_concurrency: 8,
         faults: FaultConfig { bad_signature: 0.2, replay: 0.2, garbage_json: 0.2 },
+        quality: Default::default(),
         package_dir: None,
     };
     // Send a command to every simulated device once the fleet is up.

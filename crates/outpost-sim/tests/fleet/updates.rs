@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const DEVICES: usize = 4;
-const MODEL: &str = "det";
+pub(crate) const MODEL: &str = "det";
 
 /// A small detector-shaped model: a 128 KiB backbone and a 32 KiB head whose weights `tune`
 /// moves (a head-only fine-tune leaves the backbone's bytes as they were).
@@ -40,7 +40,7 @@ fn onnx(tune: f64) -> Vec<u8> {
 }
 
 /// A package (tar of manifest and model) of `det@version`.
-fn package(version: &str, tune: f64) -> Vec<u8> {
+pub(crate) fn package(version: &str, tune: f64) -> Vec<u8> {
     let model = onnx(tune);
     let manifest = format!(
         "format = 1\n\n[model]\nname = \"{MODEL}\"\nversion = \"{version}\"\ntask = \"detection\"\n\n\
@@ -59,14 +59,20 @@ fn package(version: &str, tune: f64) -> Vec<u8> {
     tar.into_inner().unwrap()
 }
 
-struct Plane {
-    http: reqwest::Client,
-    base: String,
-    admin: String,
+pub(crate) struct Plane {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) admin: String,
 }
 
 impl Plane {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>, json: bool) -> serde_json::Value {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        json: bool,
+    ) -> serde_json::Value {
         let mut request = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.admin);
         if let Some(body) = body {
             let kind = if json { "application/json" } else { "application/octet-stream" };
@@ -79,7 +85,7 @@ impl Plane {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
-    async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+    pub(crate) async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         self.call(reqwest::Method::POST, path, Some(body.to_string().into_bytes()), true).await
     }
 
@@ -184,6 +190,7 @@ async fn simulated_devices_download_verify_and_report_whole_packages_deltas_and_
         duration: None,
         enroll_concurrency: DEVICES,
         faults: FaultConfig::default(),
+        quality: Default::default(),
         package_dir: Some(packages.clone()),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
