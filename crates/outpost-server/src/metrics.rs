@@ -73,6 +73,12 @@ pub struct Metrics {
     pub delta_bytes_sent: Counter,
     /// Time of one engine evaluation of one rollout (reads, step, write), seconds.
     pub rollout_evaluation: Histogram,
+    /// Time of the engine's pure step in one evaluation (gates, waves, members), seconds.
+    pub rollout_step: Histogram,
+    /// Database statements the engine ran (reads and writes of its evaluations and ticks).
+    pub rollout_statements: Counter,
+    /// Rollout evaluations run.
+    pub rollout_evaluations: Counter,
     /// Rollout decisions taken (by the engine and by operators).
     pub rollout_decisions: Family<DecisionLabels, Counter>,
     /// Devices of each rollout this replica holds, by state in the rollout.
@@ -123,6 +129,12 @@ impl Metrics {
             "One rollout engine evaluation: fleet read, gates, step and write",
             rollout_evaluation.clone(),
         );
+        let rollout_step = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register("rollout_step_duration_seconds", "The engine's pure step of one rollout evaluation", rollout_step.clone());
+        let rollout_statements = Counter::default();
+        registry.register("rollout_db_statements", "Database statements run by the rollout engine", rollout_statements.clone());
+        let rollout_evaluations = Counter::default();
+        registry.register("rollout_evaluations", "Rollout evaluations run", rollout_evaluations.clone());
         let rollout_decisions = Family::<DecisionLabels, Counter>::default();
         registry.register("rollout_decisions", "Rollout decisions by action", rollout_decisions.clone());
         let rollout_devices = Family::<RolloutLabels, Gauge>::default();
@@ -138,6 +150,9 @@ impl Metrics {
         Metrics {
             registry,
             rollout_evaluation,
+            rollout_step,
+            rollout_statements,
+            rollout_evaluations,
             rollout_decisions,
             rollout_devices,
             rollout_gate_value,

@@ -124,9 +124,9 @@ async fn upsert_members(
     kind: super::DbKind,
     r: &RolloutRecord,
     members: &[Member],
-) -> Result<(), DbError> {
+) -> Result<u64, DbError> {
     if members.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let model = r.spec.model.to_string();
     let rows: Vec<MemberRow<'_>> = members
@@ -159,7 +159,7 @@ async fn upsert_members(
     let mut q = Sql::new(&sql);
     q.arg(serde_json::to_string(&rows)?);
     q.query().execute(conn).await?;
-    Ok(())
+    Ok(1)
 }
 
 /// Writes the rollout row; `guard` adds the condition that makes it safe (lease or state).
@@ -399,14 +399,14 @@ impl Db {
     }
 
     /// Stores an engine step if `owner` still holds the lease and nobody changed the rollout
-    /// since it was read; false otherwise (nothing was written). A completion creates the assignment in the same transaction.
+    /// since it was read; returns the statements run, `None` when it was not stored. A completion creates the assignment in the same transaction.
     pub async fn save_rollout_step(
         &self,
         owner: &str,
         before: &StoredRollout,
         step: &Step,
         now_ms: i64,
-    ) -> Result<bool, DbError> {
+    ) -> Result<Option<u64>, DbError> {
         let mut tx = self.begin().await?;
         let record_after = step.rollout.as_ref().unwrap_or(&before.record);
         // The lease, and no operator action since the engine read the rollout.
@@ -415,11 +415,11 @@ impl Db {
             q.push(" AND updated_ms = ").bind(before.updated_ms);
         };
         if !update_rollout(&mut tx, record_after, now_ms, guard).await? {
-            return Ok(false);
+            return Ok(None);
         }
-        self.finish_step(&mut tx, record_after, step, "server", now_ms).await?;
+        let statements = 1 + self.finish_step(&mut tx, record_after, step, "server", now_ms).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(statements))
     }
 
     /// Stores an operator's action, if the rollout did not change since it was read (Conflict
@@ -451,6 +451,7 @@ impl Db {
         Ok(())
     }
 
+    /// Members, audit entries and a completion's assignment; returns the statements run.
     async fn finish_step(
         &self,
         tx: &mut AnyConnection,
@@ -458,11 +459,12 @@ impl Db {
         step: &Step,
         actor: &str,
         now_ms: i64,
-    ) -> Result<(), DbError> {
-        upsert_members(&mut *tx, self.kind(), r, &step.changed).await?;
+    ) -> Result<u64, DbError> {
+        let mut statements = upsert_members(&mut *tx, self.kind(), r, &step.changed).await?;
         let target = r.id.to_string();
         for d in &step.decisions {
             record(&mut *tx, now_ms, actor, d.action, &target, d.details.clone()).await?;
+            statements += 1;
         }
         if step.completed {
             let selector: Selector = r.spec.selector.parse().map_err(|e| DbError::Invalid(format!("{e}")))?;
@@ -475,8 +477,9 @@ impl Db {
             q.query().execute(&mut *tx).await?;
             let details = serde_json::json!({"selector": r.spec.selector, "model": r.spec.model, "version": r.spec.version, "rollout": r.id});
             record(&mut *tx, now_ms, actor, "assignment.create", &id.to_string(), details).await?;
+            statements += 3;
         }
-        Ok(())
+        Ok(statements)
     }
 
     /// The rollouts a device's desired state follows: it is a member, not reverted, of a

@@ -93,6 +93,7 @@ impl Driver {
                 return;
             }
         };
+        self.state.metrics.rollout_statements.inc_by(2);
         let mut seen = self.seen.lock().await;
         for (device, at) in changed {
             if seen.devices.get(&device).is_none_or(|&s| at > s) {
@@ -114,7 +115,10 @@ impl Driver {
         self.sync_caches(now).await;
         let ttl = i64::try_from(self.state.config.rollout_lease_ms).unwrap_or(15_000);
         let held = match self.state.db.claim_rollouts(&self.owner, now, ttl).await {
-            Ok(h) => h,
+            Ok(h) => {
+                self.state.metrics.rollout_statements.inc_by(2);
+                h
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "rollout engine cannot read its rollouts; will retry");
                 return;
@@ -157,23 +161,30 @@ impl Driver {
         let selector: Selector = r.spec.selector.parse().unwrap_or_default();
         let fleet = self.state.db.rollout_fleet(r, &selector, now, self.state.config.thresholds()).await?;
         let members = self.state.db.rollout_members(r.id).await?;
+        // Statements: the fleet (4), the members (1), new windows (1).
+        let mut statements = 5;
         let mut caches = self.stats.lock().await;
         if r.state == RolloutState::Running {
             self.refresh_windows(&mut caches, stored, now).await?;
+            statements += 1;
         }
         let empty = HashMap::new();
         let stats = caches.get(r.spec.model.as_str()).map_or(&empty, |c| &c.by_device);
+        let started = Instant::now();
         let step = engine::step(r, &members, &fleet, stats, &self.cfg, now);
+        self.state.metrics.rollout_step.observe(started.elapsed().as_secs_f64());
         drop(caches);
+        self.state.metrics.rollout_evaluations.inc();
         self.publish_metrics(r, &members, &step);
         if step.rollout.is_none() && step.changed.is_empty() && step.decisions.is_empty() {
+            self.state.metrics.rollout_statements.inc_by(statements);
             return Ok(());
         }
-        if !self.state.db.save_rollout_step(&self.owner, stored, &step, now).await? {
-            tracing::info!(
-                rollout = r.id,
-                "rollout changed or lease lost since it was read; the next tick reads it again"
-            );
+        let saved = self.state.db.save_rollout_step(&self.owner, stored, &step, now).await?;
+        // The save's transaction adds BEGIN and COMMIT (or ROLLBACK after a refused update).
+        self.state.metrics.rollout_statements.inc_by(statements + 2 + saved.unwrap_or(1));
+        if saved.is_none() {
+            tracing::info!(rollout = r.id, "rollout changed or lease lost since it was read; the next tick reads it again");
             return Ok(());
         }
         apply_effects(&self.state, &step);
