@@ -130,9 +130,17 @@ impl Metrics {
             rollout_evaluation.clone(),
         );
         let rollout_step = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        registry.register("rollout_step_duration_seconds", "The engine's pure step of one rollout evaluation", rollout_step.clone());
+        registry.register(
+            "rollout_step_duration_seconds",
+            "The engine's pure step of one rollout evaluation",
+            rollout_step.clone(),
+        );
         let rollout_statements = Counter::default();
-        registry.register("rollout_db_statements", "Database statements run by the rollout engine", rollout_statements.clone());
+        registry.register(
+            "rollout_db_statements",
+            "Database statements run by the rollout engine",
+            rollout_statements.clone(),
+        );
         let rollout_evaluations = Counter::default();
         registry.register("rollout_evaluations", "Rollout evaluations run", rollout_evaluations.clone());
         let rollout_decisions = Family::<DecisionLabels, Counter>::default();

@@ -130,6 +130,17 @@ fn add_limits(doc: &mut serde_json::Value) {
         ),
         ("LabelChange", "remove", json!({"items": {"type": "string", "pattern": LABEL_KEY_PATTERN}})),
         ("DeviceOverride", "models", json!({"maxProperties": OVERRIDE_MAX_MODELS})),
+        (
+            "CreateRollout",
+            "waves",
+            json!({"maxItems": 20, "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}}),
+        ),
+        ("CreateRollout", "gates", json!({"maxItems": 16, "items": {"type": "string", "pattern": GATE_PATTERN}})),
+        ("CreateRollout", "bake_s", json!({"maximum": 30 * 86_400})),
+        ("CreateRollout", "wave_deadline_s", json!({"minimum": 1, "maximum": 90 * 86_400})),
+        ("CreateRollout", "max_failures", json!({"minimum": 0, "maximum": 100})),
+        ("CreateRollout", "success", json!({"exclusiveMinimum": 0, "maximum": 100})),
+        ("CreateRollout", "shadow_sample", json!({"minimum": 0, "maximum": 100})),
     ];
     for (schema, field, patch) in fields {
         if let (Some(prop), Some(patch)) = (schemas[*schema]["properties"].get_mut(*field), patch.as_object()) {
@@ -139,9 +150,11 @@ fn add_limits(doc: &mut serde_json::Value) {
         }
     }
     let selector = json!({"type": "string", "pattern": SELECTOR_PATTERN, "maxLength": MAX_SELECTOR_BYTES});
-    if let Some(prop) = schemas["CreateAssignment"]["properties"].get_mut("selector") {
-        prop["pattern"] = json!(SELECTOR_PATTERN);
-        prop["maxLength"] = json!(MAX_SELECTOR_BYTES);
+    for schema in ["CreateAssignment", "CreateRollout"] {
+        if let Some(prop) = schemas[schema]["properties"].get_mut("selector") {
+            prop["pattern"] = json!(SELECTOR_PATTERN);
+            prop["maxLength"] = json!(MAX_SELECTOR_BYTES);
+        }
     }
     let int_cursor = json!({"type": "string", "pattern": "^(?:-?[0-9]{1,18})?$"});
     let model_cursor = json!({"type": "string", "pattern": "^(?:[^@\\u0000]*@[^\\u0000]*)?$"});
@@ -167,6 +180,11 @@ fn add_limits(doc: &mut serde_json::Value) {
         ("name", "/v1/device/packages/{name}/{version}/delta/{base}/blobs", model_name),
         ("version", "/v1/device/packages/{name}/{version}/delta/{base}/blobs", version.clone()),
         ("base", "/v1/device/packages/{name}/{version}/delta/{base}/blobs", version),
+        (
+            "action",
+            "/v1/rollouts/{id}/{action}",
+            json!({"type": "string", "enum": ["pause", "resume", "abort", "rollback", "promote"]}),
+        ),
     ];
     for (path, item) in doc["paths"].as_object_mut().into_iter().flatten() {
         let ops = item.as_object_mut().into_iter().flat_map(|item| item.values_mut());
@@ -198,6 +216,15 @@ fn add_limits(doc: &mut serde_json::Value) {
     rewrite_refs(doc, "#/components/schemas/BTreeMap", "#/components/schemas/Labels");
     forbid_nul(doc);
 }
+
+/// Gate texts the server accepts (`outpost_proto::fleet::rollout::Gate`, which also allows
+/// spaces): a metric with its operator and a limit in its unit; percentages up to 100, ratios
+/// above 0.
+const GATE_PATTERN: &str = concat!(
+    "^(?:error_rate<(?:(?:100(?:\\.0+)?|[0-9]{1,2}(?:\\.[0-9]+)?)%|(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)x)",
+    "|p(?:50|99)_latency<(?:[0-9]{1,12}(?:\\.[0-9]+)?ms|(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)x)",
+    "|shadow_agreement>(?:100(?:\\.0+)?|[0-9]{1,2}(?:\\.[0-9]+)?)%)$"
+);
 
 /// Label key grammar ([`outpost_proto::fleet::selector::validate_key`]).
 const LABEL_KEY_PATTERN: &str = "^[A-Za-z0-9._/-]{1,253}$";

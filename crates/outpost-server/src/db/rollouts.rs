@@ -193,8 +193,8 @@ impl Db {
             return Err(DbError::NotFound(format!("model {}@{} is not in the registry", spec.model, spec.version)));
         };
         if row.try_get::<Option<String>, _>("package_sha256")?.is_none() {
-            return Err(DbError::Invalid(format!(
-                "model {}@{} was published without a package; devices could not download it",
+            return Err(DbError::NotFound(format!(
+                "model {}@{} has no package (published as metadata only); devices could not download it",
                 spec.model, spec.version
             )));
         }

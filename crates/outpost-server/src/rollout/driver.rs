@@ -184,7 +184,10 @@ impl Driver {
         // The save's transaction adds BEGIN and COMMIT (or ROLLBACK after a refused update).
         self.state.metrics.rollout_statements.inc_by(statements + 2 + saved.unwrap_or(1));
         if saved.is_none() {
-            tracing::info!(rollout = r.id, "rollout changed or lease lost since it was read; the next tick reads it again");
+            tracing::info!(
+                rollout = r.id,
+                "rollout changed or lease lost since it was read; the next tick reads it again"
+            );
             return Ok(());
         }
         apply_effects(&self.state, &step);

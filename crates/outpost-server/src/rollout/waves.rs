@@ -17,18 +17,18 @@ pub fn cumulative_target(percents: &[f64], wave: usize, eligible: u64) -> u64 {
     n.clamp(u64::from(eligible > 0), eligible)
 }
 
-/// The waves of a spec, made valid: finite, increasing, within (0, 100], ending at 100.
+/// The waves of a spec, made valid: each a percentage in (0, 100], in increasing order without
+/// repeats (cumulative shares, so the order they were typed in carries nothing), ending at 100.
 pub fn normalise_waves(waves: &[f64]) -> Result<Vec<f64>, String> {
     let mut out = Vec::with_capacity(waves.len() + 1);
     for &w in waves {
         if !w.is_finite() || w <= 0.0 || w > 100.0 {
             return Err(format!("wave {w} is not a percentage in (0, 100]"));
         }
-        if out.last().is_some_and(|&last| w <= last) {
-            return Err(format!("waves must increase: {w} follows {}", out.last().copied().unwrap_or(0.0)));
-        }
         out.push(w);
     }
+    out.sort_by(f64::total_cmp);
+    out.dedup();
     if out.len() > 20 {
         return Err("at most 20 waves".into());
     }
@@ -136,7 +136,8 @@ mod tests {
         assert_eq!(normalise_waves(&[1.0, 10.0]).unwrap(), vec![1.0, 10.0, 100.0]);
         assert_eq!(normalise_waves(&[]).unwrap(), vec![100.0]);
         assert_eq!(normalise_waves(&[50.0, 100.0]).unwrap(), vec![50.0, 100.0]);
-        for bad in [vec![10.0, 5.0], vec![0.0], vec![101.0], vec![f64::NAN], vec![10.0, 10.0]] {
+        assert_eq!(normalise_waves(&[10.0, 5.0, 10.0]).unwrap(), vec![5.0, 10.0, 100.0]);
+        for bad in [vec![0.0], vec![101.0], vec![f64::NAN], vec![-1.0]] {
             assert!(normalise_waves(&bad).is_err(), "{bad:?}");
         }
     }

@@ -80,7 +80,7 @@ async fn find(state: &SharedState, id: i64) -> Result<StoredRollout, ApiError> {
         (status = 400, description = "invalid_request: selector, waves, gates, percentages", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 403, description = "Needs the operator role", body = ErrorBody),
-        (status = 404, description = "The model version is not in the registry", body = ErrorBody),
+        (status = 404, description = "The model version is not in the registry, or has no package", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 503, description = "database_unavailable", body = ErrorBody),
     ))]
@@ -89,6 +89,14 @@ pub async fn create_rollout(
     caller: OperatorRole,
     ApiJson(req): ApiJson<CreateRollout>,
 ) -> Result<(StatusCode, Json<Rollout>), ApiError> {
+    // What does not exist is named first: the checks below concern a rollout that could run.
+    let published = state.db.model_version(req.model.as_str(), req.version.as_str()).await?;
+    if published.is_none_or(|m| m.package.is_none()) {
+        return Err(ApiError::NotFound(format!(
+            "model {}@{} is not in the registry with a package; publish it with `outpost model publish`",
+            req.model, req.version
+        )));
+    }
     let spec = validate(req)?;
     let stored = state.db.create_rollout(&spec, &caller.actor(), now_ms()).await?;
     Ok((StatusCode::CREATED, Json(view_of(&state, &stored).await?)))

@@ -154,7 +154,7 @@ async fn rollouts_complete_roll_back_by_themselves_and_survive_restarts_and_repl
         for (body, needle) in [
             (json!({"model": "detector", "version": "9"}), "not in the registry"),
             (json!({"model": "detector", "version": "2", "gates": ["error_rate>1%"]}), "error_rate takes <"),
-            (json!({"model": "detector", "version": "2", "waves": [50, 10]}), "must increase"),
+            (json!({"model": "detector", "version": "2", "waves": [50, 0]}), "not a percentage"),
             (json!({"model": "detector", "version": "2", "selector": "site in"}), "selector"),
         ] {
             let r = s.op(Method::POST, "/v1/rollouts", Some(&s.admin), Some(body)).await;
