@@ -8,13 +8,15 @@ import json
 import os
 import re
 import resource
-import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+import benchlib  # noqa: E402
+from benchlib import free_port, postgres_cpu  # noqa: E402
 
 BIN = sys.argv[1]
 DEVICES = int(os.environ.get("DEVICES", 10000))
@@ -30,12 +32,6 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def proc_stat(pid):
     """(cpu seconds, rss MB, peak rss MB) of a process."""
     with open(f"/proc/{pid}/stat") as f:
@@ -45,21 +41,6 @@ def proc_stat(pid):
     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
     hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
     return cpu, rss, hwm
-
-
-def postgres_cpu():
-    """CPU seconds of every PostgreSQL process on the machine (the server and its backends)."""
-    total = 0.0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                head, tail = f.read().rsplit(")", 1)
-        except OSError:
-            continue
-        if "postgres" in head:
-            fields = tail.split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
 
 
 def reports_received(url):
@@ -77,9 +58,7 @@ def enrolled(url, token):
 
 
 def fresh_pg_schema():
-    schema = "fleetbench_" + secrets.token_hex(4)
-    subprocess.run(["psql", PG, "-qc", f"CREATE SCHEMA {schema}"], check=True, capture_output=True)
-    return f"{PG}?options=-c%20search_path%3D{schema}"
+    return benchlib.fresh_pg_schema(PG, "fleetbench")
 
 
 def run(label, database, devices, long_poll, duration):

@@ -15,7 +15,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,29 +22,20 @@ import time
 import urllib.parse
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(__file__))
+import benchlib  # noqa: E402
+from benchlib import cpu_s, free_port  # noqa: E402
+
 BIN, WORK = sys.argv[1], sys.argv[2]
 DEVICES = int(os.environ.get("DEVICES", 1000))
 INTERVAL = int(os.environ.get("INTERVAL", 10))
 TIMEOUT = int(os.environ.get("PHASE_TIMEOUT", 600))
 MODEL = "det"
-TICK = os.sysconf("SC_CLK_TCK")
 DELTA_GOAL = 0.05
 RSS_GOAL_MB = 2.0
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def status_mb(pid, key):
@@ -78,18 +68,8 @@ class Peak:
         return self.max
 
 
-class Api:
-    def __init__(self, url, token):
-        self.url, self.token = url, token
-
-    def call(self, method, path, body=None, raw=False):
-        data = body if raw else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"authorization": f"Bearer {self.token}"})
-        if data is not None:
-            req.add_header("content-type", "application/octet-stream" if raw else "application/json")
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return json.load(r)
+class Api(benchlib.Api):
+    """The operator API, with this benchmark's calls."""
 
     def egress(self):
         text = urllib.request.urlopen(f"{self.url}/metrics", timeout=30).read().decode()

@@ -106,17 +106,7 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
         if matches && named_well {
             // Oldest first, so a later (newer) match overwrites an earlier one for the same model.
             decided_ms.insert(a.model.clone(), a.created_ms);
-            models.insert(
-                a.model.clone(),
-                DesiredModel {
-                    name: a.model.clone(),
-                    version: a.version.clone(),
-                    source: format!("assignment:{}", a.id),
-                    package: None,
-                    shadow: None,
-                    attempt: 0,
-                },
-            );
+            models.insert(a.model.clone(), desired(&a.model, &a.version, format!("assignment:{}", a.id), 0));
         }
     }
     for t in inputs.rollouts.iter().filter(|t| t.shadow_sample.is_none()) {
@@ -124,17 +114,8 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
         // An assignment made after the rollout started is the newer decision and wins.
         if well_named && decided_ms.get(&t.model).is_none_or(|&at| t.created_ms >= at) {
             decided_ms.insert(t.model.clone(), t.created_ms);
-            models.insert(
-                t.model.clone(),
-                DesiredModel {
-                    name: t.model.clone(),
-                    version: t.version.clone(),
-                    source: format!("rollout:{}", t.rollout_id),
-                    package: None,
-                    shadow: None,
-                    attempt: t.attempt,
-                },
-            );
+            models
+                .insert(t.model.clone(), desired(&t.model, &t.version, format!("rollout:{}", t.rollout_id), t.attempt));
         }
     }
     let mut config = BTreeMap::new();
@@ -143,17 +124,7 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
             if version.is_empty() {
                 models.remove(name.as_str());
             } else {
-                models.insert(
-                    name.to_string(),
-                    DesiredModel {
-                        name: name.to_string(),
-                        version: version.clone(),
-                        source: "override".into(),
-                        package: None,
-                        shadow: None,
-                        attempt: 0,
-                    },
-                );
+                models.insert(name.to_string(), desired(name.as_str(), version, "override".into(), 0));
             }
         }
         config = ov.config.clone();
@@ -191,6 +162,11 @@ pub fn desired_state(inputs: DesiredInputs<'_>) -> DesiredState {
         heartbeat_interval_s: inputs.heartbeat_interval_s,
         labels: inputs.labels.clone(),
     }
+}
+
+/// A desired model without its package (filled in last, for whichever entry wins).
+fn desired(name: &str, version: &str, source: String, attempt: u32) -> DesiredModel {
+    DesiredModel { name: name.into(), version: version.into(), source, package: None, shadow: None, attempt }
 }
 
 fn etag_of(hashed: &Hashed<'_>) -> String {

@@ -2,7 +2,6 @@
 
 use super::engine::{first_phase, Ctx, EngineConfig, Member, RolloutRecord, Step};
 use outpost_proto::fleet::rollout::RolloutState;
-use std::collections::BTreeMap;
 
 /// What an operator asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,14 +41,7 @@ impl Action {
 /// An operator's action; `Err` says why it does not apply in the rollout's state.
 pub fn act(r: &RolloutRecord, members: &[Member], action: Action, actor: &str, now: i64) -> Result<Step, String> {
     let cfg = EngineConfig::default();
-    let mut ctx = Ctx {
-        r: r.clone(),
-        members: members.iter().map(|m| (m.device_id.clone(), m.clone())).collect(),
-        changed: BTreeMap::new(),
-        step: Step::default(),
-        now,
-        cfg: &cfg,
-    };
+    let mut ctx = Ctx::new(r, members, now, &cfg);
     let state = r.state;
     let refuse = || Err(format!("cannot {} a rollout that is {}", action.as_str(), state.as_str()));
     let by = format!("by {actor}");

@@ -176,7 +176,19 @@ pub(super) struct Ctx<'a> {
     pub(super) cfg: &'a EngineConfig,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A step from `r` and its `members` at `now`.
+    pub(super) fn new(r: &RolloutRecord, members: &[Member], now: i64, cfg: &'a EngineConfig) -> Ctx<'a> {
+        Ctx {
+            r: r.clone(),
+            members: members.iter().map(|m| (m.device_id.clone(), m.clone())).collect(),
+            changed: BTreeMap::new(),
+            step: Step::default(),
+            now,
+            cfg,
+        }
+    }
+
     pub(super) fn touch(&mut self, id: &str, desired: bool) {
         self.changed.insert(id.to_string(), ());
         if desired {
@@ -568,14 +580,7 @@ pub fn step(
     cfg: &EngineConfig,
     now: i64,
 ) -> Step {
-    let mut ctx = Ctx {
-        r: r.clone(),
-        members: members.iter().map(|m| (m.device_id.clone(), m.clone())).collect(),
-        changed: BTreeMap::new(),
-        step: Step::default(),
-        now,
-        cfg,
-    };
+    let mut ctx = Ctx::new(r, members, now, cfg);
     if !ctx.r.state.is_active() {
         return ctx.finish(r);
     }

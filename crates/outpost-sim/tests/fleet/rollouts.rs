@@ -3,9 +3,8 @@
 //! A good version completes wave by wave; the regressing one is stopped by its gate and the
 //! fleet returns to the good version by itself.
 
-use super::updates::{package, Plane, MODEL};
+use super::updates::{package, sim_config, Plane, MODEL};
 use outpost_sim::quality::QualityFaults;
-use outpost_sim::{FaultConfig, SimConfig};
 use std::time::{Duration, Instant};
 
 const DEVICES: usize = 12;
@@ -62,20 +61,8 @@ async fn simulated_devices_complete_a_good_rollout_and_a_regression_rolls_them_b
     plane
         .post("/v1/assignments", serde_json::json!({"selector": "fleet=rollouts", "model": MODEL, "version": "1"}))
         .await;
-    let sim = SimConfig {
-        server: plane.base.clone(),
-        devices: DEVICES,
-        enroll_token: token["secret"].as_str().unwrap().to_string(),
-        heartbeat_interval: Duration::from_millis(300),
-        jitter: 0.1,
-        offline_fraction: 0.0,
-        long_poll: true,
-        duration: None,
-        enroll_concurrency: DEVICES,
-        faults: FaultConfig::default(),
-        quality: QualityFaults { regress: 0.5, regress_version: Some("3".into()), ..QualityFaults::default() },
-        package_dir: Some(dir.path().join("sim-packages")),
-    };
+    let mut sim = sim_config(&plane, &token, DEVICES, Duration::from_millis(300), dir.path().join("sim-packages"));
+    sim.quality = QualityFaults { regress: 0.5, regress_version: Some("3".into()), ..QualityFaults::default() };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let fleet = tokio::spawn(outpost_sim::run(sim, async move {
         let _ = stopped.await;

@@ -133,6 +133,30 @@ impl Plane {
     }
 }
 
+/// A fleet of `devices` against `plane`, enrolling with `token`, without faults.
+pub(crate) fn sim_config(
+    plane: &Plane,
+    token: &serde_json::Value,
+    devices: usize,
+    interval: Duration,
+    packages: std::path::PathBuf,
+) -> SimConfig {
+    SimConfig {
+        server: plane.base.clone(),
+        devices,
+        enroll_token: token["secret"].as_str().unwrap().to_string(),
+        heartbeat_interval: interval,
+        jitter: 0.1,
+        offline_fraction: 0.0,
+        long_poll: true,
+        duration: None,
+        enroll_concurrency: devices,
+        faults: FaultConfig::default(),
+        quality: Default::default(),
+        package_dir: Some(packages),
+    }
+}
+
 /// Flips a byte of the stored package `sha` and of the delta blobs to it that publishing
 /// builds in the background (waited for, so they are not built from good bytes afterwards).
 async fn corrupt_stored(artifacts: &Path, sha: &str) {
@@ -179,20 +203,7 @@ async fn simulated_devices_download_verify_and_report_whole_packages_deltas_and_
     plane.publish_and_assign("1", v1).await;
 
     let packages = dir.path().join("sim-packages");
-    let sim = SimConfig {
-        server: plane.base.clone(),
-        devices: DEVICES,
-        enroll_token: token["secret"].as_str().unwrap().to_string(),
-        heartbeat_interval: Duration::from_millis(500),
-        jitter: 0.1,
-        offline_fraction: 0.0,
-        long_poll: true,
-        duration: None,
-        enroll_concurrency: DEVICES,
-        faults: FaultConfig::default(),
-        quality: Default::default(),
-        package_dir: Some(packages.clone()),
-    };
+    let sim = sim_config(&plane, &token, DEVICES, Duration::from_millis(500), packages.clone());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let fleet = tokio::spawn(outpost_sim::run(sim, async move {
         let _ = stopped.await;
