@@ -1,7 +1,7 @@
 //! The control side of shadow evaluation: the desired state names, per model, a candidate to
 //! run in shadow; this fetches it like an update (same fetcher, TUF check and delta included),
-//! loads it like a served version (same runtime path and self-test, its own single session)
-//! and hands it to the [`Shadows`] the inference API feeds, without touching what serves.
+//! loads it like a served version (same runtime path and self-test, its own single session, see
+//! [`CandidateModel::load`]) and hands it to the [`Shadows`] the inference API feeds, without touching what serves.
 //!
 //! The candidate versions are kept in `<data_dir>/shadows.json` and given to the store, which
 //! never activates them, also after a restart; pruning spares them for the same reason. When
@@ -14,7 +14,7 @@ use crate::shadow::{CandidateModel, Phase, Shadows};
 use crate::store::ModelStore;
 use outpost_proto::fleet::device::DesiredModel;
 use outpost_proto::fleet::rollout::ShadowSpec;
-use outpost_runtime::{LoadOptions, LoadedModel, Package};
+use outpost_runtime::Package;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -43,13 +43,6 @@ pub fn wanted_shadows(models: &[DesiredModel]) -> BTreeMap<String, WantedShadow>
             usable.then(|| (m.name.clone(), WantedShadow { spec: spec.clone(), attempt: m.attempt }))
         })
         .collect()
-}
-
-/// Load options for a candidate: the agent's, on one single-threaded session with a queue of
-/// one, since only one sampled request at a time reaches it and its run time is what the CPU
-/// allowance charges as one core.
-pub fn candidate_options(agent: &LoadOptions) -> LoadOptions {
-    LoadOptions { sessions: 1, queue_capacity: 1, threads: 1, ..agent.clone() }
 }
 
 /// Keeps the shadow candidates in step with the desired state.
@@ -172,18 +165,18 @@ impl ShadowControl {
         let (name, version) = (name.to_string(), version.to_string());
         tokio::task::spawn_blocking(move || {
             let path = installed_path(&me.model_dir, &name, &version);
-            let options = candidate_options(me.store.load_options());
             let loaded = Package::open(&path).map_err(|e| e.to_string()).and_then(|pkg| {
                 let m = &pkg.manifest.model;
                 if m.name != name || m.version != version {
                     return Err(format!("{} holds {}@{}, not {name}@{version}", path.display(), m.name, m.version));
                 }
-                LoadedModel::load(&pkg, &options, me.store.budget()).map_err(|e| e.to_string())
+                CandidateModel::load(&pkg, me.store.load_options(), me.store.budget()).map_err(|e| e.to_string())
             });
             match loaded {
-                Ok(model) => {
-                    tracing::info!(model = %name, candidate = %version, ms = model.load_time.as_millis() as u64, "shadow candidate loaded");
-                    if !me.shadows.ready(&name, &version, Box::new(CandidateModel(model))) {
+                Ok(candidate) => {
+                    let ms = candidate.0.load_time.as_millis() as u64;
+                    tracing::info!(model = %name, candidate = %version, ms, "shadow candidate loaded");
+                    if !me.shadows.ready(&name, &version, Box::new(candidate)) {
                         tracing::info!(model = %name, candidate = %version, "shadow candidate no longer wanted; unloaded");
                     }
                 }
@@ -219,13 +212,5 @@ mod tests {
         assert!(wanted_shadows(&[desired("1", None, 0)]).is_empty());
         assert!(wanted_shadows(&[desired("2", Some("2"), 0)]).is_empty());
         assert!(wanted_shadows(&[desired("1", Some("../2"), 0)]).is_empty());
-    }
-
-    #[test]
-    fn a_candidate_runs_on_one_single_threaded_session() {
-        let agent = LoadOptions { sessions: 4, queue_capacity: 64, threads: 4, ..LoadOptions::default() };
-        let o = candidate_options(&agent);
-        assert_eq!((o.sessions, o.queue_capacity, o.threads), (1, 1, 1));
-        assert_eq!(o.run_selftest, agent.run_selftest, "the same self-test as a served version");
     }
 }

@@ -7,8 +7,9 @@ use crate::http::codec;
 use axum::body::Bytes;
 use outpost_proto::manifest::Task;
 use outpost_proto::prediction::Prediction;
+use outpost_runtime::model::MemoryBudget;
 use outpost_runtime::pipeline::{self, ItemMeta};
-use outpost_runtime::{LoadedModel, Tensor};
+use outpost_runtime::{LoadOptions, LoadedModel, Package, RuntimeError, Tensor};
 use std::sync::Arc;
 
 /// One sampled request, as the serving model answered it.
@@ -39,6 +40,37 @@ pub enum Sample {
 /// A loaded candidate version.
 #[derive(Debug)]
 pub struct CandidateModel(pub LoadedModel);
+
+impl CandidateModel {
+    /// Loads `pkg` as a candidate: the agent's `options` on one single-threaded session with a
+    /// queue of one (one sampled request at a time reaches it, and its run time is what the CPU
+    /// allowance charges as one core), inside the shared `budget`. Loads on a thread of its own
+    /// at the lowest priority, which the candidate's session threads inherit.
+    pub fn load(pkg: &Package, options: &LoadOptions, budget: &MemoryBudget) -> Result<CandidateModel, RuntimeError> {
+        let options = candidate_options(options);
+        std::thread::scope(|scope| {
+            let loading = std::thread::Builder::new().name("shadow-load".into()).spawn_scoped(scope, || {
+                super::lowest_priority();
+                LoadedModel::load(pkg, &options, budget).map(CandidateModel)
+            });
+            let loading = loading.map_err(|e| RuntimeError::Inference {
+                model: pkg.manifest.model.name.clone(),
+                reason: format!("cannot start a thread to load the shadow candidate: {e}"),
+            })?;
+            loading.join().unwrap_or_else(|_| {
+                Err(RuntimeError::Inference {
+                    model: pkg.manifest.model.name.clone(),
+                    reason: "loading the shadow candidate panicked".into(),
+                })
+            })
+        })
+    }
+}
+
+/// Load options for a candidate: the agent's, on one single-threaded session with a queue of one.
+pub fn candidate_options(agent: &LoadOptions) -> LoadOptions {
+    LoadOptions { sessions: 1, queue_capacity: 1, threads: 1, ..agent.clone() }
+}
 
 impl Evaluate for CandidateModel {
     fn evaluate(&self, sample: Sample) -> Result<Agreement, String> {
@@ -91,4 +123,17 @@ fn values(outputs: &[Tensor]) -> Result<Vec<Values>, String> {
             Ok(Values { shape: t.shape().to_vec(), data })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candidate_runs_on_one_single_threaded_session() {
+        let agent = LoadOptions { sessions: 4, queue_capacity: 64, threads: 4, ..LoadOptions::default() };
+        let o = candidate_options(&agent);
+        assert_eq!((o.sessions, o.queue_capacity, o.threads), (1, 1, 1));
+        assert_eq!(o.run_selftest, agent.run_selftest, "the same self-test as a served version");
+    }
 }

@@ -7,7 +7,8 @@
 //! is computed: decoding the body for the candidate, running it on its own session, comparing
 //! ([`compare`]). At most one comparison per model is in flight, and a [`CpuBucket`] keeps the
 //! shadow to a configured share of one core; a sampled request that finds the shadow busy or
-//! out of allowance is counted as `skipped` rather than waited for.
+//! out of allowance is counted as `skipped` rather than waited for. The shadow's threads run at
+//! the lowest priority, so where cores are scarce the serving threads go first.
 //!
 //! The control channel decides which candidate runs (see `control::shadow`); this module only
 //! holds them, feeds them and counts.
@@ -17,7 +18,7 @@ pub mod compare;
 mod evaluate;
 
 pub use bucket::CpuBucket;
-pub use evaluate::{CandidateModel, Sample};
+pub use evaluate::{candidate_options, CandidateModel, Sample};
 
 use compare::Agreement;
 use outpost_proto::fleet::quality::ShadowReport;
@@ -26,6 +27,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
+
+/// Puts the calling thread at the lowest scheduling priority (nice 19), so that on a busy
+/// device the serving threads get the CPU first; threads it starts inherit it. Linux only (there
+/// the nice value is per thread; elsewhere it would slow the whole agent), best effort.
+pub fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread's own id, no memory is passed.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 19) != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the shadow's priority");
+        }
+    }
+}
 
 /// What runs a candidate on one sampled request and compares it with the served answer.
 pub trait Evaluate: Send + 'static {
@@ -127,6 +142,7 @@ impl Shadows {
         let (tx, rx) = sync_channel::<Sample>(1);
         let shared = shadow.shared.clone();
         let spawned = std::thread::Builder::new().name(format!("shadow-{model}")).spawn(move || {
+            lowest_priority();
             // Ends when the shadow is dropped (its sender with it); the candidate goes with it.
             while let Ok(sample) = rx.recv() {
                 let started = Instant::now();
