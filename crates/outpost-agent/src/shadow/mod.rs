@@ -161,8 +161,10 @@ impl Shadows {
                         tracing::debug!(%reason, "shadow comparison failed");
                     }
                 }
-                drop(tally);
+                // Freed under the tally's lock: whoever sees this run counted also finds the
+                // shadow idle, and whoever finds it idle sees the run counted.
                 shared.busy.store(false, Ordering::Release);
+                drop(tally);
             }
         });
         match spawned {

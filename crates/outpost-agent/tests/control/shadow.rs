@@ -160,16 +160,17 @@ fn infer_body(x: f32) -> Vec<u8> {
     .unwrap()
 }
 
-/// Sends `n` inference requests to `affine`; every answer comes from `version` (y = x + 1 for
-/// the scale-1 models used here).
+/// Sends `n` inference requests to `affine` (x = 1, 2, …: no input where scales agree); every
+/// answer comes from `version` (y = x + 1 for the scale-1 models used here).
 async fn infer_n(addr: std::net::SocketAddr, n: usize, version: &str) {
     for i in 0..n {
         let url = format!("http://{addr}/v2/models/affine/infer");
-        let a = super::common::call("POST", url, vec![], Some(infer_body(i as f32))).await;
+        let x = i as f32 + 1.0;
+        let a = super::common::call("POST", url, vec![], Some(infer_body(x))).await;
         assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
         let answer = a.json();
         assert_eq!(answer["model_version"], version, "{answer}");
-        assert_eq!(answer["outputs"][0]["data"][0].as_f64(), Some(i as f64 + 1.0), "{answer}");
+        assert_eq!(answer["outputs"][0]["data"][0].as_f64(), Some(f64::from(x) + 1.0), "{answer}");
     }
 }
 
@@ -400,4 +401,64 @@ fn a_version_refused_at_load_is_tried_again_only_when_its_failures_are_forgotten
     assert!(store.retry_failed("affine"));
     store.sync(dir.path());
     assert_eq!((serving(&store).as_deref(), failures()), (Some("1"), 2), "tried again, refused again, v1 serves");
+}
+
+/// Adds the shadow counts of `affine` into `totals` until `due` requests are accounted for.
+async fn settle(shadows: &outpost_agent::shadow::Shadows, totals: &mut (u64, f64, f64, u64, u64), due: u64) {
+    for _ in 0..150 {
+        let r = shadows.take_reports().remove("affine").unwrap();
+        *totals = (
+            totals.0 + r.samples,
+            totals.1 + r.agreement,
+            totals.2 + r.score_diff,
+            totals.3 + r.skipped,
+            totals.4 + r.errors,
+        );
+        if totals.0 + totals.3 + totals.4 == due {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the shadow did not account for {due} requests: {totals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_and_predict_requests_feed_the_shadow_which_sees_a_different_function_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (models, candidates) = (dir.path().join("models"), dir.path().join("candidates"));
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::create_dir_all(&candidates).unwrap();
+    let pipeline = "[pre]\nkind = \"sensor\"\nchannels = 1\nwindow = 4\nlayout = \"flat\"\n";
+    let onnx = |scale| super::common::affine_onnx(scale);
+    super::common::write_package_with(&models, "affine", "1", &onnx(1.0), pipeline);
+    let candidate = super::common::write_package_with(&candidates, "affine", "2", &onnx(2.0), pipeline);
+    let agent = super::common::start(&models, |c| c.shadow_cpu_share = 1.0).await;
+    let store = agent.state.store.clone();
+    let pkg = Package::open(&candidate).unwrap();
+    let loaded = outpost_agent::shadow::CandidateModel::load(&pkg, store.load_options(), store.budget()).unwrap();
+    let shadows = agent.state.shadows.clone();
+    shadows.loading("affine", "2", 1.0);
+    assert!(shadows.ready("affine", "2", Box::new(loaded)));
+
+    // One request at a time, each compared before the next: every one finds the shadow idle.
+    let mut totals = (0, 0.0, 0.0, 0, 0);
+    for i in 0..3 {
+        infer_n(agent.addr, 1, "1").await;
+        settle(&shadows, &mut totals, i + 1).await;
+    }
+    let url = format!("http://{}/v1/models/affine/predict", agent.addr);
+    for i in 0..3 {
+        let body = serde_json::to_vec(&serde_json::json!({"channels": [[1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]]}));
+        let a = super::common::call("POST", url.clone(), vec![], Some(body.unwrap())).await;
+        assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+        let answer = a.json();
+        assert_eq!(answer["model_version"], "1");
+        assert_eq!(answer["predictions"][1]["values"][0], 3.0, "the serving version answers: {answer}");
+        settle(&shadows, &mut totals, 4 + i).await;
+    }
+    let (samples, agreement, score_diff, skipped, errors) = totals;
+    assert_eq!((samples, skipped, errors), (6, 0, 0), "{totals:?}");
+    assert_eq!(agreement, 0.0, "y = 2x + 1 is not within the tolerance of y = x + 1: {totals:?}");
+    assert!(score_diff > 0.0, "{totals:?}");
+    agent.shutdown().await.unwrap();
 }
