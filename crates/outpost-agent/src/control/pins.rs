@@ -50,7 +50,7 @@ pub fn load_shadows(data_dir: &Path) -> BTreeMap<String, ShadowSpec> {
 }
 
 /// Saves the shadow candidates atomically (when they changed); written before the pins, so a
-/// crash between the two never leaves a candidate unguarded.
+/// crash between the two never leaves a newly named candidate unguarded.
 pub fn save_shadows(data_dir: &Path, shadows: &BTreeMap<String, ShadowSpec>) {
     if load_shadows(data_dir) == *shadows {
         return;

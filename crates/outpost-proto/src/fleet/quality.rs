@@ -19,7 +19,7 @@ pub fn latency_bound_ms(i: usize) -> f64 {
 
 /// The bucket a latency falls in.
 pub fn latency_bucket(ms: f64) -> usize {
-    if !(ms > 0.1) {
+    if ms.is_nan() || ms <= 0.1 {
         return 0;
     }
     // Inverse of `latency_bound_ms`, then corrected for floating-point at the edges.
