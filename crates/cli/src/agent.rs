@@ -77,6 +77,9 @@ pub struct AgentArgs {
     /// MiB those kept older versions of one model may take [default: 1024].
     #[arg(long, env = "OUTPOST_PACKAGE_BUDGET_MB")]
     package_budget_mb: Option<u64>,
+    /// Share of one core (0..1) each shadow candidate may use [default: 0.25].
+    #[arg(long, env = "OUTPOST_SHADOW_CPU_SHARE")]
+    shadow_cpu_share: Option<f64>,
     /// Name in the fleet inventory [default: host name].
     #[arg(long, env = "OUTPOST_DEVICE_NAME")]
     device_name: Option<String>,
@@ -112,7 +115,8 @@ impl AgentArgs {
             data_dir,
             probation_s,
             keep_versions,
-            package_budget_mb
+            package_budget_mb,
+            shadow_cpu_share
         );
         if self.tuf_root.is_some() {
             c.tuf_root = self.tuf_root.clone();

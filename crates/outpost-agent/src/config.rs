@@ -59,6 +59,9 @@ pub struct AgentConfig {
     pub keep_versions: usize,
     /// Disk those kept older versions of one model may take, MiB. Default 1024.
     pub package_budget_mb: u64,
+    /// Share of one core (0..1) each shadow candidate may use for its comparisons; a sampled
+    /// request beyond it is skipped, not delayed. Default 0.25.
+    pub shadow_cpu_share: f64,
 }
 
 impl Default for AgentConfig {
@@ -86,6 +89,7 @@ impl Default for AgentConfig {
             probation_s: 60,
             keep_versions: 2,
             package_budget_mb: 1024,
+            shadow_cpu_share: 0.25,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod control;
 pub mod footprint;
 pub mod http;
 pub mod metrics;
+pub mod shadow;
 pub mod store;
 
 pub use config::AgentConfig;
@@ -92,6 +93,7 @@ impl Agent {
             max_body_bytes: config.max_body_bytes,
             bodies: http::budget::BodyBudget::new(config.max_inflight_body_bytes),
             predict: http::predict::PredictGate::new(config.sessions, config.queue_capacity),
+            shadows: Arc::new(shadow::Shadows::new(config.shadow_cpu_share)),
         });
         let listener = TcpListener::bind(config.listen)
             .await
@@ -107,6 +109,8 @@ impl Agent {
             if let Some(desired) = control::pins::load(&config.data_dir) {
                 store.set_desired(desired);
             }
+            let shadows = control::pins::load_shadows(&config.data_dir);
+            store.set_shadows(shadows.into_iter().map(|(name, spec)| (name, spec.version)).collect());
             let window = std::time::Duration::from_secs(config.probation_s);
             let p =
                 control::probation::Probation::start(&config.data_dir, window, store.clone(), state.metrics.clone());
@@ -155,8 +159,15 @@ impl Agent {
                 options.tuf_root = config.tuf_root.clone();
                 options.probation = std::time::Duration::from_secs(config.probation_s);
                 options.probation_state = probation.clone();
-                let metrics = state.metrics.clone();
-                Some(control::ControlChannel::start(options, store.clone(), metrics, settings, shutdown.clone())?)
+                let (metrics, shadows) = (state.metrics.clone(), state.shadows.clone());
+                Some(control::ControlChannel::start(
+                    options,
+                    store.clone(),
+                    metrics,
+                    shadows,
+                    settings,
+                    shutdown.clone(),
+                )?)
             }
             None => None,
         };
@@ -220,6 +231,12 @@ fn load_options(config: &AgentConfig) -> Result<LoadOptions, AgentError> {
         Some(b) => Some(b.parse().map_err(AgentError::Config)?),
         None => None,
     };
+    if !(0.0..=1.0).contains(&config.shadow_cpu_share) {
+        return Err(AgentError::Config(format!(
+            "shadow_cpu_share is {}; it is a share of one core, from 0 (no shadow runs) to 1",
+            config.shadow_cpu_share
+        )));
+    }
     if config.sessions == 0 || config.queue_capacity == 0 {
         return Err(AgentError::Config("sessions and queue_capacity must be at least 1".into()));
     }

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the agent, served as text at `/metrics`.
 
+use outpost_proto::fleet::quality::VersionWindow;
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -105,6 +106,9 @@ pub struct ModelWindow {
     pub latencies_ms: Vec<f64>,
     /// Samples recorded in this window, including overwritten ones.
     pub seen: u64,
+    /// Requests since the last [`Metrics::take_windows`] per version that answered them
+    /// (deltas, unlike the totals above); empty in probation probes.
+    pub versions: Vec<VersionWindow>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -152,8 +156,9 @@ impl Metrics {
         m
     }
 
-    /// Records a finished request: latency, and an error when `status` is not 2xx.
-    pub fn request(&self, model: &str, endpoint: &'static str, status: u16, elapsed: Duration) {
+    /// Records a finished request: latency, and an error when `status` is not 2xx. `version` is
+    /// the version that answered it (`None` when none could: the model is unavailable).
+    pub fn request(&self, model: &str, version: Option<&str>, endpoint: &'static str, status: u16, elapsed: Duration) {
         let labels = RequestLabels { model: model.to_string(), endpoint };
         self.requests.get_or_create(&labels).inc();
         self.request_seconds.get_or_create(&labels).observe(elapsed.as_secs_f64());
@@ -162,11 +167,23 @@ impl Metrics {
         }
         let ms = elapsed.as_secs_f64() * 1000.0;
         let failed = !(200..300).contains(&status);
-        record(
-            self.windows.lock().unwrap_or_else(|p| p.into_inner()).entry(model.to_string()).or_default(),
-            failed,
-            ms,
-        );
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let window = windows.entry(model.to_string()).or_default();
+        record(window, failed, ms);
+        if let Some(version) = version {
+            let at = match window.versions.iter().position(|w| w.version == version) {
+                Some(at) => at,
+                None => {
+                    window.versions.push(VersionWindow { version: version.to_string(), ..VersionWindow::default() });
+                    window.versions.len() - 1
+                }
+            };
+            let w = &mut window.versions[at];
+            w.requests += 1;
+            w.errors += u64::from(failed);
+            w.latency.record(ms);
+        }
+        drop(windows);
         let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
         record(&mut probes.entry(model.to_string()).or_default().current, failed, ms);
     }
@@ -178,8 +195,8 @@ impl Metrics {
         probes.get(model).map(|p| (p.current.clone(), p.previous.clone())).unwrap_or_default()
     }
 
-    /// Every model's totals and the latencies recorded since the previous call, which starts a
-    /// new latency window.
+    /// Every model's totals and the latencies and per-version windows recorded since the
+    /// previous call, which starts new ones: each request is in exactly one taken window.
     pub fn take_windows(&self) -> HashMap<String, ModelWindow> {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         windows
@@ -190,6 +207,7 @@ impl Metrics {
                     errors: w.errors,
                     latencies_ms: std::mem::take(&mut w.latencies_ms),
                     seen: w.seen,
+                    versions: std::mem::take(&mut w.versions),
                 };
                 w.seen = 0;
                 (name.clone(), taken)
@@ -261,5 +279,30 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_windows_count_each_request_once_under_the_version_that_answered_it() {
+        let m = Metrics::new();
+        m.request("a", Some("1"), "infer", 200, Duration::from_millis(2));
+        m.request("a", Some("1"), "predict", 500, Duration::from_millis(4));
+        m.model_loaded("a", "2");
+        m.request("a", Some("2"), "infer", 200, Duration::from_millis(3));
+        m.request("a", None, "infer", 503, Duration::from_millis(1));
+        let taken = m.take_windows().remove("a").unwrap();
+        assert_eq!((taken.requests, taken.errors), (4, 2), "totals since start include unattributed requests");
+        let by_version: Vec<(&str, u64, u64, u64)> =
+            taken.versions.iter().map(|w| (w.version.as_str(), w.requests, w.errors, w.latency.count())).collect();
+        assert_eq!(by_version, [("1", 2, 1, 2), ("2", 1, 0, 1)]);
+        m.request("a", Some("2"), "infer", 200, Duration::from_millis(3));
+        let next = m.take_windows().remove("a").unwrap();
+        assert_eq!(next.requests, 5);
+        assert_eq!(next.versions.len(), 1, "the next window starts empty");
+        assert_eq!((next.versions[0].version.as_str(), next.versions[0].requests), ("2", 1));
     }
 }

@@ -87,6 +87,8 @@ pub struct ModelStore {
     /// Versions rolled back, by model: never activated again until the desired version of the
     /// model changes; the fallback serves in their place.
     blocked: RwLock<HashMap<String, Blocked>>,
+    /// Candidate versions running in shadow, by model: on disk, never activated while they are.
+    shadows: RwLock<BTreeMap<String, String>>,
     budget: MemoryBudget,
     options: LoadOptions,
     metrics: Arc<Metrics>,
@@ -102,6 +104,7 @@ impl ModelStore {
             desired: RwLock::new(BTreeMap::new()),
             peeked: RwLock::new(HashMap::new()),
             blocked: RwLock::new(HashMap::new()),
+            shadows: RwLock::new(BTreeMap::new()),
             budget,
             options,
             metrics,
@@ -165,6 +168,33 @@ impl ModelStore {
     /// The memory budget shared by the models.
     pub fn budget(&self) -> &MemoryBudget {
         &self.budget
+    }
+
+    /// How models are loaded.
+    pub fn load_options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    /// Sets the candidate version of each model that runs in shadow: its package stays on disk
+    /// and is never activated, also when it is the highest version or the only one that loads.
+    pub fn set_shadows(&self, shadows: BTreeMap<String, String>) {
+        *self.shadows.write().unwrap_or_else(|p| p.into_inner()) = shadows;
+    }
+
+    /// The candidate versions running in shadow, by model.
+    pub fn shadows(&self) -> BTreeMap<String, String> {
+        self.shadows.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets that `name`'s packages failed, so the next sync tries them again (the server
+    /// raised the desired attempt). Returns whether there was a failure to forget.
+    pub fn retry_failed(&self, name: &str) -> bool {
+        let peeked = self.peeked.read().unwrap_or_else(|p| p.into_inner());
+        let loaded = self.loaded.read().unwrap_or_else(|p| p.into_inner());
+        let mut tried = self.tried.write().unwrap_or_else(|p| p.into_inner());
+        let before = tried.len();
+        tried.retain(|p, _| loaded.contains_key(p) || peeked.get(p).is_none_or(|c| c.name != name));
+        before != tried.len()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelSlot>> {
@@ -231,8 +261,12 @@ impl ModelStore {
         // A rolled-back version goes last: it serves only when no other version can, since a
         // device must never be left without a model.
         let is_blocked = |c: &Candidate| blocked.as_ref().is_some_and(|b| c.version.as_ref() == Some(&b.version));
-        let mut order: Vec<&Candidate> = versions.iter().filter(|c| !is_blocked(c)).collect();
-        order.extend(versions.iter().filter(|c| is_blocked(c)));
+        // A shadow candidate is judged, not served: it is left out whatever else happens.
+        let shadow = self.shadows.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        let versions: Vec<&Candidate> =
+            versions.iter().filter(|c| shadow.is_none() || c.version != shadow || c.version == pin).collect();
+        let mut order: Vec<&Candidate> = versions.iter().copied().filter(|c| !is_blocked(c)).collect();
+        order.extend(versions.iter().copied().filter(|c| is_blocked(c)));
         if let Some(pos) = order.iter().position(|c| pin.is_some() && c.version == pin) {
             let pinned = order.remove(pos);
             order.insert(0, pinned);

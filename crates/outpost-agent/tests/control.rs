@@ -1,11 +1,14 @@
 //! The agent's control-plane side on real files: device identity, the outbox across restarts,
-//! state reports, package re-verification, and an agent whose server is unreachable.
+//! state reports, package re-verification, an agent whose server is unreachable, and rollout
+//! support (per-version windows, shadow candidates, retry attempts).
 
 mod common;
 #[path = "control/delivery.rs"]
 mod delivery;
 #[path = "control/delta.rs"]
 mod delta;
+#[path = "control/shadow.rs"]
+mod shadow;
 
 use outpost_agent::control::identity::{self, Enrollment, IdentityError, KEY_FILE};
 use outpost_agent::control::outbox::Outbox;
@@ -138,7 +141,7 @@ fn state_report_numbers_itself_and_flags_missing_desired_models() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(ModelStore::new(LoadOptions::default(), MemoryBudget::new(1 << 30), metrics.clone()));
-    metrics.request("ghost", "infer", 200, Duration::from_millis(3));
+    metrics.request("ghost", Some("1"), "infer", 200, Duration::from_millis(3));
     let mut builder = ReportBuilder::new(store, metrics, dir.path().to_path_buf(), 5);
     let desired = [DesiredModel {
         name: "defect".into(),

@@ -249,6 +249,12 @@ impl LoadedModel {
         self.engine.outputs()
     }
 
+    /// The post-processing that turns this model's outputs into typed predictions: the
+    /// manifest's `[post]`, or the one its task implies (none when the task needs settings).
+    pub fn post(&self) -> Option<&PostProcess> {
+        self.post.as_ref()
+    }
+
     /// The manifest's rules for input shapes.
     pub fn rules(&self) -> &InputRules {
         &self.rules

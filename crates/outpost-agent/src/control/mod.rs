@@ -23,6 +23,7 @@ pub mod prune;
 pub mod report;
 mod session;
 pub mod settings;
+pub mod shadow;
 pub mod system;
 
 use crate::metrics::Metrics;
@@ -211,11 +212,13 @@ pub struct ControlChannel {
 
 impl ControlChannel {
     /// Loads (or creates) the device key and the outbox, then starts enrolling and talking to the
-    /// server in the background. `agent_shutdown` stops the agent for `restart_agent`.
+    /// server in the background. `shadows` receives the shadow candidates the server names;
+    /// `agent_shutdown` stops the agent for `restart_agent`.
     pub fn start(
         options: ControlOptions,
         store: Arc<ModelStore>,
         metrics: Arc<Metrics>,
+        shadows: Arc<crate::shadow::Shadows>,
         settings: Arc<Settings>,
         agent_shutdown: watch::Sender<bool>,
     ) -> Result<ControlChannel, ControlError> {
@@ -232,6 +235,7 @@ impl ControlChannel {
             outbox,
             store,
             metrics,
+            shadows,
             settings,
             status: status.clone(),
             agent_shutdown,

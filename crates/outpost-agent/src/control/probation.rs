@@ -221,7 +221,11 @@ impl Probation {
                 dirty = true;
                 let retention = self.retention.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 if let (Some((dir, retention)), Some(active)) = (retention, slot.active_path.as_ref()) {
-                    for path in super::prune::prune(&dir, &name, active, retention) {
+                    // A shadow candidate is on trial, not old: it stays.
+                    let shadow = self.store.shadows().get(&name).map(|v| super::fetch::installed_path(&dir, &name, v));
+                    let spared: Vec<&std::path::Path> =
+                        [Some(active.as_path()), shadow.as_deref()].into_iter().flatten().collect();
+                    for path in super::prune::prune(&dir, &name, &spared, retention) {
                         tracing::info!(model = %name, path = %path.display(), "old package deleted");
                     }
                 }
@@ -275,7 +279,13 @@ mod tests {
     use super::*;
 
     fn window(requests: u64, errors: u64, ms: f64) -> ModelWindow {
-        ModelWindow { requests, errors, latencies_ms: vec![ms; requests as usize], seen: requests }
+        ModelWindow {
+            requests,
+            errors,
+            latencies_ms: vec![ms; requests as usize],
+            seen: requests,
+            ..Default::default()
+        }
     }
 
     #[test]

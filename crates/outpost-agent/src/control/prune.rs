@@ -1,9 +1,9 @@
 //! Old packages on the device: once a new version has passed probation, the model keeps the
 //! active version's package and, for an instant rollback or a cheap delta back, the
 //! `keep_versions` most recently installed others whose sizes fit `package_budget_mb`; the
-//! rest are deleted. Only `<name>-<version>.opkg` files whose manifest names that model and
-//! version are candidates: directories and other files in the model directory are the
-//! operator's.
+//! rest are deleted. The package of a shadow candidate is spared like the active one. Only
+//! `<name>-<version>.opkg` files whose manifest names that model and version are candidates:
+//! directories and other files in the model directory are the operator's.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -17,9 +17,10 @@ pub struct Retention {
     pub budget_bytes: u64,
 }
 
-/// Deletes the packages of `name` in `dir` that `retention` does not keep; `active` is never
-/// deleted. Returns the deleted files.
-pub fn prune(dir: &Path, name: &str, active: &Path, retention: Retention) -> Vec<PathBuf> {
+/// Deletes the packages of `name` in `dir` that `retention` does not keep; `spared` (the
+/// active package, a shadow candidate's) are never deleted nor counted. Returns the deleted
+/// files.
+pub fn prune(dir: &Path, name: &str, spared: &[&Path], retention: Retention) -> Vec<PathBuf> {
     let prefix = format!("{name}-");
     let mut others: Vec<(SystemTime, u64, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
@@ -29,7 +30,7 @@ pub fn prune(dir: &Path, name: &str, active: &Path, retention: Retention) -> Vec
             let path = e.path();
             let file = path.file_name()?.to_str()?.to_string();
             let version = file.strip_prefix(&prefix)?.strip_suffix(".opkg")?;
-            if path == active {
+            if spared.contains(&path.as_path()) {
                 return None;
             }
             // `detector-v2-1.opkg` may be version 1 of `detector-v2`: the manifest says.
@@ -98,15 +99,17 @@ mod tests {
         let not_ours = d.join("m-notes.txt");
         std::fs::write(&not_ours, b"notes").unwrap();
         let size = std::fs::metadata(&v4).unwrap().len();
-        let deleted = prune(d, "m", &active, Retention { keep_versions: 2, budget_bytes: 100 * size });
+        let deleted = prune(d, "m", &[&active], Retention { keep_versions: 2, budget_bytes: 100 * size });
         assert_eq!(deleted, vec![v2.clone()]);
         assert!(active.exists() && v4.exists() && v3.exists() && other_model.exists() && not_ours.exists());
         // A budget for one older package keeps only the newest.
-        let deleted = prune(d, "m", &active, Retention { keep_versions: 2, budget_bytes: size + size / 2 });
+        let deleted = prune(d, "m", &[&active], Retention { keep_versions: 2, budget_bytes: size + size / 2 });
         assert_eq!(deleted, vec![v3]);
         assert!(v4.exists());
-        let deleted = prune(d, "m", &active, Retention { keep_versions: 0, budget_bytes: 100 * size });
+        let candidate = file(d, "m-6.opkg", 100, 50);
+        let deleted = prune(d, "m", &[&active, &candidate], Retention { keep_versions: 0, budget_bytes: 100 * size });
         assert_eq!(deleted, vec![v4]);
         assert!(active.exists());
+        assert!(candidate.exists(), "a shadow candidate's package is spared");
     }
 }

@@ -8,6 +8,7 @@
 
 use super::system::SystemSampler;
 use crate::metrics::{Metrics, ModelWindow};
+use crate::shadow::Shadows;
 use crate::store::ModelStore;
 use outpost_proto::fleet::device::{
     DesiredModel, FailureKind, HardwareProfile, Health, ModelReport, StateReport, UpdateReport,
@@ -128,6 +129,7 @@ pub fn model_reports(
             errors: window.errors,
             latency_p50_ms: percentile(&mut window.latencies_ms, 0.50),
             latency_p99_ms: percentile(&mut window.latencies_ms, 0.99),
+            windows: std::mem::take(&mut window.versions),
             ..ModelReport::default()
         });
     }
@@ -172,6 +174,8 @@ pub struct ReportBuilder {
     /// The hardware profile last put in a report; a report carries it again only when it changed
     /// (and always first after a start, since RAM, disks and accelerators change across reboots).
     hardware_sent: Option<HardwareProfile>,
+    /// Shadow candidates, whose counts each report takes.
+    shadows: Option<Arc<Shadows>>,
 }
 
 impl ReportBuilder {
@@ -185,10 +189,20 @@ impl ReportBuilder {
             store,
             metrics,
             hardware_sent: None,
+            shadows: None,
         }
     }
 
-    /// The next report. Latency percentiles cover the time since the previous one.
+    /// Reports also carry the shadow candidates of `shadows`, with their counts since the
+    /// previous report.
+    pub fn with_shadows(mut self, shadows: Arc<Shadows>) -> ReportBuilder {
+        self.shadows = Some(shadows);
+        self
+    }
+
+    /// The next report. Latency percentiles, per-version windows and shadow counts cover the
+    /// time since the previous one: they are taken here, so a report queued while offline carries
+    /// its own interval and the next report starts a new one.
     pub fn build(
         &mut self,
         desired: &[DesiredModel],
@@ -198,11 +212,13 @@ impl ReportBuilder {
     ) -> StateReport {
         let served = served_models(&self.store);
         let (mut models, health) = model_reports(&served, &self.metrics.take_windows(), desired, updates);
+        let mut shadows = self.shadows.as_ref().map(|s| s.take_reports()).unwrap_or_default();
         for m in &mut models {
             if m.state == "ready" && on_probation.get(&m.name) == Some(&m.version) {
                 m.state = "probation".into();
             }
             m.installed = self.store.installed(&m.name);
+            m.shadow = shadows.remove(&m.name);
         }
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -14,8 +14,10 @@ use super::outbox::Outbox;
 use super::probation::Probation;
 use super::report::{self, ReportBuilder};
 use super::settings::Settings;
+use super::shadow::{self, ShadowControl};
 use super::{ControlOptions, ControlStatus};
 use crate::metrics::Metrics;
+use crate::shadow::Shadows;
 use crate::store::ModelStore;
 use outpost_proto::fleet::device::{
     CommandAck, CommandKind, DesiredState, EnrollRequest, ReportAck, ReportBatch, StateReport,
@@ -40,6 +42,7 @@ pub(super) struct Parts {
     pub outbox: Outbox,
     pub store: Arc<ModelStore>,
     pub metrics: Arc<Metrics>,
+    pub shadows: Arc<Shadows>,
     pub settings: Arc<Settings>,
     pub status: Arc<ControlStatus>,
     pub agent_shutdown: watch::Sender<bool>,
@@ -81,6 +84,8 @@ struct Session {
     fetcher: Arc<Fetcher>,
     /// Watches newly activated versions and rolls back those that fail.
     probation: Arc<Probation>,
+    /// Fetches and loads the shadow candidates the desired state names.
+    shadow: Arc<ShadowControl>,
     ctx: CommandContext,
     settings: Arc<Settings>,
     status: Arc<ControlStatus>,
@@ -109,16 +114,25 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
     let probation = parts.options.probation_state.clone().unwrap_or_else(|| {
         Probation::start(&parts.options.data_dir, parts.options.probation, parts.store.clone(), parts.metrics.clone())
     });
+    let shadow = ShadowControl::new(
+        fetcher.sibling(),
+        parts.shadows.clone(),
+        parts.store.clone(),
+        parts.options.model_dir.clone(),
+        parts.options.data_dir.clone(),
+    );
+    // The candidates of the previous run resume from disk before the server answers.
+    shadow.set(shadow.saved());
+    shadow.tick();
     let session = Arc::new(Session {
         client,
         fetcher,
         probation,
-        builder: Mutex::new(ReportBuilder::new(
-            parts.store.clone(),
-            parts.metrics,
-            parts.options.data_dir.clone(),
-            first_seq,
-        )),
+        shadow,
+        builder: Mutex::new(
+            ReportBuilder::new(parts.store.clone(), parts.metrics, parts.options.data_dir.clone(), first_seq)
+                .with_shadows(parts.shadows),
+        ),
         ctx: CommandContext {
             store: parts.store,
             model_dir: parts.options.model_dir.clone(),
@@ -137,6 +151,7 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
     tokio::join!(
         session.clone().heartbeat_loop(stop.clone()),
         session.clone().probation_loop(stop.clone()),
+        session.clone().shadow_loop(stop.clone()),
         session.clone().poll_loop(stop)
     );
     // Only a stop that gets here is clean; a crash or kill -9 never does.
@@ -385,6 +400,14 @@ impl Session {
         }
     }
 
+    /// Moves the shadow candidates on once a second: a finished download is loaded, a failed
+    /// one reported, a retry started when its time comes.
+    async fn shadow_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        while sleep_unless_stopped(Duration::from_secs(1), &mut stop).await {
+            self.shadow.tick();
+        }
+    }
+
     async fn heartbeat_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             if *stop.borrow() {
@@ -464,6 +487,9 @@ impl Session {
             let names: Vec<String> = refused.iter().map(|m| format!("{:?}@{:?}", m.name, m.version)).collect();
             tracing::error!(models = ?names, "refusing desired models whose name or version breaks the model-name grammar");
         }
+        // Candidates first: the store must know them as shadows before any scan could see one.
+        self.shadow.set(shadow::wanted_shadows(&models));
+        self.shadow.tick();
         // The store activates these versions, also when one is lower than what serves (a
         // rollback the operator asked for): scan now rather than at the next poll.
         let pins: std::collections::BTreeMap<String, String> =
@@ -471,7 +497,15 @@ impl Session {
         // The switch itself: the pins are written (temporary file, rename, directory sync)
         // before the store acts on them, so a restart resumes from exactly this choice.
         super::pins::save(&self.options.data_dir, &pins);
-        if self.ctx.store.set_desired(pins) {
+        // A raised attempt retries at once a version that was refused at load (the fetcher
+        // retries a failed download the same way, see `fetch`).
+        let before = self.status.desired_models();
+        let mut retried = false;
+        for m in &models {
+            let raised = before.iter().any(|b| b.name == m.name && b.version == m.version && m.attempt > b.attempt);
+            retried |= raised && self.ctx.store.retry_failed(&m.name);
+        }
+        if self.ctx.store.set_desired(pins) | retried {
             let (store, dir) = (self.ctx.store.clone(), self.ctx.model_dir.clone());
             if let Err(e) = tokio::task::spawn_blocking(move || store.sync(&dir)).await {
                 tracing::error!(error = %e, "model directory scan after a desired-state change failed");

@@ -130,7 +130,7 @@ pub fn encode_response(
     model_name: &str,
     model_version: &str,
     specs: &[IoSpec],
-    outputs: Vec<Tensor>,
+    outputs: &[Tensor],
 ) -> Result<EncodedResponse, ApiError> {
     let all_binary = param_bool(request.parameters.as_ref(), BINARY_DATA_OUTPUT);
     let wanted: Vec<(usize, bool)> = match &request.outputs {
@@ -296,7 +296,7 @@ mod tests {
             r#"{"inputs":[],"outputs":[{"name":"z","parameters":{"binary_data":true}},{"name":"y"}]}"#,
         )
         .unwrap();
-        let enc = encode_response(&req, "m", "1", &out_specs, outputs()).unwrap();
+        let enc = encode_response(&req, "m", "1", &out_specs, &outputs()).unwrap();
         let n = enc.header_len.unwrap();
         let head: InferResponse = serde_json::from_slice(&enc.body[..n]).unwrap();
         assert_eq!(head.outputs[0].name, "z");
@@ -305,10 +305,10 @@ mod tests {
         assert_eq!(&enc.body[n..], &3i64.to_le_bytes());
 
         let req: InferRequest = serde_json::from_str(r#"{"inputs":[]}"#).unwrap();
-        let enc = encode_response(&req, "m", "1", &out_specs, outputs()).unwrap();
+        let enc = encode_response(&req, "m", "1", &out_specs, &outputs()).unwrap();
         assert!(enc.header_len.is_none());
 
         let req: InferRequest = serde_json::from_str(r#"{"inputs":[],"outputs":[{"name":"nope"}]}"#).unwrap();
-        assert!(encode_response(&req, "m", "1", &out_specs, outputs()).unwrap_err().message.contains("`nope`"));
+        assert!(encode_response(&req, "m", "1", &out_specs, &outputs()).unwrap_err().message.contains("`nope`"));
     }
 }

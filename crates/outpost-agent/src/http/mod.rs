@@ -12,6 +12,7 @@ mod oip;
 pub mod predict;
 
 use crate::metrics::Metrics;
+use crate::shadow::Shadows;
 use crate::store::ModelStore;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub bodies: Arc<BodyBudget>,
     /// Bounds the raw-data pipelines running and waiting.
     pub predict: PredictGate,
+    /// Shadow candidates fed a sample of the requests answered here.
+    pub shadows: Arc<Shadows>,
 }
 
 impl ApiState {

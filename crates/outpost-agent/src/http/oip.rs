@@ -3,6 +3,7 @@
 
 use super::codec::{self, EncodedResponse};
 use super::{body_error, resolve, ApiError, ApiState};
+use crate::shadow::Sample;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -168,17 +169,26 @@ async fn run_infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let result = infer_inner(state, name, version, headers, body).await;
+    let model = resolve(state, name, version);
+    let result = match &model {
+        Ok(model) => infer_inner(state, model, headers, body).await,
+        Err(e) => Err(e.clone()),
+    };
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,
     };
     // Only models the agent knows get series, so random names cannot grow the metric families.
     if state.store.slot(name).is_some() {
-        state.metrics.request(name, "infer", status.as_u16(), started.elapsed());
+        let served_by = model.as_ref().ok().map(|m| m.version());
+        state.metrics.request(name, served_by, "infer", status.as_u16(), started.elapsed());
     }
     match result {
-        Ok(enc) => {
+        Ok(Answered { encoded: enc, outputs, body, header_len }) => {
+            if let Ok(serving) = model {
+                // The answer is ready; what the shadow needs moves over without a copy.
+                state.shadows.offer(name, move || Sample::Infer { serving, body, header_len, outputs });
+            }
             let mut resp = enc.body.into_response();
             let h = resp.headers_mut();
             match enc.header_len {
@@ -196,14 +206,21 @@ async fn run_infer(
     }
 }
 
+/// A computed answer, with what a shadow comparison of it needs.
+struct Answered {
+    encoded: EncodedResponse,
+    outputs: Vec<outpost_runtime::Tensor>,
+    body: Bytes,
+    header_len: Option<usize>,
+}
+
 async fn infer_inner(
     state: &ApiState,
-    name: &str,
-    version: Option<&str>,
+    model: &Arc<LoadedModel>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<EncodedResponse, ApiError> {
-    let model = resolve(state, name, version)?;
+) -> Result<Answered, ApiError> {
+    let name = model.name();
     let body = body.map_err(body_error)?;
     let header_len = match headers.get(INFERENCE_HEADER_CONTENT_LENGTH) {
         None => None,
@@ -223,5 +240,8 @@ async fn infer_inner(
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model `{name}` stopped while running")))?;
     state.metrics.inference(name, done.queued, done.run);
     let outputs = done.result?;
-    codec::encode_response(&parsed.request, model.name(), model.version(), model.engine.outputs(), outputs)
+    let encoded =
+        codec::encode_response(&parsed.request, model.name(), model.version(), model.engine.outputs(), &outputs)?;
+    drop(parsed);
+    Ok(Answered { encoded, outputs, body, header_len })
 }

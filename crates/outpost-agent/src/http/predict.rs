@@ -6,6 +6,7 @@
 //! queue: `sessions` pipelines run at once, `queue_capacity` more wait, and any beyond get 429.
 
 use super::{body_error, resolve, ApiError, ApiState};
+use crate::shadow::Sample;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
@@ -42,23 +43,33 @@ pub async fn predict(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let result = run(&state, &name, body).await;
+    let model = resolve(&state, &name, None);
+    let result = match &model {
+        Ok(model) => run(&state, model, body).await,
+        Err(e) => Err(e.clone()),
+    };
     let status = result.as_ref().map_or_else(|e| e.status, |_| StatusCode::OK);
     if state.store.slot(&name).is_some() {
-        state.metrics.request(&name, "predict", status.as_u16(), started.elapsed());
+        let served_by = model.as_ref().ok().map(|m| m.version());
+        state.metrics.request(&name, served_by, "predict", status.as_u16(), started.elapsed());
     }
     match result {
-        Ok(r) => Json(r).into_response(),
+        Ok((response, body)) => {
+            // Cloned only when the shadow takes this request: at most one per model at a time.
+            let predictions = &response.predictions;
+            state.shadows.offer(&name, || Sample::Predict { body, predictions: predictions.clone() });
+            Json(response).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
 
 async fn run(
     state: &ApiState,
-    name: &str,
+    model: &Arc<outpost_runtime::LoadedModel>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<outpost_proto::prediction::PredictResponse, ApiError> {
-    let model = resolve(state, name, None)?;
+) -> Result<(outpost_proto::prediction::PredictResponse, Bytes), ApiError> {
+    let model = model.clone();
     let body = body.map_err(body_error)?;
     let gate = &state.predict;
     let admitted = gate.admitted.clone().try_acquire_owned().map_err(|_| {
@@ -74,12 +85,13 @@ async fn run(
         .await
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the agent is shutting down"))?;
     // The permits move into the task: a pipeline whose client went away still counts until it ends.
+    let input = body.clone();
     let task = tokio::task::spawn_blocking(move || {
         let _permits = (admitted, running);
-        model.predict_blocking(&body)
+        model.predict_blocking(&input)
     });
     let response = task
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("pipeline task failed: {e}")))??;
-    Ok(response)
+    Ok((response, body))
 }

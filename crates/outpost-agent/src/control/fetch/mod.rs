@@ -8,7 +8,9 @@
 //! staging file holds (hashed again on resume: the hasher's state is not on disk). A download
 //! that does not match is deleted and tried again a few times; a disk without room for it
 //! fails at once, before a byte is fetched. Failures are reported with a typed kind and tried
-//! again only when the desired version changes or after [`RETRY_FAILED_AFTER`].
+//! again when the desired version changes, when the server raises the desired `attempt` above
+//! the one the failed download was started under (an operator's retry), or after
+//! [`RETRY_FAILED_AFTER`].
 
 mod delta;
 
@@ -44,7 +46,8 @@ pub enum FetchState {
     Verifying,
     /// Verified and renamed into the model directory; the store loads it from there.
     Installed,
-    /// Given up until the desired state changes or the retry time passes.
+    /// Given up until the desired state changes, the desired attempt rises or the retry time
+    /// passes.
     Failed {
         /// What kind of failure.
         kind: FailureKind,
@@ -67,6 +70,8 @@ struct Job {
     no_delta: bool,
     /// Delta pieces that did not verify, in a row.
     delta_misses: u32,
+    /// The desired `attempt` this job was started under.
+    attempt: u32,
 }
 
 /// The downloads of one agent.
@@ -78,7 +83,7 @@ pub struct Fetcher {
     jobs: Mutex<HashMap<String, Job>>,
     /// Trusted TUF metadata (`<data_dir>/tuf`), when the device has a TUF root; one refresh at
     /// a time.
-    tuf: Option<(PathBuf, tokio::sync::Mutex<()>)>,
+    tuf: Option<Arc<(PathBuf, tokio::sync::Mutex<()>)>>,
 }
 
 /// Why one attempt failed.
@@ -91,6 +96,21 @@ enum Attempt {
     Fatal(FailureKind, String),
     /// The desired version changed meanwhile.
     Cancelled,
+}
+
+/// Whether `wanted` needs a new download given the model's current `job`: none yet, another
+/// package, a failure the server asks to retry (a higher attempt) or old enough to try again,
+/// or an installed package deleted from disk since.
+fn starts_again(job: Option<&Job>, wanted: &DesiredModel, package: &PackageRef) -> bool {
+    match job {
+        None => true,
+        Some(job) if &job.package != package => true,
+        Some(Job { state: FetchState::Failed { at, .. }, attempt, .. }) => {
+            wanted.attempt > *attempt || at.elapsed() >= RETRY_FAILED_AFTER
+        }
+        Some(Job { state: FetchState::Installed, .. }) => true,
+        Some(_) => false,
+    }
 }
 
 /// The file a version is installed as.
@@ -108,14 +128,27 @@ impl Fetcher {
     /// `tuf`, the trusted-metadata directory (already holding a root), every package must be
     /// vouched for by the server's TUF repository before a byte of it is fetched.
     pub fn new(client: DeviceClient, dir: PathBuf, store: Arc<ModelStore>, tuf: Option<PathBuf>) -> Arc<Fetcher> {
-        let tuf = tuf.map(|d| (d, tokio::sync::Mutex::new(())));
+        let tuf = tuf.map(|d| Arc::new((d, tokio::sync::Mutex::new(()))));
         Arc::new(Fetcher { client, dir, store, jobs: Mutex::new(HashMap::new()), tuf })
+    }
+
+    /// A fetcher with its own jobs (one per model name, like this one's) and the same client,
+    /// directory and trusted metadata, whose refreshes it takes turns with: shadow candidates
+    /// download through one beside the desired versions' downloads.
+    pub fn sibling(&self) -> Arc<Fetcher> {
+        Arc::new(Fetcher {
+            client: self.client.clone(),
+            dir: self.dir.clone(),
+            store: self.store.clone(),
+            jobs: Mutex::new(HashMap::new()),
+            tuf: self.tuf.clone(),
+        })
     }
 
     /// Checks `package` against the signed TUF targets (`NAME/NAME-VERSION.opkg`) after a
     /// refresh of the trusted metadata; a no-op without a TUF root.
     async fn vouch(&self, name: &str, version: &str, package: &PackageRef) -> Result<(), Attempt> {
-        let Some((dir, lock)) = &self.tuf else { return Ok(()) };
+        let Some((dir, lock)) = self.tuf.as_deref() else { return Ok(()) };
         let _one_at_a_time = lock.lock().await;
         let base = self.client.base();
         let remote = outpost_tuf::HttpRemote::new(
@@ -162,14 +195,7 @@ impl Fetcher {
             if installed_path(&self.dir, &m.name, &m.version).exists() {
                 continue; // on disk: loading it (or why it does not load) is the store's to report
             }
-            let restart = match jobs.get(&m.name) {
-                None => true,
-                Some(job) if &job.package != package => true,
-                Some(Job { state: FetchState::Failed { at, .. }, .. }) => at.elapsed() >= RETRY_FAILED_AFTER,
-                Some(Job { state: FetchState::Installed, .. }) => true, // deleted from disk since
-                Some(_) => false,
-            };
-            if restart {
+            if starts_again(jobs.get(&m.name), m, package) {
                 let job = Job {
                     version: m.version.clone(),
                     package: package.clone(),
@@ -178,6 +204,7 @@ impl Fetcher {
                     delta_from: None,
                     no_delta: false,
                     delta_misses: 0,
+                    attempt: m.attempt,
                 };
                 jobs.insert(m.name.clone(), job);
                 let me = self.clone();
@@ -396,5 +423,49 @@ impl Fetcher {
             let fetched = *have;
             self.update(name, package, |j| j.fetched = fetched);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: FetchState, attempt: u32) -> Job {
+        Job {
+            version: "2".into(),
+            package: PackageRef { sha256: "ab".into(), size_bytes: 1 },
+            state,
+            fetched: 0,
+            delta_from: None,
+            no_delta: false,
+            delta_misses: 0,
+            attempt,
+        }
+    }
+
+    fn wanted(attempt: u32) -> DesiredModel {
+        DesiredModel {
+            name: "m".into(),
+            version: "2".into(),
+            source: "override".into(),
+            package: Some(PackageRef { sha256: "ab".into(), size_bytes: 1 }),
+            shadow: None,
+            attempt,
+        }
+    }
+
+    #[test]
+    fn a_failed_download_starts_again_at_once_when_the_desired_attempt_rises() {
+        let package = wanted(0).package.unwrap();
+        let failed = |attempt| {
+            job(FetchState::Failed { kind: FailureKind::HashMismatch, reason: "x".into(), at: Instant::now() }, attempt)
+        };
+        assert!(!starts_again(Some(&failed(1)), &wanted(1), &package), "same attempt: wait for the retry time");
+        assert!(starts_again(Some(&failed(1)), &wanted(2), &package), "a raised attempt retries now");
+        assert!(!starts_again(Some(&failed(2)), &wanted(1), &package), "a lower attempt is not a retry");
+        assert!(!starts_again(Some(&job(FetchState::Downloading, 0)), &wanted(5), &package), "one download at a time");
+        let other = PackageRef { sha256: "cd".into(), size_bytes: 1 };
+        assert!(starts_again(Some(&failed(1)), &wanted(1), &other), "another package starts over");
+        assert!(starts_again(None, &wanted(0), &package));
     }
 }
