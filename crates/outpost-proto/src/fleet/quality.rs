@@ -23,8 +23,10 @@ pub fn latency_bucket(ms: f64) -> usize {
     if ms.is_nan() || ms <= 0.1 {
         return 0;
     }
-    // Inverse of `latency_bound_ms`, then corrected for floating-point at the edges.
-    let mut i = ((ms / 0.1).log2() * 4.0).ceil().max(0.0) as usize;
+    // Inverse of `latency_bound_ms`, then corrected for floating-point at the edges. Clamped
+    // first: for an infinite latency the inverse saturates to usize::MAX, every bound up there is
+    // infinite too, and the correction below would step down from it for ever.
+    let mut i = ((ms / 0.1).log2() * 4.0).ceil().clamp(0.0, LATENCY_BUCKETS as f64) as usize;
     while i > 0 && ms <= latency_bound_ms(i - 1) {
         i -= 1;
     }
