@@ -25,6 +25,11 @@ PG = os.environ.get("PG", "postgres://postgres@127.0.0.1:5432/test")
 TIMEOUT = int(os.environ.get("TIMEOUT", 1200))
 GOAL_MS = 100.0
 SELECTOR = "simulated=true"
+# A long-poll per device is a socket on both ends: 10,000 of them beside the heartbeats' own
+# connections pass this machine's 20,000 open files. Without it a device sees its new desired
+# state in its next heartbeat's answer, so each wave's "until updated" includes up to one interval.
+LONG_POLL_MODE = os.environ.get("LONG_POLL", "auto")  # on, off, or auto: on up to 4,000 devices
+LONG_POLL = [] if LONG_POLL_MODE == "on" or (LONG_POLL_MODE == "auto" and DEVICES <= 4000) else ["--no-long-poll"]
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -32,7 +37,7 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 work = tempfile.mkdtemp(prefix="rolloutbench-")
 server, url, token = start_server(BIN, work, {
     "database": fresh_pg_schema(PG, "rolloutbench"), "heartbeat_interval_s": INTERVAL, "rollout_tick_ms": 1000,
-    "device_reports_per_min": 0, "stale_after_s": 3 * INTERVAL, "max_connections": 8,
+    "device_reports_per_min": 0, "stale_after_s": 3 * INTERVAL,
 })
 api = Api(url, token)
 for version, seed in (("1", 1), ("2", 2)):
@@ -40,7 +45,7 @@ for version, seed in (("1", 1), ("2", 2)):
 
 sim = subprocess.Popen([BIN, "sim", "--server", url, "--token", token, "--devices", str(DEVICES),
                         "--heartbeat-interval", f"{INTERVAL}s", "--enroll-concurrency", "64",
-                        "--package-dir", f"{work}/packages", "--json"],
+                        "--package-dir", f"{work}/packages", "--json"] + LONG_POLL,
                        stdout=subprocess.PIPE, stderr=open(f"{work}/sim.log", "w"),
                        env={**os.environ, "OUTPOST_LOG": "warn"})
 
@@ -101,7 +106,7 @@ eval_p99 = histogram_quantile(text1, "outpost_server_rollout_evaluation_duration
 statements = delta("outpost_server_rollout_db_statements_total")
 
 print(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores (server, {DEVICES} simulated devices and "
-      f"PostgreSQL share them); heartbeat every {INTERVAL} s, engine tick 1 s, bake {BAKE} s, gates "
+      f"PostgreSQL share them); heartbeat every {INTERVAL} s, {'no ' if LONG_POLL else ''}long-poll, engine tick 1 s, bake {BAKE} s, gates "
       f"error_rate<2x and p99_latency<1.5x (min 500 samples), a 32 KiB package. Enrollment took {enroll_s:.0f} s, "
       f"v1 on every device {v1_s:.0f} s.\n")
 print("| wave | devices | until updated (s) | bake (s) | wave (s) | gates at the end |")
@@ -118,7 +123,8 @@ for w, end in zip(r["waves"], ends):
 print(f"\nRollout of {DEVICES} devices: {wall:.0f} s. Engine: {evals:.0f} evaluations; one evaluation "
       f"(4 fleet reads, members, new windows, gates over every member, step, write) **{eval_mean:.1f} ms mean**, "
       f"p99 ≤ {1000 * eval_p99 if eval_p99 is not None else float('nan'):.0f} ms (histogram bucket) — goal < {GOAL_MS:.0f} ms "
-      f"for 10,000 devices: {'met' if eval_mean < GOAL_MS else 'missed'}; the pure step alone {step_mean:.2f} ms; "
+      f"for 10,000 devices: {eval_mean / GOAL_MS:.2f}× the goal, {'met' if eval_mean < GOAL_MS else 'missed'}; "
+      f"the pure step alone {step_mean:.2f} ms; "
       f"{statements / max(evals, 1):.1f} database statements per evaluation (lease and cache sync included). "
       f"Server CPU {100 * (cpu1 - cpu0) / wall:.0f} %, PostgreSQL CPU {100 * (pg1 - pg0) / wall:.0f} % over the rollout "
       f"(heartbeats and downloads included).")

@@ -8,7 +8,7 @@
 #
 # usage: bench/rollout.sh [--quick]
 #   DEVICES (default 10000; --quick: 500), INTERVAL (heartbeat s, 10), BAKE (s, 10),
-#   PG (postgres://postgres@127.0.0.1:5432/test)
+#   PG (postgres://postgres@127.0.0.1:5432/test), LONG_POLL (on, off; auto: on up to 4,000 devices)
 # Output: a markdown table on stdout, also written to target/bench/rollout.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -9,8 +9,11 @@
 //! 5. stream normal and faulty sensor windows to `POST /v1/models/{m}/predict`, as a machine's
 //!    data logger would, and print what the agent detected against what was injected;
 //! 6. call the Open Inference Protocol endpoint once, show a few metrics;
-//! 7. send a remote command and show its acknowledgement, print the fleet summary, then shut
-//!    down (or keep everything running with `--keep-running`).
+//! 7. send a remote command and show its acknowledgement, print the fleet summary;
+//! 8. roll a refit out in waves with health gates, and show a version that disagrees in shadow
+//!    and one whose error rate climbs stopped by their gates, the fleet returning by itself;
+//! 9. show a corrupted version and one that fails its self-test refused by the agents; then
+//!    shut down (or keep everything running with `--keep-running`).
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -91,7 +94,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let base = fleet.agent_url();
 
     println!("== 4. publish v1 through the registry and the TUF repository; the agents download it");
-    fleet.publish_and_assign(&opkg, &keys)?;
+    fleet.publish_and_assign(&opkg, &keys, crate::demo_fleet::FLEET_SELECTOR)?;
     fleet.wait_serving(&name, &pkg.manifest.model.version, Duration::from_secs(60))?;
     let model = fleet.agents[0].state.store.get(&name).context("the agent did not load the demo model")?;
     println!(
@@ -118,8 +121,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
     println!("== 7. remote command and fleet view");
     let fleet_result = fleet.command_round_trip().and_then(|_| fleet.print_summary(args.simulated));
-    println!("== 8. over-the-air updates while the agents keep serving");
-    let updates = crate::demo_delivery::run(&fleet, &trained, &root, &keys);
+    let updates = updates(&fleet, &root, &keys);
     if args.keep_running && fleet_result.is_ok() {
         fleet.print_where_to_look();
         println!("   running until Ctrl-C");
@@ -131,6 +133,32 @@ pub fn run(args: DemoArgs) -> Result<()> {
     fleet_result?;
     updates?;
     println!("== done: the agents ran the model on-device and only results and health reached the server; {}", outcome);
+    Ok(())
+}
+
+/// Steps 8 and 9, while clients keep sending requests to the agents: not one may fail.
+fn updates(fleet: &crate::demo_fleet::DemoFleet, root: &std::path::Path, keys: &std::path::Path) -> Result<()> {
+    let agents: Vec<String> = fleet.agents.iter().map(|a| format!("http://{}", a.addr)).collect();
+    let traffic = crate::demo_traffic::Traffic::start(&agents, outpost_train::MODEL_NAME);
+    let outcome = (|| -> Result<()> {
+        println!("== 8. staged rollouts with health gates, over the real agents and the simulated fleet");
+        // v2: refit with 10% more data (the first windows are v1's), so every weight moves a
+        // little, as after a fine-tune; devices rebuild it from v1 by a delta.
+        let defaults = TrainConfig::default();
+        let refit = outpost_train::train_vibration_anomaly(&TrainConfig {
+            train_windows: defaults.train_windows * 11 / 10,
+            ..defaults
+        })?;
+        crate::demo_rollout::run(fleet, &refit, root, keys)?;
+        println!("== 9. updates the agents refuse while they keep serving");
+        crate::demo_delivery::run(fleet, &refit, ("5", "6"), root, keys)
+    })();
+    let (sent, failed, first) = traffic.stop();
+    println!("   {sent} requests to the agents during the rollouts and updates, {failed} failed");
+    outcome?;
+    if let Some(first) = first {
+        bail!("{failed} of {sent} requests failed during the rollouts and updates; the first: {first}");
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use outpost_proto::fleet::api::{
 };
 use outpost_proto::fleet::device::{CommandKind, DesiredState};
 use outpost_server::{Server, ServerConfig};
+use outpost_sim::quality::QualityFaults;
 use outpost_sim::{FaultConfig, SimConfig, SimReport};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +21,14 @@ use tokio::task::JoinHandle;
 
 /// Label of the real demo agents.
 pub const AGENT_SELECTOR: &str = "site=demo-lab";
+/// The real agents and the simulated fleet together.
+pub const FLEET_SELECTOR: &str = "site in (demo-lab|sim-plant)";
+/// The version whose shadow answers disagree on the simulated devices.
+pub const SIM_DISAGREES: &str = "3";
+/// The version whose error rate and latency climb on part of the simulated fleet.
+pub const SIM_REGRESSES: &str = "4";
+/// The share of the simulated fleet on which it climbs.
+pub const SIM_REGRESS_SHARE: f64 = 0.3;
 
 /// The simulator task and the switch that stops it.
 type RunningSim = (oneshot::Sender<()>, JoinHandle<Result<SimReport, outpost_sim::SimError>>);
@@ -58,6 +67,8 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
         heartbeat_interval_s: 5,
         stale_after_s: 20,
         offline_after_s: 60,
+        // Rollouts in the demo bake for seconds; the engine looks every second.
+        rollout_tick_ms: 1000,
         ..ServerConfig::default()
     };
     let server = rt.block_on(Server::start(config)).context("starting the control-plane server")?;
@@ -82,7 +93,7 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
             model_dir,
             data_dir: root.join(format!("agent-{i}/data")),
             tuf_root: Some(tuf_root.to_path_buf()),
-            probation_s: 20,
+            probation_s: 10,
             server: Some(base.clone()),
             enroll_token: Some(secret.clone()),
             device_name: Some(format!("demo-agent-{i}")),
@@ -112,21 +123,30 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
             server: base.clone(),
             devices: simulated,
             enroll_token: token,
-            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(3),
             jitter: 0.2,
             offline_fraction: 0.1,
             long_poll: true,
             duration: None,
             enroll_concurrency: 16,
             faults: FaultConfig::default(),
-            quality: Default::default(),
+            quality: QualityFaults {
+                regress: SIM_REGRESS_SHARE,
+                regress_version: Some(SIM_REGRESSES.into()),
+                disagree_version: Some(SIM_DISAGREES.into()),
+                ..QualityFaults::default()
+            },
             package_dir: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = rt.spawn(outpost_sim::run(config, async move {
             let _ = stopped.await;
         }));
-        println!("   simulated fleet: {simulated} virtual devices (site=sim-plant, 10 % of them dropping offline)");
+        println!(
+            "   simulated fleet: {simulated} virtual devices (site=sim-plant; 10 % of them drop offline for a while; \
+             faults for the rollouts: v{SIM_DISAGREES} disagrees in shadow, v{SIM_REGRESSES} regresses on {:.0} % of them)",
+            SIM_REGRESS_SHARE * 100.0
+        );
         Some((stop, handle))
     } else {
         None
@@ -136,24 +156,30 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
 
 impl DemoFleet {
     /// Publishes the package in the registry and the TUF repository (targets signed with the
-    /// operator's key in `keys`) and assigns it to the real agents by label selector.
-    pub fn publish_and_assign(&self, package: &Path, keys: &Path) -> Result<ModelVersion> {
+    /// operator's key in `keys`).
+    pub fn publish(&self, package: &Path, keys: &Path) -> Result<ModelVersion> {
         let (_, published): (u16, ModelVersion) = self.api.upload("/v1/model-packages", package)?;
         let pkg = published.package.clone().context("the server recorded no package")?;
         let targets = crate::fleet::models::sign_into_repository(&self.api, keys, &published, &pkg)?;
-        let name: outpost_proto::ModelName = published.name.parse()?;
-        let version: outpost_proto::Version = published.version.parse()?;
         println!(
             "   published {}@{}: {} bytes, sha256 {}…; TUF {targets} signed with the operator's key",
-            name,
-            version,
+            published.name,
+            published.version,
             pkg.size_bytes,
             &pkg.sha256[..12]
         );
+        Ok(published)
+    }
+
+    /// Publishes the package and assigns it to the devices `selector` matches.
+    pub fn publish_and_assign(&self, package: &Path, keys: &Path, selector: &str) -> Result<ModelVersion> {
+        let published = self.publish(package, keys)?;
+        let model: outpost_proto::ModelName = published.name.parse()?;
+        let version: outpost_proto::Version = published.version.parse()?;
         let assignment: Assignment = self.api.send(
             "POST",
             "/v1/assignments",
-            Some(&CreateAssignment { selector: AGENT_SELECTOR.into(), model: name, version }),
+            Some(&CreateAssignment { selector: selector.into(), model, version }),
         )?;
         println!(
             "   assignment #{} runs {}@{} on `{}`",
@@ -176,6 +202,11 @@ impl DemoFleet {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
+    }
+
+    /// The real agents' device ids.
+    pub fn device_ids(&self) -> &[String] {
+        &self.device_ids
     }
 
     /// The first agent's report of `name`, as the server shows it.

@@ -9,6 +9,8 @@ mod delta_lossy;
 mod demo;
 mod demo_delivery;
 mod demo_fleet;
+mod demo_rollout;
+mod demo_traffic;
 mod fleet;
 mod http_bench;
 mod keys;

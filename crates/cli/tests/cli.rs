@@ -27,21 +27,27 @@ fn demo_trains_serves_and_detects_faults_offline() {
     assert!(text.contains("reverify_models → succeeded"), "{text}");
     assert!(text.contains("models [vibration-anomaly@1 (assignment:1)]"), "{text}");
     assert!(dir.path().join("server/outpost.db").exists());
-    // Delivery: v1 downloaded through TUF, v2 taken, v3 (corrupted) and v4 (bad self-test)
-    // refused, and not one request failed meanwhile.
     assert!(text.contains("both agents verified v1 against the signed TUF targets"), "{text}");
-    assert!(text.contains("v2 serving on both agents"), "{text}");
-    // v2 came as a delta: no whole-package bytes, and fewer delta bytes than the package has.
-    let line = text.lines().find(|l| l.contains("v2 serving on both agents")).unwrap();
-    assert!(line.contains(", 0 as whole packages)"), "{line}");
-    let percent: f64 = line.rsplit(": ").next().unwrap().trim_end_matches(" %").trim().parse().unwrap();
+    // Rollouts over the agents and the simulated fleet: v2 completes wave by wave, as deltas;
+    // v3 is stopped in shadow, v4 by its error-rate gate, and the fleet returns to v2.
+    let rollouts: Vec<&str> =
+        text.lines().filter(|l| l.contains("s] completed:") || l.contains("s] rolled_back:")).collect();
+    assert_eq!(rollouts.len(), 3, "{text}");
+    assert!(rollouts[0].contains("completed"), "{text}");
+    assert!(rollouts[1].contains("shadow_agreement"), "{text}");
+    assert!(rollouts[2].contains("failed"), "{text}");
+    let line = text.lines().find(|l| l.contains("as deltas from v1")).unwrap_or_else(|| panic!("{text}"));
+    let percent: f64 = line.rsplit(", ").next().unwrap().split(" %").next().unwrap().trim().parse().unwrap();
     assert!(percent > 0.0 && percent < 100.0, "{line}");
-    assert!(text.contains("v3 refused by the agents: hash_mismatch"), "{text}");
-    assert!(text.contains("v4 refused at load: self_test"), "{text}");
+    assert!(text.contains("v3 stopped in shadow; no device ever served it"), "{text}");
+    assert!(text.contains("the fleet is back on v2"), "{text}");
+    // Refused updates: v5 (corrupted) and v6 (bad self-test), and not one request failed.
+    assert!(text.contains("v5 refused by the agents: hash_mismatch"), "{text}");
+    assert!(text.contains("v6 refused at load: self_test"), "{text}");
     assert!(text.contains("still serving: v2, v2"), "{text}");
-    assert!(text.contains("requests during the updates, 0 failed"), "{text}");
+    assert!(text.contains("during the rollouts and updates, 0 failed"), "{text}");
     assert!(dir.path().join("agent-0/models/vibration-anomaly-2.opkg").exists());
-    assert!(!dir.path().join("agent-0/models/vibration-anomaly-3.opkg").exists(), "corrupt bytes never installed");
+    assert!(!dir.path().join("agent-0/models/vibration-anomaly-5.opkg").exists(), "corrupt bytes never installed");
 }
 
 #[test]

@@ -145,6 +145,7 @@ impl ServerConfig {
         DbOptions {
             device_connections: self.max_connections,
             operator_connections: self.operator_max_connections,
+            engine_connections: DbOptions::default().engine_connections,
             operator_query_timeout: Duration::from_millis(self.operator_query_timeout_ms.max(1)),
         }
     }

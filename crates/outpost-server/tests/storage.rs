@@ -5,6 +5,8 @@ mod test_db;
 
 #[path = "storage/fixtures.rs"]
 mod fixtures;
+#[path = "storage/rollouts.rs"]
+mod rollouts;
 #[path = "storage/selector_sql.rs"]
 mod selector_sql;
 #[path = "storage/tokens.rs"]

@@ -37,6 +37,7 @@ pub use models::PackagePublish;
 pub use nonces::NonceRow;
 pub use pools::DbOptions;
 pub(crate) use reports::failure_name;
+pub use rollouts::Reader;
 pub use tokens::{is_blank, RevokeOutcome};
 
 use outpost_proto::fleet::api::{Command, DeviceStatus};
@@ -83,6 +84,8 @@ struct Inner {
     pool: AnyPool,
     /// The operator API's connections (statement timeout on PostgreSQL).
     operator_pool: AnyPool,
+    /// Background work's connections (the rollout engine).
+    engine_pool: AnyPool,
     /// Longest an operator statement may run.
     operator_timeout: Duration,
     /// Side connections that cancel abandoned operator queries (PostgreSQL).
@@ -232,12 +235,23 @@ impl Db {
             return Err(e.into());
         }
         // An in-memory SQLite database exists once per connection set: a second pool would see
-        // an empty database, so both sides share the one pool there.
-        let operator_pool = if url.contains(":memory:") {
-            pool.clone()
+        // an empty database, so every side shares the one pool there.
+        let (operator_pool, engine_pool) = if url.contains(":memory:") {
+            (pool.clone(), pool.clone())
         } else {
-            match open_pool(kind, &url, options.operator_connections, Some(options.operator_query_timeout)).await {
-                Ok(p) => p,
+            let opened = async {
+                let operator =
+                    open_pool(kind, &url, options.operator_connections, Some(options.operator_query_timeout)).await?;
+                match open_pool(kind, &url, options.engine_connections.max(1), None).await {
+                    Ok(engine) => Ok((operator, engine)),
+                    Err(e) => {
+                        operator.close().await;
+                        Err(e)
+                    }
+                }
+            };
+            match opened.await {
+                Ok(pools) => pools,
                 Err(e) => {
                     pool.close().await;
                     return Err(e);
@@ -248,6 +262,7 @@ impl Db {
             inner: Arc::new(Inner {
                 pool,
                 operator_pool,
+                engine_pool,
                 operator_timeout: options.operator_query_timeout,
                 canceller: pools::Canceller::new(&url),
                 kind,
@@ -279,6 +294,7 @@ impl Db {
     /// Closes every connection; later calls fail with [`DbError::Unavailable`].
     pub async fn close(&self) {
         self.inner.operator_pool.close().await;
+        self.inner.engine_pool.close().await;
         self.inner.pool.close().await;
     }
 
@@ -317,6 +333,19 @@ impl Db {
     /// Begins a write transaction. SQLite gets `BEGIN IMMEDIATE` so that the write lock is
     /// taken (waiting up to busy_timeout) before reading: a deferred transaction that reads
     /// first fails with "database is locked" when another writer commits in between.
+    /// Background work's pool (the rollout engine).
+    fn engine_pool(&self) -> &AnyPool {
+        &self.inner.engine_pool
+    }
+
+    /// [`Db::begin`] on the engine's pool.
+    async fn begin_engine(&self) -> Result<Transaction<'static, Any>, DbError> {
+        Ok(match self.inner.kind {
+            DbKind::Sqlite => self.inner.engine_pool.begin_with("BEGIN IMMEDIATE").await?,
+            DbKind::Postgres => self.inner.engine_pool.begin().await?,
+        })
+    }
+
     async fn begin(&self) -> Result<Transaction<'static, Any>, DbError> {
         Ok(match self.inner.kind {
             DbKind::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,

@@ -59,13 +59,21 @@ pub struct DbOptions {
     pub device_connections: u32,
     /// Connections for the operator API. Default 4.
     pub operator_connections: u32,
+    /// Connections for background work (the rollout engine), so that it neither waits behind
+    /// a saturated device channel nor takes from it. Default 2.
+    pub engine_connections: u32,
     /// Longest an operator statement may run. Default 5 s.
     pub operator_query_timeout: Duration,
 }
 
 impl Default for DbOptions {
     fn default() -> DbOptions {
-        DbOptions { device_connections: 12, operator_connections: 4, operator_query_timeout: Duration::from_secs(5) }
+        DbOptions {
+            device_connections: 12,
+            operator_connections: 4,
+            engine_connections: 2,
+            operator_query_timeout: Duration::from_secs(5),
+        }
     }
 }
 

@@ -178,7 +178,24 @@ async fn update_rollout(
     Ok(q.query().execute(conn).await?.rows_affected() == 1)
 }
 
+/// Who reads a rollout's fleet: the engine or the operator API, each on its own pool, so a
+/// device channel saturated by heartbeats starves neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// The background engine.
+    Engine,
+    /// An operator request.
+    Operator,
+}
+
 impl Db {
+    fn reader_pool(&self, reader: Reader) -> &sqlx::AnyPool {
+        match reader {
+            Reader::Engine => self.engine_pool(),
+            Reader::Operator => self.operator_pool(),
+        }
+    }
+
     /// Stores a new rollout (state `pending`); the engine picks it up on its next tick.
     pub async fn create_rollout(
         &self,
@@ -242,10 +259,10 @@ impl Db {
     }
 
     /// A rollout's devices.
-    pub async fn rollout_members(&self, id: i64) -> Result<Vec<Member>, DbError> {
+    pub async fn rollout_members(&self, id: i64, reader: Reader) -> Result<Vec<Member>, DbError> {
         let mut q = Sql::new(&format!("SELECT {MEMBER_COLUMNS} FROM rollout_devices WHERE rollout_id = "));
         q.bind(id).push(" ORDER BY device_id");
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.reader_pool(reader)).await?;
         rows.iter().map(member).collect()
     }
 
@@ -256,11 +273,11 @@ impl Db {
         q.bind(owner).push(", lease_until_ms = ").bind(now_ms.saturating_add(ttl_ms));
         q.push(" WHERE state IN ('pending', 'running', 'paused') AND (lease_owner = ").bind(owner);
         q.push(" OR lease_owner IS NULL OR lease_until_ms < ").bind(now_ms).push(")");
-        q.query().execute(self.pool()).await?;
+        q.query().execute(self.engine_pool()).await?;
         let mut q =
             Sql::new(&format!("SELECT {ROLLOUT_COLUMNS}, created_by, updated_ms FROM rollouts WHERE lease_owner = "));
         q.bind(owner).push(" AND state IN ('pending', 'running', 'paused') ORDER BY id");
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.engine_pool()).await?;
         rows.iter().map(stored_rollout).collect()
     }
 
@@ -270,7 +287,7 @@ impl Db {
     pub async fn rollout_changes(&self, since_ms: i64) -> Result<(Vec<(String, i64)>, (i64, i64)), DbError> {
         let mut q = Sql::new("SELECT device_id, updated_ms FROM rollout_devices WHERE updated_ms >= ");
         q.bind(since_ms);
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.engine_pool().acquire().await?;
         let rows = q.query().fetch_all(&mut *conn).await?;
         let changed = rows
             .iter()
@@ -286,7 +303,7 @@ impl Db {
     pub async fn release_rollouts(&self, owner: &str) -> Result<(), DbError> {
         let mut q = Sql::new("UPDATE rollouts SET lease_owner = NULL, lease_until_ms = 0 WHERE lease_owner = ");
         q.bind(owner);
-        q.query().execute(self.pool()).await?;
+        q.query().execute(self.engine_pool()).await?;
         Ok(())
     }
 
@@ -296,13 +313,20 @@ impl Db {
     pub async fn rollout_fleet(
         &self,
         r: &RolloutRecord,
-        selector: &Selector,
         now_ms: i64,
         th: Thresholds,
+        reader: Reader,
     ) -> Result<HashMap<String, DeviceView>, DbError> {
+        // Validated at creation, so a selector that no longer parses is a corrupt row; reading it
+        // as the empty selector would hand the version to every device.
+        let selector: &Selector = &r
+            .spec
+            .selector
+            .parse()
+            .map_err(|e| DbError::Other(format!("rollout {}: stored selector does not parse: {e}", r.id)))?;
         let model = r.spec.model.to_string();
         let online_after = now_ms.saturating_sub(th.stale_after_ms);
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.reader_pool(reader).acquire().await?;
         let mut fleet: HashMap<String, DeviceView> = HashMap::new();
         let mut q = Sql::new(
             "SELECT d.id, s.last_seen_ms, CASE WHEN rd.device_id IS NULL THEN 0 ELSE 1 END AS member, \
@@ -348,8 +372,15 @@ impl Db {
             let id: String = row.try_get("device_id")?;
             let Some(view) = fleet.get_mut(&id) else { continue };
             let body: String = row.try_get("body")?;
-            let ov: DeviceOverride = serde_json::from_str(&body).unwrap_or_default();
-            view.pinned = ov.models.keys().any(|k| k.as_str() == model);
+            // An override that does not parse cannot be read as "not pinned": leaving the device
+            // out of the rollout is the safe reading.
+            view.pinned = match serde_json::from_str::<DeviceOverride>(&body) {
+                Ok(ov) => ov.models.keys().any(|k| k.as_str() == model),
+                Err(e) => {
+                    tracing::warn!(device = %id, error = %e, "device override does not parse; the rollout skips it");
+                    true
+                }
+            };
         }
         let mut q = Sql::new(
             "SELECT rd.device_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
@@ -377,7 +408,7 @@ impl Db {
         );
         q.bind(model).push(" AND id > ").bind(after_id).push(" AND received_ms >= ").bind(not_before_ms);
         q.push(" ORDER BY id");
-        let rows = q.query().fetch_all(self.pool()).await?;
+        let rows = q.query().fetch_all(self.engine_pool()).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let latency: String = row.try_get("latency")?;
@@ -407,7 +438,7 @@ impl Db {
         step: &Step,
         now_ms: i64,
     ) -> Result<Option<u64>, DbError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_engine().await?;
         let record_after = step.rollout.as_ref().unwrap_or(&before.record);
         // The lease, and no operator action since the engine read the rollout.
         let guard = |q: &mut Sql| {

@@ -9,11 +9,10 @@
 
 use super::engine::{self, EngineConfig, Step};
 use super::gates::StatRow;
-use crate::db::rollouts::StoredRollout;
+use crate::db::rollouts::{Reader, StoredRollout};
 use crate::metrics::{DecisionLabels, RolloutLabels};
 use crate::state::{now_ms, SharedState};
 use outpost_proto::fleet::rollout::RolloutState;
-use outpost_proto::fleet::Selector;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -158,9 +157,8 @@ impl Driver {
     async fn evaluate(&self, stored: &StoredRollout) -> Result<(), crate::db::DbError> {
         let now = now_ms();
         let r = &stored.record;
-        let selector: Selector = r.spec.selector.parse().unwrap_or_default();
-        let fleet = self.state.db.rollout_fleet(r, &selector, now, self.state.config.thresholds()).await?;
-        let members = self.state.db.rollout_members(r.id).await?;
+        let fleet = self.state.db.rollout_fleet(r, now, self.state.config.thresholds(), Reader::Engine).await?;
+        let members = self.state.db.rollout_members(r.id, Reader::Engine).await?;
         // Statements: the fleet (4), the members (1), new windows (1).
         let mut statements = 5;
         let mut caches = self.stats.lock().await;

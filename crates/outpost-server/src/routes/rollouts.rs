@@ -2,7 +2,7 @@
 //! hand actions (pause, resume, abort, rollback, promote).
 
 use crate::auth::{OperatorRole, Viewer};
-use crate::db::rollouts::StoredRollout;
+use crate::db::rollouts::{Reader, StoredRollout};
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::rollout::actions::{act, Action};
@@ -59,10 +59,9 @@ fn validate(mut spec: CreateRollout) -> Result<CreateRollout, ApiError> {
 
 async fn view_of(state: &SharedState, stored: &StoredRollout) -> Result<Rollout, ApiError> {
     let r = &stored.record;
-    let selector: Selector = r.spec.selector.parse().unwrap_or_default();
     let (fleet, members) = tokio::try_join!(
-        state.db.rollout_fleet(r, &selector, now_ms(), state.config.thresholds()),
-        state.db.rollout_members(r.id),
+        state.db.rollout_fleet(r, now_ms(), state.config.thresholds(), Reader::Operator),
+        state.db.rollout_members(r.id, Reader::Operator),
     )?;
     let meta = Meta { created_by: stored.created_by.clone(), updated_ms: stored.updated_ms };
     Ok(rollout_view(r, &meta, &members, &fleet))
@@ -170,7 +169,7 @@ pub async fn rollout_devices(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Vec<RolloutDevice>>, ApiError> {
     find(&state, id).await?;
-    Ok(Json(state.db.rollout_members(id).await?.iter().map(device_view).collect()))
+    Ok(Json(state.db.rollout_members(id, Reader::Operator).await?.iter().map(device_view).collect()))
 }
 
 /// Pauses, resumes, aborts, rolls back or promotes a rollout by hand.
@@ -203,7 +202,7 @@ pub async fn rollout_action(
     loop {
         attempt += 1;
         let stored = find(&state, id).await?;
-        let members = state.db.rollout_members(id).await?;
+        let members = state.db.rollout_members(id, Reader::Operator).await?;
         let now = now_ms();
         let step = act(&stored.record, &members, action, &actor, now).map_err(ApiError::Conflict)?;
         match state.db.save_rollout_action(&stored, &step, &actor, now).await {
