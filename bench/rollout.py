@@ -24,6 +24,7 @@ BAKE = int(os.environ.get("BAKE", 10))
 PG = os.environ.get("PG", "postgres://postgres@127.0.0.1:5432/test")
 TIMEOUT = int(os.environ.get("TIMEOUT", 1200))
 GOAL_MS = 100.0
+QUIET_S = int(os.environ.get("QUIET_S", 20))
 SELECTOR = "simulated=true"
 # A long-poll per device is a socket on both ends: 10,000 of them beside the heartbeats' own
 # connections pass this machine's 20,000 open files. Without it a device sees its new desired
@@ -40,7 +41,7 @@ server, url, token = start_server(BIN, work, {
     "device_reports_per_min": 0, "stale_after_s": 3 * INTERVAL,
 })
 api = Api(url, token)
-for version, seed in (("1", 1), ("2", 2)):
+for version, seed in (("1", 1), ("2", 2), ("3", 3)):
     api.call("POST", "/v1/model-packages", package("bench-det", version, 32 * 1024, seed), raw=True)
 
 sim = subprocess.Popen([BIN, "sim", "--server", url, "--token", token, "--devices", str(DEVICES),
@@ -50,10 +51,10 @@ sim = subprocess.Popen([BIN, "sim", "--server", url, "--token", token, "--device
                        env={**os.environ, "OUTPOST_LOG": "warn"})
 
 
-def wait(what, check, timeout=TIMEOUT):
+def wait(what, check, timeout=TIMEOUT, needs_sim=True):
     start = time.time()
     while not check():
-        if sim.poll() is not None:
+        if needs_sim and sim.poll() is not None:
             raise SystemExit(f"sim ended: {open(work + '/sim.log').read()[-3000:]}")
         if time.time() - start > timeout:
             raise SystemExit(f"timed out waiting for {what}")
@@ -89,10 +90,35 @@ text1 = api.metrics()
 cpu1, pg1 = cpu_s(server.pid), postgres_cpu()
 sim.terminate()
 sim.communicate(timeout=120)
-server.terminate()
-server.wait(timeout=60)
 if r["state"] != "completed":
     raise SystemExit(f"rollout ended {r['state']}: {r['reason']}\n{json.dumps(r, indent=1)[:4000]}")
+
+# The engine alone: the same 10,000 devices, nothing reporting any more, and a rollout of v3 to
+# all of them in one wave. Each tick then reads the whole fleet and every member and judges the
+# gates over all 10,000 members' windows, without heartbeats competing for the two cores.
+quiet = api.call("POST", "/v1/rollouts", {
+    "model": "bench-det", "version": "3", "selector": SELECTOR, "waves": [100], "bake_s": BAKE,
+    "gates": ["error_rate<2x", "p99_latency<1.5x"], "min_samples": 500, "wave_deadline_s": 600,
+})
+wait("the quiet rollout's members",
+     lambda: api.call("GET", f"/v1/rollouts/{quiet['id']}")["waves"][0]["devices"] >= DEVICES, timeout=120,
+     needs_sim=False)
+time.sleep(2)
+q0 = api.metrics()
+time.sleep(QUIET_S)
+q1 = api.metrics()
+api.call("POST", f"/v1/rollouts/{quiet['id']}/abort")
+server.terminate()
+server.wait(timeout=60)
+quiet_evals = metric(q1, "outpost_server_rollout_evaluations_total") - metric(q0, "outpost_server_rollout_evaluations_total")
+quiet_mean = 1000 * (metric(q1, "outpost_server_rollout_evaluation_duration_seconds_sum")
+                     - metric(q0, "outpost_server_rollout_evaluation_duration_seconds_sum")) / max(
+    metric(q1, "outpost_server_rollout_evaluation_duration_seconds_count")
+    - metric(q0, "outpost_server_rollout_evaluation_duration_seconds_count"), 1)
+quiet_step = 1000 * (metric(q1, "outpost_server_rollout_step_duration_seconds_sum")
+                     - metric(q0, "outpost_server_rollout_step_duration_seconds_sum")) / max(
+    metric(q1, "outpost_server_rollout_step_duration_seconds_count")
+    - metric(q0, "outpost_server_rollout_step_duration_seconds_count"), 1)
 
 
 def delta(name):
@@ -128,3 +154,7 @@ print(f"\nRollout of {DEVICES} devices: {wall:.0f} s. Engine: {evals:.0f} evalua
       f"{statements / max(evals, 1):.1f} database statements per evaluation (lease and cache sync included). "
       f"Server CPU {100 * (cpu1 - cpu0) / wall:.0f} %, PostgreSQL CPU {100 * (pg1 - pg0) / wall:.0f} % over the rollout "
       f"(heartbeats and downloads included).")
+print(f"\nThe engine alone (simulator stopped, a rollout of v3 to all {DEVICES} devices in one wave, "
+      f"{quiet_evals:.0f} evaluations over {QUIET_S} s): one evaluation **{quiet_mean:.1f} ms mean**, "
+      f"{quiet_mean / GOAL_MS:.2f}× the {GOAL_MS:.0f} ms goal ({'met' if quiet_mean < GOAL_MS else 'missed'}); "
+      f"the pure step with the gates over every member {quiet_step:.2f} ms.")
