@@ -330,9 +330,6 @@ impl Db {
         }
     }
 
-    /// Begins a write transaction. SQLite gets `BEGIN IMMEDIATE` so that the write lock is
-    /// taken (waiting up to busy_timeout) before reading: a deferred transaction that reads
-    /// first fails with "database is locked" when another writer commits in between.
     /// Background work's pool (the rollout engine).
     fn engine_pool(&self) -> &AnyPool {
         &self.inner.engine_pool
@@ -346,6 +343,9 @@ impl Db {
         })
     }
 
+    /// Begins a write transaction. SQLite gets `BEGIN IMMEDIATE` so that the write lock is
+    /// taken (waiting up to busy_timeout) before reading: a deferred transaction that reads
+    /// first fails with "database is locked" when another writer commits in between.
     async fn begin(&self) -> Result<Transaction<'static, Any>, DbError> {
         Ok(match self.inner.kind {
             DbKind::Sqlite => self.inner.pool.begin_with("BEGIN IMMEDIATE").await?,
