@@ -4,7 +4,9 @@
 # PostgreSQL) take v2 in four waves (1 %, 10 %, 50 %, 100 %) with a bake of BAKE seconds and two
 # ratio gates. Prints per wave the devices, the time until they ran v2, the bake and the whole
 # wave; and from the server's metrics one engine evaluation's time against its goal (< 100 ms for
-# 10,000 devices), the pure step's time, and database statements per evaluation.
+# 10,000 devices), the pure step's time, each part's time, and database statements per
+# evaluation. Then v3 goes to every device in one wave with a long bake, and evaluations that
+# judge every gate over every device are timed while the devices report and with them stopped.
 #
 # usage: bench/rollout.sh [--quick]
 #   DEVICES (default 10000; --quick: 500), INTERVAL (heartbeat s, 10), BAKE (s, 10),

@@ -32,7 +32,7 @@ fi
 echo "== drop test schemas earlier runs left in PostgreSQL (each test makes its own)"
 if command -v psql >/dev/null; then
   psql "${OUTPOST_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}" -qc "DO \$\$ DECLARE s text; BEGIN
-    FOR s IN SELECT nspname FROM pg_namespace WHERE nspname ~ '^(t|outage|schemathesis|fleetbench)_[0-9a-f]+\$' LOOP
+    FOR s IN SELECT nspname FROM pg_namespace WHERE nspname ~ '^(t|outage|schemathesis|fleetbench|rolloutbench)_[0-9a-f]+\$' LOOP
       EXECUTE format('DROP SCHEMA %I CASCADE', s);
     END LOOP; END \$\$;" || echo "(PostgreSQL not reachable: the PostgreSQL tests will say so)"
 fi

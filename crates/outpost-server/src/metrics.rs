@@ -52,6 +52,17 @@ pub struct DecisionLabels {
     pub action: String,
 }
 
+/// Labels of the engine's per-part timing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PartLabels {
+    /// `claim`, `sync`, `load`, `members`, `changes`, `online`, `busy`, `windows` or `save`.
+    pub part: String,
+}
+
+fn engine_part_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
 /// The server's metrics and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
@@ -75,6 +86,8 @@ pub struct Metrics {
     pub rollout_evaluation: Histogram,
     /// Time of the engine's pure step in one evaluation (gates, waves, members), seconds.
     pub rollout_step: Histogram,
+    /// Time of each part of an engine tick (reads, the save), seconds.
+    pub rollout_part: Family<PartLabels, Histogram, fn() -> Histogram>,
     /// Database statements the engine ran (reads and writes of its evaluations and ticks).
     pub rollout_statements: Counter,
     /// Rollout evaluations run.
@@ -96,6 +109,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records the time since `started` as engine part `part`.
+    pub fn engine_part(&self, part: &str, started: Instant) {
+        self.rollout_part.get_or_create(&PartLabels { part: part.into() }).observe(started.elapsed().as_secs_f64());
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("outpost_server");
@@ -135,6 +153,13 @@ impl Metrics {
             "The engine's pure step of one rollout evaluation",
             rollout_step.clone(),
         );
+        let rollout_part =
+            Family::<PartLabels, Histogram, fn() -> Histogram>::new_with_constructor(engine_part_histogram);
+        registry.register(
+            "rollout_part_duration_seconds",
+            "One part of a rollout engine tick (part: claim, sync, load, members, changes, online, busy, windows, save)",
+            rollout_part.clone(),
+        );
         let rollout_statements = Counter::default();
         registry.register(
             "rollout_db_statements",
@@ -159,6 +184,7 @@ impl Metrics {
             registry,
             rollout_evaluation,
             rollout_step,
+            rollout_part,
             rollout_statements,
             rollout_evaluations,
             rollout_decisions,

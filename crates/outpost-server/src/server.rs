@@ -184,7 +184,7 @@ impl Server {
         });
         let mut tasks = spawn_maintenance(state.clone());
         let owner = format!("{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>()));
-        tasks.push(tokio::spawn(crate::rollout::driver::Driver::new(state.clone(), owner).run()));
+        tasks.push(crate::rollout::driver::spawn(state.clone(), owner));
         let app = crate::routes::router(state);
         let mut stop = shutdown_rx;
         let serve = tokio::spawn(crate::serve::run(listener, app, async move {

@@ -198,6 +198,7 @@ impl Db {
             q.push(" ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value");
             q.query().execute(&mut *tx).await?;
         }
+        super::fleet::stamp_devices(&mut tx, self.kind(), &[id], now_ms).await?;
         let labels = labels_of(&mut tx, id).await?;
         let details = serde_json::json!({"set": change.set, "remove": change.remove});
         record(&mut tx, now_ms, actor, "device.label", id, details).await?;
@@ -232,6 +233,7 @@ impl Db {
                 q.query().execute(&mut *tx).await?;
             }
         }
+        super::fleet::stamp_devices(&mut tx, self.kind(), &[id], now_ms).await?;
         record(&mut tx, now_ms, actor, "device.override", id, serde_json::json!({"override": ov})).await?;
         tx.commit().await?;
         Ok(true)

@@ -67,6 +67,7 @@ impl Db {
             }
             q.query().execute(&mut *tx).await?;
         }
+        super::fleet::stamp_devices(&mut tx, self.kind(), &[req.device_id.as_str()], now_ms).await?;
         let actor = format!("device:{}", req.device_id);
         let details = serde_json::json!({"token": token_id, "name": req.name, "labels": labels});
         record(&mut tx, now_ms, &actor, "device.enroll", &req.device_id, details).await?;
@@ -108,6 +109,7 @@ impl Db {
             let mut q = Sql::new("UPDATE devices SET revoked_ms = ");
             q.bind(now_ms).push(" WHERE id = ").bind(id);
             q.query().execute(&mut *tx).await?;
+            super::fleet::stamp_devices(&mut tx, self.kind(), &[id], now_ms).await?;
             record(&mut tx, now_ms, actor, "device.revoke", id, serde_json::json!({})).await?;
         }
         tx.commit().await?;

@@ -22,6 +22,7 @@ mod commands;
 mod devices;
 mod enroll;
 mod error;
+pub mod fleet;
 mod models;
 mod nonces;
 mod pools;
@@ -77,6 +78,8 @@ pub const DEFAULT_HISTORY_INTERVAL_MS: i64 = 300_000;
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<Inner>,
+    /// An engine pool opened on another runtime than `inner`'s (see [`Db::with_own_engine_pool`]).
+    engine: Option<AnyPool>,
 }
 
 struct Inner {
@@ -100,6 +103,9 @@ struct Inner {
     report_sql: reports::ReportSql,
     /// The nonce batch statement for this engine.
     nonce_sql: String,
+    /// Where to open more pools, and how many engine connections each has; `None` when every
+    /// side shares one pool (in-memory SQLite).
+    reopen: Option<(String, u32)>,
 }
 
 /// A device asking to enroll (already authenticated by its signature over the request).
@@ -236,13 +242,16 @@ impl Db {
         }
         // An in-memory SQLite database exists once per connection set: a second pool would see
         // an empty database, so every side shares the one pool there.
-        let (operator_pool, engine_pool) = if url.contains(":memory:") {
+        let shared = url.contains(":memory:");
+        let (operator_pool, engine_pool) = if shared {
             (pool.clone(), pool.clone())
         } else {
             let opened = async {
                 let operator =
                     open_pool(kind, &url, options.operator_connections, Some(options.operator_query_timeout)).await?;
-                match open_pool(kind, &url, options.engine_connections.max(1), None).await {
+                // Lazy: the server's engine opens its own on its own thread; this one serves
+                // callers on this runtime (tools, tests) when they first need it.
+                match pools::open_lazy_pool(kind, &url, options.engine_connections.max(1)) {
                     Ok(engine) => Ok((operator, engine)),
                     Err(e) => {
                         operator.close().await;
@@ -271,7 +280,9 @@ impl Db {
                 history_last: Mutex::new(HashMap::new()),
                 report_sql: reports::ReportSql::new(kind),
                 nonce_sql: nonces::record_sql(kind),
+                reopen: (!shared).then(|| (url.clone(), options.engine_connections.max(1))),
             }),
+            engine: None,
         })
     }
 
@@ -296,6 +307,24 @@ impl Db {
         self.inner.operator_pool.close().await;
         self.inner.engine_pool.close().await;
         self.inner.pool.close().await;
+    }
+
+    /// A handle on the same database whose engine pool is opened on the calling runtime. The
+    /// rollout engine runs on a thread of its own: a connection is woken by the runtime that
+    /// opened it, and the server's runtime, busy with thousands of heartbeats, answered each of
+    /// the engine's statements tens of milliseconds late. Close it with
+    /// [`Db::close_own_engine_pool`] on the same runtime.
+    pub async fn with_own_engine_pool(&self) -> Result<Db, DbError> {
+        let Some((url, connections)) = &self.inner.reopen else { return Ok(self.clone()) };
+        let pool = open_pool(self.inner.kind, url, *connections, None).await?;
+        Ok(Db { inner: self.inner.clone(), engine: Some(pool) })
+    }
+
+    /// Closes the pool [`Db::with_own_engine_pool`] opened (nothing otherwise).
+    pub async fn close_own_engine_pool(&self) {
+        if let Some(pool) = &self.engine {
+            pool.close().await;
+        }
     }
 
     /// The device channel's pool (enrollment, keys, reports, desired state, acknowledgements,
@@ -332,14 +361,14 @@ impl Db {
 
     /// Background work's pool (the rollout engine).
     fn engine_pool(&self) -> &AnyPool {
-        &self.inner.engine_pool
+        self.engine.as_ref().unwrap_or(&self.inner.engine_pool)
     }
 
     /// [`Db::begin`] on the engine's pool.
     async fn begin_engine(&self) -> Result<Transaction<'static, Any>, DbError> {
         Ok(match self.inner.kind {
-            DbKind::Sqlite => self.inner.engine_pool.begin_with("BEGIN IMMEDIATE").await?,
-            DbKind::Postgres => self.inner.engine_pool.begin().await?,
+            DbKind::Sqlite => self.engine_pool().begin_with("BEGIN IMMEDIATE").await?,
+            DbKind::Postgres => self.engine_pool().begin().await?,
         })
     }
 

@@ -84,13 +84,26 @@ pub(super) async fn open_pool(
     max_connections: u32,
     statement_timeout: Option<Duration>,
 ) -> Result<AnyPool, DbError> {
+    Ok(pool_options(kind, max_connections, statement_timeout).connect(url).await?)
+}
+
+/// A pool that opens its connections when first asked, on the asking runtime.
+pub(super) fn open_lazy_pool(kind: DbKind, url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
+    Ok(pool_options(kind, max_connections, None).connect_lazy(url)?)
+}
+
+fn pool_options(
+    kind: DbKind,
+    max_connections: u32,
+    statement_timeout: Option<Duration>,
+) -> AnyPoolOptions {
     // A short acquire timeout turns an unreachable database into a quick 503 instead of a
     // hung request; the pool opens fresh connections once the database is back.
     let options = AnyPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(Duration::from_secs(3))
         .test_before_acquire(true);
-    let options = match kind {
+    match kind {
         DbKind::Sqlite => {
             // foreign_keys=ON and busy_timeout=5s are sqlx's SQLite defaults; the journal
             // settings are not, and cannot be given in the URL.
@@ -119,8 +132,7 @@ pub(super) async fn open_pool(
             }
             None => options,
         },
-    };
-    Ok(options.connect(url).await?)
+    }
 }
 
 /// An operator connection running an expensive statement; see the module docs.

@@ -357,6 +357,10 @@ impl Db {
             })
             .collect();
         execute_json(&mut *conn, &sql.insert_models, &models).await?;
+        // The rollout engine reads these devices again (see `super::fleet`).
+        let stamped: Vec<&str> = changed.iter().map(|(row, _)| row.device_id.as_str()).collect();
+        let at = changed.iter().map(|(row, _)| row.received_ms).max().unwrap_or(0);
+        super::fleet::stamp_devices(&mut *conn, self.kind(), &stamped, at).await?;
         Ok(changed.into_iter().map(|(row, h)| (row.device_id.clone(), h)).collect())
     }
 

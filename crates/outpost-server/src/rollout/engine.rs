@@ -3,7 +3,7 @@
 //! caused them. No I/O, so every rule (wave sizing, joining, retries, gates, deadlines) is
 //! tested without a database or a clock.
 
-use super::gates::{gate_totals, judge, GateInput, StatRow};
+use super::gates::{judge, GateInput, GateWindow, Windows};
 use super::waves::{classify, cumulative_target, is_transient, join_rank, Observed};
 use outpost_proto::fleet::device::FailureKind;
 use outpost_proto::fleet::rollout::{
@@ -292,16 +292,17 @@ impl<'a> Ctx<'a> {
 fn observe(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>) {
     let version = ctx.r.spec.version.to_string();
     let running = ctx.r.state == RolloutState::Running;
-    let ids: Vec<String> = ctx.members.keys().cloned().collect();
-    for id in ids {
-        let Some(m) = ctx.members.get(&id).cloned() else { continue };
+    let (now, cfg) = (ctx.now, ctx.cfg);
+    let mut touched: Vec<(String, bool)> = Vec::new();
+    for (id, m) in &mut ctx.members {
         if m.state == DeviceRolloutState::Reverted {
             continue;
         }
         let mut next = m.clone();
+        let view = fleet.get(id);
         // A report from before the device's last change says nothing about it.
-        let fresh = fleet.get(&id).and_then(|v| v.last_seen_ms).is_some_and(|seen| seen > m.since_ms.max(m.updated_ms));
-        if let (true, Some(view)) = (fresh, fleet.get(&id)) {
+        let fresh = view.and_then(|v| v.last_seen_ms).is_some_and(|seen| seen > m.since_ms.max(m.updated_ms));
+        if let (true, Some(view)) = (fresh, view) {
             // A device that had not reported when it joined names its previous version now
             // (the baseline of ratio gates), as long as it still serves that one.
             if next.from_version.is_none() {
@@ -314,24 +315,27 @@ fn observe(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>) {
         }
         if next.state == DeviceRolloutState::Failed {
             let transient = next.failure.is_some_and(is_transient);
-            if transient && next.attempts < ctx.cfg.max_attempts && next.retry_ms.is_none() {
-                let delay = ctx.cfg.retry_base_ms.saturating_mul(1i64 << next.attempts.min(20));
-                next.retry_ms = Some(ctx.now.saturating_add(delay.min(ctx.cfg.retry_cap_ms)));
+            if transient && next.attempts < cfg.max_attempts && next.retry_ms.is_none() {
+                let delay = cfg.retry_base_ms.saturating_mul(1i64 << next.attempts.min(20));
+                next.retry_ms = Some(now.saturating_add(delay.min(cfg.retry_cap_ms)));
             }
         }
         let mut desired = false;
-        if running && next.state == DeviceRolloutState::Failed && next.retry_ms.is_some_and(|t| t <= ctx.now) {
+        if running && next.state == DeviceRolloutState::Failed && next.retry_ms.is_some_and(|t| t <= now) {
             next.attempts += 1;
             next.state = DeviceRolloutState::Targeted;
             next.failure = None;
             next.retry_ms = None;
             desired = true;
         }
-        if next != m {
-            next.updated_ms = ctx.now;
-            ctx.members.insert(id.clone(), next);
-            ctx.touch(&id, desired);
+        if next != *m {
+            next.updated_ms = now;
+            *m = next;
+            touched.push((id.clone(), desired));
         }
+    }
+    for (id, desired) in touched {
+        ctx.touch(&id, desired);
     }
 }
 
@@ -377,7 +381,7 @@ fn join(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>, phase: WavePhase
 fn judge_wave(
     ctx: &Ctx<'_>,
     shadow: bool,
-    stats: &HashMap<String, Vec<StatRow>>,
+    stats: &dyn Windows,
     bake_started: i64,
 ) -> Vec<GateReading> {
     let spec = &ctx.r.spec;
@@ -388,7 +392,8 @@ fn judge_wave(
         .filter(|m| (m.mode == Mode::Shadow) == shadow)
         .collect();
     let baseline_ms = bake_ms(spec).max(ctx.cfg.baseline_min_ms);
-    let (candidate, baseline) = gate_totals(&members, spec.version.as_str(), shadow, bake_started, baseline_ms, stats);
+    let window = GateWindow { version: spec.version.as_str(), shadow, bake_started_ms: bake_started, baseline_ms };
+    let (candidate, baseline) = stats.totals(&members, window);
     let input = GateInput {
         candidate,
         baseline,
@@ -403,7 +408,7 @@ fn judge_wave(
 }
 
 /// Runs the current wave's phase.
-fn advance(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>, stats: &HashMap<String, Vec<StatRow>>) {
+fn advance(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>, stats: &dyn Windows) {
     let k = ctx.r.wave;
     let phase = ctx.wave_mut().phase.unwrap_or(WavePhase::Updating);
     let eligible = join(ctx, fleet, phase);
@@ -576,7 +581,7 @@ pub fn step(
     r: &RolloutRecord,
     members: &[Member],
     fleet: &HashMap<String, DeviceView>,
-    stats: &HashMap<String, Vec<StatRow>>,
+    stats: &dyn Windows,
     cfg: &EngineConfig,
     now: i64,
 ) -> Step {

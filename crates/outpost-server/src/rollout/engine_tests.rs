@@ -4,10 +4,12 @@
 use super::actions::{act, Action};
 use super::engine::*;
 use super::gates::StatRow;
+use super::sums::{MemoWindows, SumMemo};
 use super::waves::Observed;
 use outpost_proto::fleet::device::FailureKind;
 use outpost_proto::fleet::quality::LatencyHistogram;
 use outpost_proto::fleet::rollout::{CreateRollout, DeviceRolloutState, OnFailure, RolloutState, Verdict, WavePhase};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// How a simulated device behaves.
@@ -27,6 +29,9 @@ struct Sim {
     fleet: HashMap<String, DeviceView>,
     kinds: HashMap<String, Kind>,
     stats: HashMap<String, Vec<StatRow>>,
+    /// The driver's memo of gate sums, checked against summing every row again on each tick.
+    memo: SumMemo,
+    row_id: i64,
     now: i64,
     cfg: EngineConfig,
     log: Vec<Decision>,
@@ -85,6 +90,8 @@ impl Sim {
             fleet,
             kinds,
             stats: HashMap::new(),
+            memo: SumMemo::default(),
+            row_id: 0,
             now: 1_000_000,
             cfg,
             log: Vec::new(),
@@ -93,8 +100,12 @@ impl Sim {
     }
 
     fn tick(&mut self) {
-        let step = step(&self.r, &self.members, &self.fleet, &self.stats, &self.cfg, self.now);
-        self.apply(step);
+        let plain = step(&self.r, &self.members, &self.fleet, &self.stats, &self.cfg, self.now);
+        let windows = MemoWindows { rows: &self.stats, memo: RefCell::new(&mut self.memo) };
+        let memo = step(&self.r, &self.members, &self.fleet, &windows, &self.cfg, self.now);
+        let seen = |s: &Step| (s.rollout.clone(), s.changed.clone(), s.decisions.clone(), s.desired_changed.clone());
+        assert_eq!(seen(&plain), seen(&memo), "the memo of gate sums must decide exactly as summing every row");
+        self.apply(plain);
     }
 
     fn apply(&mut self, step: Step) {
@@ -148,7 +159,9 @@ impl Sim {
                 (Some((Mode::Shadow, _)), _) => {
                     view.observed.shadow = Some((version.clone(), "ready".into(), None));
                     let agreement = if matches!(kind, Kind::Errors(_)) { 0.5 } else { 1.0 };
+                    self.row_id += 1;
                     self.stats.entry(id.clone()).or_default().push(StatRow {
+                        id: self.row_id,
                         received_ms: self.now,
                         version: version.clone(),
                         shadow: true,
@@ -168,7 +181,9 @@ impl Sim {
             for _ in 0..50 {
                 latency.record(5.0);
             }
+            self.row_id += 1;
             self.stats.entry(id.clone()).or_default().push(StatRow {
+                id: self.row_id,
                 received_ms: self.now,
                 version: serving,
                 shadow: false,

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 /// One stored window: what a device reported for one version in one report.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatRow {
+    /// Its row id: rows of a device arrive in increasing id order.
+    pub id: i64,
     /// When the server received it, Unix milliseconds (server clock: devices' clocks drift).
     pub received_ms: i64,
     /// The version it is about.
@@ -46,6 +48,15 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds other sums.
+    pub fn merge(&mut self, other: &Totals) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.latency.merge(&other.latency);
+        self.shadow_samples += other.shadow_samples;
+        self.agreement += other.agreement;
+    }
+
     /// Adds one row.
     pub fn add(&mut self, row: &StatRow) {
         if row.shadow {
@@ -205,24 +216,60 @@ pub fn gate_totals(
     baseline_ms: i64,
     stats: &HashMap<String, Vec<StatRow>>,
 ) -> (Totals, Totals) {
+    let window = GateWindow { version, shadow, bake_started_ms, baseline_ms };
     let (mut candidate, mut baseline) = (Totals::default(), Totals::default());
     for m in members {
         let Some(rows) = stats.get(&m.device_id) else { continue };
-        let from = m.from_version.as_deref();
         for row in rows {
-            if row.version == version && row.shadow == shadow && row.received_ms >= bake_started_ms.max(m.since_ms) {
-                candidate.add(row);
-            } else if !shadow
-                && !row.shadow
-                && Some(row.version.as_str()) == from
-                && row.received_ms < m.since_ms
-                && row.received_ms >= m.since_ms.saturating_sub(baseline_ms)
-            {
-                baseline.add(row);
-            }
+            window.add(m, row, &mut candidate, &mut baseline);
         }
     }
     (candidate, baseline)
+}
+
+/// What a wave's gates sum: the version (or shadow candidate) since the bake started, and the
+/// previous version over `baseline_ms` before each device changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GateWindow<'a> {
+    /// The new version.
+    pub version: &'a str,
+    /// Shadow comparisons rather than served requests.
+    pub shadow: bool,
+    /// When the bake (or shadow phase) started.
+    pub bake_started_ms: i64,
+    /// How far back the previous version is read.
+    pub baseline_ms: i64,
+}
+
+impl GateWindow<'_> {
+    /// Adds `row` of member `m` to the side it belongs to, if any.
+    pub fn add(&self, m: &Member, row: &StatRow, candidate: &mut Totals, baseline: &mut Totals) {
+        if row.version == self.version
+            && row.shadow == self.shadow
+            && row.received_ms >= self.bake_started_ms.max(m.since_ms)
+        {
+            candidate.add(row);
+        } else if !self.shadow
+            && !row.shadow
+            && Some(row.version.as_str()) == m.from_version.as_deref()
+            && row.received_ms < m.since_ms
+            && row.received_ms >= m.since_ms.saturating_sub(self.baseline_ms)
+        {
+            baseline.add(row);
+        }
+    }
+}
+
+/// Where the engine's gates get their sums from: the windows themselves, or a memo of them.
+pub trait Windows {
+    /// The sums of `members`' windows in `window`: (candidate, baseline).
+    fn totals(&self, members: &[&Member], window: GateWindow<'_>) -> (Totals, Totals);
+}
+
+impl Windows for HashMap<String, Vec<StatRow>> {
+    fn totals(&self, members: &[&Member], w: GateWindow<'_>) -> (Totals, Totals) {
+        gate_totals(members, w.version, w.shadow, w.bake_started_ms, w.baseline_ms, self)
+    }
 }
 
 #[cfg(test)]

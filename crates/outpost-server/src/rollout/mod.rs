@@ -3,12 +3,15 @@
 //!
 //! [`engine`] is the pure state machine, [`gates`] the arithmetic on what devices report,
 //! [`waves`] sizing and ordering; [`driver`] is the background task that holds rollouts by
-//! lease, feeds the engine from the database each tick and stores its steps.
+//! lease, feeds the engine from the database each tick (through `cache`, which reads only
+//! what changed) and stores its steps.
 
 pub mod actions;
+mod cache;
 pub mod driver;
 pub mod engine;
 pub mod gates;
+pub mod sums;
 pub mod view;
 pub mod waves;
 

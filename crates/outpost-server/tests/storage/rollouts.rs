@@ -49,3 +49,65 @@ async fn a_corrupt_selector_is_an_error_and_an_unreadable_override_skips_the_dev
         assert!(!fleet["dev-00001"].pinned && !fleet["dev-00003"].pinned, "[{label}]");
     }
 }
+
+/// The stamps of one device in `device_changes` at or after `since`.
+async fn stamp(db: &outpost_server::db::Db, id: &str, since: i64) -> Option<i64> {
+    db.device_changes_since(since).await.unwrap().into_iter().find(|(d, _)| d == id).map(|(_, s)| s)
+}
+
+#[tokio::test]
+async fn every_change_the_engine_reads_stamps_the_device_and_heartbeats_alone_do_not() {
+    use outpost_proto::fleet::api::{DeviceOverride, LabelChange};
+    for (label, _url, db) in databases_with_urls().await {
+        enroll_many(&db, 1, 3, labels(&[("site", "berlin")])).await;
+        enroll_many(&db, 4, 1, labels(&[("site", "paris")])).await;
+        let all = db.device_changes_since(NOW).await.unwrap();
+        assert_eq!(all.len(), 4, "[{label}] enrolment stamps: {all:?}");
+        assert!(db.device_changes_since(NOW + 1).await.unwrap().is_empty(), "[{label}]");
+
+        // A new model set stamps; the same set reported again does not; a changed one does.
+        let beat = |at: i64, version: &str| {
+            vec![row("dev-00001", at, report((at - NOW) as u64, at, &[("detector", version)]))]
+        };
+        db.write_reports(&beat(NOW + 1_000, "1")).await.unwrap();
+        assert_eq!(stamp(&db, "dev-00001", NOW + 1).await, Some(NOW + 1_000), "[{label}]");
+        db.write_reports(&beat(NOW + 2_000, "1")).await.unwrap();
+        assert_eq!(stamp(&db, "dev-00001", NOW + 1_001).await, None, "[{label}] a heartbeat that changes nothing");
+        db.write_reports(&beat(NOW + 3_000, "2")).await.unwrap();
+        assert_eq!(stamp(&db, "dev-00001", NOW + 1_001).await, Some(NOW + 3_000), "[{label}]");
+
+        // Labels, overrides (twice in one millisecond: the stamp still moves) and revocation.
+        let change = LabelChange { set: labels(&[("site", "berlin")]), remove: Vec::new() };
+        db.change_labels("dev-00004", &change, "op", NOW + 4_000).await.unwrap().unwrap();
+        assert_eq!(stamp(&db, "dev-00004", NOW + 1).await, Some(NOW + 4_000), "[{label}]");
+        let ov: DeviceOverride = serde_json::from_value(serde_json::json!({"models": {"detector": "1"}})).unwrap();
+        db.set_override("dev-00002", Some(&ov), "op", NOW + 5_000).await.unwrap();
+        db.set_override("dev-00002", None, "op", NOW + 5_000).await.unwrap();
+        assert_eq!(stamp(&db, "dev-00002", NOW + 1).await, Some(NOW + 5_001), "[{label}] never the same stamp twice");
+        db.revoke_device("dev-00003", "op", NOW + 6_000).await.unwrap();
+        assert_eq!(stamp(&db, "dev-00003", NOW + 1).await, Some(NOW + 6_000), "[{label}]");
+
+        // Reading only the stamped devices: the relabelled one now matches, the revoked one is
+        // gone, and each comes with the stamp it had when read.
+        let only: Vec<String> = ["dev-00003", "dev-00004"].map(String::from).to_vec();
+        let read = db.read_fleet(&record("site=berlin"), NOW + 7_000, TH, Reader::Engine, Some(&only)).await.unwrap();
+        assert_eq!(read.views.keys().collect::<Vec<_>>(), ["dev-00004"], "[{label}]");
+        assert!(read.views["dev-00004"].matches, "[{label}]");
+        assert_eq!(read.stamps.get("dev-00004"), Some(&(NOW + 4_000)), "[{label}]");
+        let whole = db.read_fleet(&record("site=berlin"), NOW + 7_000, TH, Reader::Engine, None).await.unwrap();
+        let mut ids: Vec<&String> = whole.views.keys().collect();
+        ids.sort();
+        assert_eq!(ids, ["dev-00001", "dev-00002", "dev-00004"], "[{label}]");
+        assert_eq!(whole.views["dev-00001"].observed.serving.as_ref().map(|s| s.0.as_str()), Some("2"), "[{label}]");
+
+        // Heartbeats: who went quiet, and when a given device was last heard from.
+        assert_eq!(db.quiet_devices(NOW + 3_500).await.unwrap(), [("dev-00001".to_string(), NOW + 3_000)], "[{label}]");
+        assert!(db.quiet_devices(NOW + 3_000).await.unwrap().is_empty(), "[{label}]");
+        let seen = db.last_seen_of(&["dev-00001".into(), "dev-00002".into()]).await.unwrap();
+        assert_eq!(
+            seen,
+            [("dev-00001".to_string(), NOW + 3_000)],
+            "[{label}] a device that never reported has no time"
+        );
+    }
+}

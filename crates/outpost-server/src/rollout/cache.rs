@@ -1,0 +1,181 @@
+//! What the engine keeps in memory for each rollout it holds, so that a tick costs what changed
+//! rather than the fleet's size: the rollout's view of the fleet, brought up to date from the
+//! devices stamped as changed since the last tick (see `crate::db::fleet`), and its members,
+//! read again only when someone else changed the rollout (its `updated_ms` moved).
+//!
+//! Heartbeats are not read one by one: a device is online unless it is among the quiet ones
+//! (one light statement), and the exact time of its last report is read only for members still
+//! waiting for their first report after a change (the engine ignores older reports).
+
+use super::engine::{DeviceView, Member, Step};
+use super::sums::SumMemo;
+use crate::db::rollouts::{Reader, StoredRollout};
+use crate::db::{Db, DbError, Thresholds};
+use crate::metrics::Metrics;
+use outpost_proto::fleet::rollout::DeviceRolloutState;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+/// Stamps are read back this far: a change commits a little after its stamp was taken, and
+/// replicas' clocks differ. Devices whose stamp did not move since they were read are skipped.
+pub(super) const STAMP_MARGIN_MS: i64 = 10_000;
+
+/// One rollout's fleet and members, as of the last tick.
+#[derive(Debug)]
+pub(super) struct RolloutCache {
+    views: HashMap<String, DeviceView>,
+    stamps: HashMap<String, i64>,
+    /// Stamps at or after this are read on the next tick.
+    since_ms: i64,
+    /// The members (sorted by device id) as of the rollout's `updated_ms` in the first field.
+    members: Option<(i64, Vec<Member>)>,
+    /// Some device was busy in another rollout at the last tick.
+    any_busy: bool,
+    /// The gates' running sums.
+    sums: SumMemo,
+}
+
+impl RolloutCache {
+    /// Reads the whole fleet of `stored` (five statements).
+    pub(super) async fn load(db: &Db, stored: &StoredRollout, now: i64, th: Thresholds) -> Result<Self, DbError> {
+        let read = db.read_fleet(&stored.record, now, th, Reader::Engine, None).await?;
+        Ok(RolloutCache {
+            any_busy: read.views.values().any(|v| v.busy),
+            views: read.views,
+            stamps: read.stamps,
+            since_ms: now.saturating_sub(STAMP_MARGIN_MS),
+            members: None,
+            sums: SumMemo::default(),
+        })
+    }
+
+    /// What a step reads: the members, the fleet, and the gates' running sums to add to.
+    pub(super) fn step_inputs(&mut self) -> (&[Member], &HashMap<String, DeviceView>, &mut SumMemo) {
+        let members = self.members.as_ref().map_or(&[][..], |(_, m)| m.as_slice());
+        (members, &self.views, &mut self.sums)
+    }
+
+    /// The members (empty before the first [`RolloutCache::refresh`]).
+    pub(super) fn members(&self) -> &[Member] {
+        self.members.as_ref().map_or(&[], |(_, m)| m.as_slice())
+    }
+
+    /// Brings the members and the view up to date; returns the statements run.
+    pub(super) async fn refresh(
+        &mut self,
+        db: &Db,
+        stored: &StoredRollout,
+        now: i64,
+        th: Thresholds,
+        metrics: &Metrics,
+    ) -> Result<u64, DbError> {
+        let r = &stored.record;
+        let mut statements = 0;
+        if self.members.as_ref().is_none_or(|(revision, _)| *revision != stored.updated_ms) {
+            let started = Instant::now();
+            let mut members = db.rollout_members(r.id, Reader::Engine).await?;
+            // The database's collation need not be byte order, which `apply` searches by.
+            members.sort_unstable_by(|a, b| a.device_id.cmp(&b.device_id));
+            self.members = Some((stored.updated_ms, members));
+            metrics.engine_part("members", started);
+            statements += 1;
+        }
+
+        let started = Instant::now();
+        let changes = db.device_changes_since(self.since_ms).await?;
+        statements += 1;
+        let mut again: Vec<String> =
+            changes.iter().filter(|(id, stamp)| self.stamps.get(id) != Some(stamp)).map(|(id, _)| id.clone()).collect();
+        // A member another replica added for a device this view did not match yet.
+        let known: HashSet<&str> = again.iter().map(String::as_str).collect();
+        let missing: Vec<String> = self
+            .members()
+            .iter()
+            .filter(|m| !self.views.contains_key(&m.device_id) && !known.contains(m.device_id.as_str()))
+            .map(|m| m.device_id.clone())
+            .collect();
+        again.extend(missing);
+        if !again.is_empty() {
+            let mut read = db.read_fleet(r, now, th, Reader::Engine, Some(&again)).await?;
+            statements += 4;
+            for id in &again {
+                match read.views.remove(id) {
+                    Some(view) => self.views.insert(id.clone(), view),
+                    None => self.views.remove(id),
+                };
+            }
+            // The read's stamp is at least as new as the one in `changes`: it was read later.
+            self.stamps.extend(changes);
+            self.stamps.extend(read.stamps);
+        }
+        self.since_ms = now.saturating_sub(STAMP_MARGIN_MS);
+        metrics.engine_part("changes", started);
+
+        let started = Instant::now();
+        let quiet: HashMap<String, i64> =
+            db.quiet_devices(now.saturating_sub(th.stale_after_ms)).await?.into_iter().collect();
+        statements += 1;
+        for (id, view) in &mut self.views {
+            match quiet.get(id) {
+                Some(&seen) => {
+                    view.last_seen_ms = Some(seen);
+                    view.online = false;
+                }
+                None => view.online = view.last_seen_ms.is_some(),
+            }
+        }
+        let awaiting: Vec<String> = self
+            .members()
+            .iter()
+            .filter(|m| m.state != DeviceRolloutState::Reverted)
+            .filter(|m| {
+                self.views
+                    .get(&m.device_id)
+                    .is_some_and(|v| v.online && v.last_seen_ms.is_none_or(|seen| seen <= m.since_ms.max(m.updated_ms)))
+            })
+            .map(|m| m.device_id.clone())
+            .collect();
+        if !awaiting.is_empty() {
+            for (id, seen) in db.last_seen_of(&awaiting).await? {
+                if let Some(view) = self.views.get_mut(&id) {
+                    view.last_seen_ms = Some(seen);
+                }
+            }
+            statements += 1;
+        }
+        metrics.engine_part("online", started);
+
+        let started = Instant::now();
+        let busy = db.busy_devices(r, Reader::Engine).await?;
+        statements += 1;
+        if self.any_busy || !busy.is_empty() {
+            for (id, view) in &mut self.views {
+                view.busy = busy.contains(id);
+            }
+        }
+        self.any_busy = !busy.is_empty();
+        metrics.engine_part("busy", started);
+        Ok(statements)
+    }
+
+    /// After a step was stored: its members, and the rollout's `updated_ms` it wrote.
+    pub(super) fn apply(&mut self, step: &Step, revision: i64) {
+        let Some((rev, members)) = self.members.as_mut() else { return };
+        *rev = revision;
+        let sorted = members.len();
+        for c in &step.changed {
+            match members[..sorted].binary_search_by(|m| m.device_id.cmp(&c.device_id)) {
+                Ok(i) => members[i] = c.clone(),
+                Err(_) => members.push(c.clone()),
+            }
+        }
+        if members.len() > sorted {
+            members.sort_unstable_by(|a, b| a.device_id.cmp(&b.device_id));
+        }
+    }
+
+    /// The members must be read again (a step was not stored).
+    pub(super) fn forget_members(&mut self) {
+        self.members = None;
+    }
+}
