@@ -223,12 +223,11 @@ impl Segment {
     pub(crate) fn roll_back(&mut self) -> io::Result<()> {
         self.pending.clear();
         self.pending_count = 0;
-        if self.len != self.confirmed_len {
-            self.file.set_len(self.confirmed_len)?;
-            self.len = self.confirmed_len;
-            self.synced_len = self.synced_len.min(self.len);
-            self.count = self.confirmed_count;
-        }
+        // Unconditional: a failed write leaves bytes past `len` that `len` does not know of.
+        self.file.set_len(self.confirmed_len)?;
+        self.len = self.confirmed_len;
+        self.synced_len = self.synced_len.min(self.len);
+        self.count = self.confirmed_count;
         Ok(())
     }
 
