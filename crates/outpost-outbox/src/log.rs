@@ -50,6 +50,17 @@ pub(crate) struct SegmentLog {
     /// fsync appends (every policy but `Never`).
     sync: bool,
     poisoned: Option<OutboxError>,
+    /// Group fsyncs done since open.
+    syncs: u64,
+    /// Bumped whenever staged records are thrown away: a waiter staged in an older epoch
+    /// knows its record is gone even if the group's final commit succeeds (with other records
+    /// that may now carry the same ids).
+    epoch: u64,
+    /// Why records were last thrown away.
+    discarded_by: Option<OutboxError>,
+    /// Test-only fault injection: the next commit's write fails with ENOSPC.
+    #[cfg(test)]
+    pub(crate) fail_next_write: bool,
 }
 
 impl SegmentLog {
@@ -116,7 +127,19 @@ impl SegmentLog {
         if segments.is_empty() {
             segments.push_back(Segment::create(&dir, priority, 0)?);
         }
-        Ok(SegmentLog { priority, dir, segments, segment_bytes, sync, poisoned: None })
+        Ok(SegmentLog {
+            priority,
+            dir,
+            segments,
+            segment_bytes,
+            sync,
+            poisoned: None,
+            syncs: 0,
+            epoch: 0,
+            discarded_by: None,
+            #[cfg(test)]
+            fail_next_write: false,
+        })
     }
 
     fn active(&self) -> &Segment {
@@ -151,6 +174,10 @@ impl SegmentLog {
     /// Records kept (pending ones included).
     pub(crate) fn records(&self) -> u64 {
         self.segments.iter().map(Segment::records).sum()
+    }
+
+    pub(crate) fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     pub(crate) fn segment_count(&self) -> usize {
@@ -198,6 +225,12 @@ impl SegmentLog {
         if !self.active().has_unconfirmed() {
             return Ok(());
         }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_write) {
+            let path = self.active().path().to_owned();
+            let e = OutboxError::io("write", path, std::io::Error::from(std::io::ErrorKind::StorageFull));
+            return Err(self.roll_back(e));
+        }
         if let Err(e) = self.active_mut().write_pending() {
             return Err(self.roll_back(e));
         }
@@ -211,6 +244,7 @@ impl SegmentLog {
                 self.poisoned = Some(err);
                 return Err(OutboxError::io("fsync", path, e));
             }
+            self.syncs += 1;
         }
         self.active_mut().confirm();
         Ok(())
@@ -218,6 +252,8 @@ impl SegmentLog {
 
     /// Drops the unconfirmed group; poisons the log when even that fails.
     fn roll_back(&mut self, cause: OutboxError) -> OutboxError {
+        self.epoch += 1;
+        self.discarded_by = Some(cause.clone());
         if let Err(e) = self.active_mut().roll_back() {
             let path = self.active().path().to_owned();
             self.poisoned = Some(OutboxError::Poisoned {
@@ -231,7 +267,21 @@ impl SegmentLog {
 
     /// Forgets the staged group without writing it (another log's commit failed).
     pub(crate) fn discard_staged(&mut self) {
+        if self.active().has_pending() {
+            self.epoch += 1;
+        }
         let _ = self.active_mut().roll_back();
+    }
+
+    /// Changes whenever staged records are thrown away.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The error that last threw staged records away.
+    pub(crate) fn discarded_by(&self) -> OutboxError {
+        // Only `roll_back` moves the epoch while the writer waits, and it always sets a cause.
+        self.discarded_by.clone().unwrap_or(OutboxError::Closed)
     }
 
     /// Seals the active segment (commits it) and starts a new one after it.

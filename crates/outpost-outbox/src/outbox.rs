@@ -27,6 +27,8 @@ pub struct PriorityStats {
     pub bytes: u64,
     /// Segment files.
     pub segments: usize,
+    /// fsyncs of appended records since the outbox was opened (one per group commit).
+    pub syncs: u64,
 }
 
 /// A snapshot of the outbox.
@@ -191,6 +193,21 @@ impl Outbox {
         [low.commit(), normal.commit(), high.commit()]
     }
 
+    /// See `SegmentLog::epoch`: lets the writer tell a staged record was thrown away.
+    pub(crate) fn epoch(&self, priority: Priority) -> u64 {
+        self.logs[priority.index()].epoch()
+    }
+
+    pub(crate) fn discarded_by(&self, priority: Priority) -> OutboxError {
+        self.logs[priority.index()].discarded_by()
+    }
+
+    /// Makes the next write of `priority`'s log fail with ENOSPC. Test-only fault injection.
+    #[cfg(test)]
+    pub(crate) fn fail_next_write(&mut self, priority: Priority) {
+        self.logs[priority.index()].fail_next_write = true;
+    }
+
     fn discard_staged(&mut self) {
         for log in &mut self.logs {
             log.discard_staged();
@@ -340,6 +357,7 @@ impl Outbox {
             records: log.records(),
             bytes: log.total_bytes(),
             segments: log.segment_count(),
+            syncs: log.syncs(),
         });
         OutboxStats { total_bytes: per_priority.iter().map(|s| s.bytes).sum(), per_priority, dropped: self.counters }
     }

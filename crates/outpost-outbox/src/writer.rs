@@ -140,6 +140,8 @@ impl AsyncOutbox {
 /// An append staged in the current group, waiting for its commit.
 struct Waiting {
     id: RecordId,
+    /// The log's epoch when staged; if it moved, a failure threw the record away.
+    epoch: u64,
     reply: Reply<RecordId>,
 }
 
@@ -171,16 +173,7 @@ fn run(mut outbox: Outbox, mut rx: mpsc::Receiver<Command>, confirmed: watch::Se
                 }
             }
             last_commit = Some(Instant::now());
-            let results = outbox.commit_staged();
-            let mut ok = 0u64;
-            for w in group.drain(..) {
-                let r = results[w.id.priority.index()].clone().map(|()| w.id);
-                ok += u64::from(r.is_ok());
-                let _ = w.reply.send(r);
-            }
-            if ok > 0 {
-                confirmed.send_modify(|n| *n += ok);
-            }
+            commit_group(&mut outbox, &mut group, &confirmed);
             break;
         }
     }
@@ -190,10 +183,29 @@ fn run(mut outbox: Outbox, mut rx: mpsc::Receiver<Command>, confirmed: watch::Se
     }
 }
 
+/// Makes the staged group durable and answers every append in it.
+fn commit_group(outbox: &mut Outbox, group: &mut Vec<Waiting>, confirmed: &watch::Sender<u64>) {
+    let results = outbox.commit_staged();
+    let mut ok = 0u64;
+    for w in group.drain(..) {
+        let p = w.id.priority;
+        let r = match &results[p.index()] {
+            Err(e) => Err(e.clone()),
+            Ok(()) if outbox.epoch(p) != w.epoch => Err(outbox.discarded_by(p)),
+            Ok(()) => Ok(w.id),
+        };
+        ok += u64::from(r.is_ok());
+        let _ = w.reply.send(r);
+    }
+    if ok > 0 {
+        confirmed.send_modify(|n| *n += ok);
+    }
+}
+
 fn handle(outbox: &mut Outbox, cmd: Command, group: &mut Vec<Waiting>, close: &mut Option<oneshot::Sender<()>>) {
     match cmd {
         Command::Append { priority, payload, reply } => match outbox.stage(priority, &payload) {
-            Ok(id) => group.push(Waiting { id, reply }),
+            Ok(id) => group.push(Waiting { id, epoch: outbox.epoch(priority), reply }),
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
@@ -217,5 +229,37 @@ fn handle(outbox: &mut Outbox, cmd: Command, group: &mut Vec<Waiting>, close: &m
             let _ = reply.send(Ok(outbox.stats()));
         }
         Command::Close { reply } => *close = Some(reply),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(outbox: &mut Outbox, group: &mut Vec<Waiting>, payload: &[u8]) -> oneshot::Receiver<Result<RecordId>> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Append { priority: Priority::Normal, payload: payload.to_vec(), reply };
+        handle(outbox, cmd, group, &mut None);
+        rx
+    }
+
+    #[test]
+    fn an_append_whose_staged_record_was_thrown_away_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = OutboxConfig { segment_bytes: 100, ..OutboxConfig::default() };
+        let mut outbox = Outbox::open(dir.path(), config).unwrap();
+        let (confirmed, _) = watch::channel(0);
+        let mut group = Vec::new();
+        let mut a = append(&mut outbox, &mut group, &[1; 40]);
+        // B does not fit the segment: the rotation commits A, and that write fails.
+        outbox.fail_next_write(Priority::Normal);
+        let mut b = append(&mut outbox, &mut group, &[2; 40]);
+        assert!(b.try_recv().unwrap().unwrap_err().is_disk_full());
+        // C is staged after the failure and takes A's place (and sequence number).
+        let mut c = append(&mut outbox, &mut group, &[3; 10]);
+        commit_group(&mut outbox, &mut group, &confirmed);
+        assert!(a.try_recv().unwrap().unwrap_err().is_disk_full(), "A's record is gone: no Ok for it");
+        assert_eq!(c.try_recv().unwrap().unwrap().seq, 0);
+        assert_eq!(*confirmed.borrow(), 1);
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{config, name, payload, read_all, seqs};
-use outpost_outbox::{FsyncPolicy, Outbox, OutboxConfig, OutboxError, Priority, RecordId};
+use outpost_outbox::{AsyncOutbox, FsyncPolicy, Outbox, OutboxConfig, OutboxError, Priority, RecordId};
 
 const SEGMENT: u64 = 512;
 const CAP: u64 = 4096;
@@ -164,4 +164,57 @@ fn disk_full_is_a_typed_error_and_keeps_every_acknowledged_record() {
     fs::remove_file(&filler).unwrap();
     let id = ob.append(Priority::Normal, &[2; 1000]).unwrap();
     assert_eq!(id.seq, acked.len() as u64, "appends work again once there is space");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_on_a_filling_disk_get_ok_only_for_records_that_are_on_disk() {
+    let Some(disk) = SmallDisk::mount("192k") else {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    };
+    let dir = disk.path().join("outbox");
+    // Small segments: the disk fills during rotations as well as during group writes.
+    let cfg = OutboxConfig {
+        fsync: FsyncPolicy::GroupCommit { interval_ms: 1 },
+        segment_bytes: 4096,
+        max_total_bytes: 1 << 30,
+    };
+    let ob = AsyncOutbox::open(&dir, cfg).await.unwrap();
+    // Added first: a position file cannot be written once the disk is full.
+    let c = name("check");
+    ob.add_consumer(&c).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..32u64 {
+        let ob = ob.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = Vec::new();
+            let mut full = 0;
+            for i in 0..400u64 {
+                let payload = format!("{t}-{i}-{}", "z".repeat(((t * 7 + i) % 300) as usize));
+                match ob.append(Priority::ALL[((t + i) % 3) as usize], payload.clone()).await {
+                    Ok(id) => ok.push((id, payload)),
+                    Err(e) => {
+                        assert!(e.is_disk_full(), "{e}");
+                        full += 1;
+                    }
+                }
+            }
+            (ok, full)
+        }));
+    }
+    let mut acked = Vec::new();
+    let mut full = 0;
+    for t in tasks {
+        let (ok, f) = t.await.unwrap();
+        acked.extend(ok);
+        full += f;
+    }
+    ob.close().await.unwrap();
+    assert!(full > 0, "the disk never filled");
+    let mut sync = Outbox::open(&dir, OutboxConfig { fsync: FsyncPolicy::Always, ..cfg }).unwrap();
+    let on_disk: std::collections::BTreeMap<RecordId, Vec<u8>> =
+        read_all(&mut sync, &c).into_iter().map(|r| (r.id, r.payload)).collect();
+    for (id, payload) in &acked {
+        assert_eq!(on_disk.get(id).map(Vec::as_slice), Some(payload.as_bytes()), "{id} was acknowledged");
+    }
 }
