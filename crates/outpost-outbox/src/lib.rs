@@ -39,7 +39,9 @@
 //! record of that priority. Records of one priority are stored and delivered in append order;
 //! priorities are independent logs. Ids are never reused for a record a consumer could have
 //! seen, even after all segments were deleted (the newest segment is always kept: its header
-//! carries the next number), so receivers can deduplicate by keeping the highest id per priority.
+//! carries the next number), so receivers can deduplicate by keeping the highest id per
+//! priority. (Under `Never` a power cut can lose records a consumer read but did not ack, and
+//! their ids are then given again; ids a consumer acked are skipped on open.)
 //!
 //! # Fsync policy ([`FsyncPolicy`])
 //!
@@ -64,6 +66,7 @@
 //! (or [`Outbox::rewind`]) a consumer resumes at its committed position, so records read but not
 //! acked are delivered again: at-least-once. A segment is deleted once every consumer has
 //! acked past all of its records; with no consumer, records stay until the cap drops them.
+//! An ack costs two fsyncs (file and directory), so forwarders ack batches.
 //!
 //! # Size cap and drop policy
 //!

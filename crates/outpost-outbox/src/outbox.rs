@@ -291,11 +291,15 @@ impl Outbox {
         let state =
             self.consumers.get_mut(consumer).ok_or_else(|| OutboxError::UnknownConsumer(consumer.to_string()))?;
         let mut out = Vec::new();
+        let mut used = 0usize;
         for p in Priority::ALL.into_iter().rev() {
-            let used: usize = out.iter().map(|r: &Record| r.payload.len()).sum();
             let budget = if out.is_empty() { max_bytes } else { max_bytes.saturating_sub(used) };
+            let before = out.len();
             self.logs[p.index()].read(&mut state.cursors[p.index()], max_records, budget, &mut out)?;
-            if out.len() >= max_records || (!out.is_empty() && used >= max_bytes) {
+            used += out[before..].iter().map(|r| r.payload.len()).sum::<usize>();
+            // Stopped by a limit with records of this priority left: a lower priority must not
+            // slip into the room that is left.
+            if out.len() >= max_records || state.cursors[p.index()].seq() < self.logs[p.index()].confirmed_end() {
                 break;
             }
         }
@@ -307,7 +311,8 @@ impl Outbox {
         self.ack_all(consumer, [id])
     }
 
-    /// Commits past the highest id of each priority in `ids`, with one position write.
+    /// Commits past the highest id of each priority in `ids`, with one position write (two
+    /// fsyncs: ack batches, not single records, on a busy outbox).
     pub fn ack_all(&mut self, consumer: &ConsumerName, ids: impl IntoIterator<Item = RecordId>) -> Result<()> {
         let state = self.consumers.get(consumer).ok_or_else(|| OutboxError::UnknownConsumer(consumer.to_string()))?;
         let mut committed = state.committed;

@@ -150,3 +150,18 @@ fn acks_of_unknown_records_and_consumers_are_refused() {
     ob.ack(&c, id).unwrap();
     assert_eq!(ob.committed(&c, Priority::High).unwrap(), 1);
 }
+
+#[test]
+fn a_byte_limit_never_lets_a_lower_priority_pass_a_higher_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = name("server");
+    let mut ob = Outbox::open(dir.path(), config(1 << 20, 1 << 30)).unwrap();
+    ob.add_consumer(&c).unwrap();
+    ob.append(Priority::High, &[1; 60]).unwrap();
+    ob.append(Priority::High, &[2; 60]).unwrap();
+    ob.append(Priority::Low, &[3; 5]).unwrap();
+    let first = ob.poll(&c, 10, 100).unwrap();
+    assert_eq!(first.iter().map(|r| r.id.priority).collect::<Vec<_>>(), vec![Priority::High]);
+    let second = ob.poll(&c, 10, 100).unwrap();
+    assert_eq!(second.iter().map(|r| r.id.priority).collect::<Vec<_>>(), vec![Priority::High, Priority::Low]);
+}
