@@ -150,8 +150,19 @@ fn outage(dir: &Path, tasks: u64) -> (f64, f64) {
     ((after.0 - before.0) as f64 / payload, (after.1 - before.1) as f64 / payload)
 }
 
+/// The 1-minute load average: the disk and both cores may be shared with other work, and the
+/// rates below move with it.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or("?").to_owned()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
 fn main() {
     let a = args();
+    let load_before = load();
     std::fs::create_dir_all(&a.dir).expect("bench dir");
     let always_records = 2_000.min(a.records);
     let default = FsyncPolicy::default();
@@ -168,6 +179,8 @@ fn main() {
     let (wa1_phys, wa1_logical) = outage(&fresh(&a.dir, "outage-1"), 1);
 
     let goal = 200_000.0;
+    println!("{} cores, 1-minute load average {load_before} before, {} after the rate runs", cores(), load());
+    println!();
     println!("| measure ({PAYLOAD}-byte records) | result | goal | vs goal |");
     println!("|---|---|---|---|");
     println!(
