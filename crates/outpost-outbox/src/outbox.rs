@@ -286,7 +286,8 @@ impl Outbox {
 
     /// The next records for `consumer` after those it has read, `High` first, then `Normal`,
     /// then `Low`; in order within a priority. At most `max_records`, and at most `max_bytes` of
-    /// payload unless the first record alone is larger. Only confirmed records are returned.
+    /// payload unless the first record alone is larger. Only confirmed records are returned. A
+    /// jump in sequence numbers means the cap dropped records in between ([`Outbox::dropped`]).
     pub fn poll(&mut self, consumer: &ConsumerName, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
         let state =
             self.consumers.get_mut(consumer).ok_or_else(|| OutboxError::UnknownConsumer(consumer.to_string()))?;
