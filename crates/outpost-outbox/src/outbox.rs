@@ -183,7 +183,16 @@ impl Outbox {
             return Err(OutboxError::RecordTooLarge { len, cap: self.config.max_total_bytes });
         }
         self.make_room(priority, len)?;
+        let segments = self.logs[priority.index()].segment_count();
         let seq = self.logs[priority.index()].stage(payload)?;
+        if self.logs[priority.index()].segment_count() > segments {
+            // The rotation sealed a segment that every consumer may already have acked. The
+            // record is staged: a failed deletion must not fail its append (the next ack or
+            // open retries it).
+            if let Err(e) = self.delete_consumed(priority) {
+                tracing::warn!("outbox: could not delete a consumed {priority} segment: {e}");
+            }
+        }
         Ok(RecordId { priority, seq })
     }
 
