@@ -3,8 +3,10 @@
 //! When an append would take the outbox past its cap, whole oldest segments of the lowest
 //! priority that holds records are deleted until the record fits: dropping lowest priority
 //! first, oldest first, in segment-sized steps (deleting a file is the only way to give space
-//! back without rewriting the log). Everything dropped is counted and the counters are kept
-//! in a small file so they survive restarts.
+//! back without rewriting the log). When everything kept outranks the record being appended,
+//! that record is dropped on arrival instead: a new `Low` record never evicts `Normal` ones.
+//! Everything dropped is counted and the counters are kept in a small file so they survive
+//! restarts.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,7 +26,8 @@ pub struct Dropped {
     /// Records dropped that at least one consumer had not acked (all records when there is
     /// no consumer).
     pub records: u64,
-    /// Bytes of segment files deleted to make room.
+    /// Bytes of segment files deleted to make room, plus the frames of records dropped on
+    /// arrival.
     pub bytes: u64,
 }
 

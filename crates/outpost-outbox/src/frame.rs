@@ -11,7 +11,7 @@ use crate::record::Priority;
 pub(crate) const SEGMENT_MAGIC: [u8; 4] = *b"OPOX";
 /// Version of the segment format this build writes and reads.
 pub(crate) const FORMAT_VERSION: u8 = 1;
-/// magic 4 + version 1 + priority 1 + reserved 2 + base seq 8 + crc 4.
+/// magic 4 + version 1 + priority 1 + flags 1 + reserved 1 + base seq 8 + crc 4.
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 20;
 /// payload length 4 + crc 4.
 pub(crate) const FRAME_HEADER_LEN: u64 = 8;
@@ -24,7 +24,14 @@ pub(crate) struct SegmentHeader {
     pub priority: Priority,
     /// Sequence number of the segment's first record.
     pub base_seq: u64,
+    /// The ids between the previous segment's end and `base_seq` were skipped on purpose
+    /// (dropped on arrival by the cap, or already reported missing): recovery does not report
+    /// the gap as a loss again.
+    pub follows_gap: bool,
 }
+
+/// Bit of the flags byte: see [`SegmentHeader::follows_gap`].
+const FLAG_FOLLOWS_GAP: u8 = 1;
 
 /// Why a segment header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +52,7 @@ impl SegmentHeader {
         out[0..4].copy_from_slice(&SEGMENT_MAGIC);
         out[4] = FORMAT_VERSION;
         out[5] = self.priority.index() as u8;
+        out[6] = if self.follows_gap { FLAG_FOLLOWS_GAP } else { 0 };
         out[8..16].copy_from_slice(&self.base_seq.to_le_bytes());
         let crc = crc32fast::hash(&out[0..16]);
         out[16..20].copy_from_slice(&crc.to_le_bytes());
@@ -69,8 +77,12 @@ impl SegmentHeader {
             return Err(HeaderFault::Corrupt);
         }
         let priority = Priority::from_index(header[5]).ok_or(HeaderFault::Corrupt)?;
+        if header[6] & !FLAG_FOLLOWS_GAP != 0 || header[7] != 0 {
+            // Flags this version does not know, under a valid checksum: a newer writer.
+            return Err(HeaderFault::Version(header[4]));
+        }
         let base_seq = u64::from_le_bytes(header[8..16].try_into().map_err(|_| HeaderFault::Short)?);
-        Ok(SegmentHeader { priority, base_seq })
+        Ok(SegmentHeader { priority, base_seq, follows_gap: header[6] & FLAG_FOLLOWS_GAP != 0 })
     }
 }
 
@@ -140,8 +152,10 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = SegmentHeader { priority: Priority::High, base_seq: 123_456_789 };
-        assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+        for follows_gap in [false, true] {
+            let h = SegmentHeader { priority: Priority::High, base_seq: 123_456_789, follows_gap };
+            assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
+        }
     }
 
     #[test]
@@ -155,14 +169,14 @@ mod tests {
 
     #[test]
     fn header_of_a_newer_version_is_refused_not_repaired() {
-        let mut b = SegmentHeader { priority: Priority::Low, base_seq: 0 }.encode();
+        let mut b = SegmentHeader { priority: Priority::Low, base_seq: 0, follows_gap: false }.encode();
         b[4] = 2;
         assert_eq!(SegmentHeader::decode(&b), Err(HeaderFault::Version(2)));
     }
 
     #[test]
     fn header_with_a_flipped_bit_is_corrupt() {
-        let mut b = SegmentHeader { priority: Priority::Low, base_seq: 7 }.encode();
+        let mut b = SegmentHeader { priority: Priority::Low, base_seq: 7, follows_gap: false }.encode();
         b[9] ^= 1;
         assert_eq!(SegmentHeader::decode(&b), Err(HeaderFault::Corrupt));
     }

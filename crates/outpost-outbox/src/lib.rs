@@ -19,7 +19,8 @@
 //!
 //! A **segment** is named after the sequence number of its first record (20 digits, so names
 //! sort) and starts with a 20-byte header: magic `OPOX`, format version `1`, the priority byte,
-//! two reserved bytes, the base sequence number (u64 LE) and a CRC-32 of the preceding 16
+//! a flags byte (bit 0: the ids just before this segment were skipped on purpose, see below),
+//! a reserved zero byte, the base sequence number (u64 LE) and a CRC-32 of the preceding 16
 //! bytes. A file with another magic is refused with [`OutboxError::ForeignFile`], a newer
 //! version with [`OutboxError::UnsupportedVersion`]; nothing in such a directory is touched.
 //! Segments are created whole (header written to a temp name, fsynced, renamed, directory
@@ -72,10 +73,15 @@
 //!
 //! When an append would take the segments past [`OutboxConfig::max_total_bytes`], whole oldest
 //! segments of the lowest priority that holds records are deleted until it fits: `Low` before
-//! `Normal` before `High`, oldest first. Appends never fail because of the cap, unless one record
-//! alone cannot fit ([`OutboxError::RecordTooLarge`]). Dropped records (those some consumer had
-//! not acked) and bytes are counted per priority ([`DropCounters`], from [`Outbox::dropped`]),
-//! kept in `dropped.cnt` across restarts, and logged. A full disk (ENOSPC) is reported as
+//! `Normal` before `High`, oldest first. If everything kept outranks the new record, the new
+//! record is the lowest-priority data and is the one dropped, on arrival: its append still
+//! returns `Ok` with an id that is never given again (consumers see a jump in ids, as for any
+//! dropped record), and no higher-priority record is evicted for it. Appends never fail
+//! because of the cap, unless one record alone cannot fit ([`OutboxError::RecordTooLarge`]).
+//! Dropped records (those some consumer had not acked) and bytes are counted per priority
+//! ([`DropCounters`], from [`Outbox::dropped`]), logged as they happen, and kept in
+//! `dropped.cnt` (saved at most once a second and on close, so a crash can lose the last
+//! second of counts, never the log lines). A full disk (ENOSPC) is reported as
 //! [`OutboxError::DiskFull`]: the failed write is cut back off the file and every record
 //! acknowledged before stays. Any other failed fsync stops that priority's log
 //! ([`OutboxError::Poisoned`]) until reopened, since the kernel may already have dropped the

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::cap::{self, CounterFile, DropCounters};
 use crate::config::{OutboxConfig, HEADER_RESERVE};
@@ -13,6 +14,9 @@ use crate::fsutil;
 use crate::log::{Cursor, SegmentLog};
 use crate::record::{Priority, Record, RecordId};
 use crate::recovery::{RecoveryEvent, RecoveryReport};
+
+/// Least time between two saves of the drop counters.
+const COUNTERS_SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Size and extent of one priority log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,6 +71,8 @@ pub struct Outbox {
     consumers: BTreeMap<ConsumerName, ConsumerState>,
     counters: DropCounters,
     counter_file: CounterFile,
+    counters_dirty: bool,
+    counters_saved: Instant,
     recovery: RecoveryReport,
     /// Held (flock) for the outbox's life so a second process cannot interleave appends.
     _lock: File,
@@ -100,6 +106,8 @@ impl Outbox {
             positions,
             consumers: BTreeMap::new(),
             counter_file,
+            counters_dirty: false,
+            counters_saved: Instant::now(),
             recovery,
             _lock: lock,
         };
@@ -182,7 +190,9 @@ impl Outbox {
         if len > MAX_PAYLOAD_LEN || frame_len(len) + HEADER_RESERVE > self.config.max_total_bytes {
             return Err(OutboxError::RecordTooLarge { len, cap: self.config.max_total_bytes });
         }
-        self.make_room(priority, len)?;
+        if !self.make_room(priority, len)? {
+            return Ok(self.drop_on_arrival(priority, len));
+        }
         let segments = self.logs[priority.index()].segment_count();
         let seq = self.logs[priority.index()].stage(payload)?;
         if self.logs[priority.index()].segment_count() > segments {
@@ -223,10 +233,13 @@ impl Outbox {
         }
     }
 
-    /// Drops whole oldest segments, lowest priority first, until `len` more bytes fit the cap.
-    fn make_room(&mut self, priority: Priority, len: u64) -> Result<()> {
+    /// Drops whole oldest segments, lowest priority first, until `len` more bytes of
+    /// `priority` fit the cap. `false` when everything kept has a higher priority than the new
+    /// record: then the new record is the lowest-priority data and the one to drop.
+    fn make_room(&mut self, priority: Priority, len: u64) -> Result<bool> {
         let cap = self.config.max_total_bytes;
         let mut dropped_any = false;
+        let mut fits = true;
         loop {
             let total: u64 = self.logs.iter().map(SegmentLog::total_bytes).sum();
             if total + self.logs[priority.index()].growth_for(len) <= cap {
@@ -235,6 +248,10 @@ impl Outbox {
             let Some(victim) = cap::victim(self.logs.each_ref().map(SegmentLog::has_records)) else {
                 return Err(OutboxError::RecordTooLarge { len, cap });
             };
+            if victim > priority {
+                fits = false;
+                break;
+            }
             let Some(seg) = self.logs[victim.index()].drop_oldest()? else { break };
             let unacked_from = self.min_committed(victim).unwrap_or(0).max(seg.first_seq);
             let records = seg.end_seq.saturating_sub(unacked_from);
@@ -250,13 +267,47 @@ impl Outbox {
             );
         }
         if dropped_any {
-            // The drop itself happened and the in-memory counters have it; failing the append
-            // because the report could not be saved would be the worse outcome.
-            if let Err(e) = self.counter_file.save(&self.counters) {
-                tracing::warn!("outbox: could not save drop counters: {e}");
-            }
+            self.save_counters();
         }
-        Ok(())
+        Ok(fits)
+    }
+
+    /// Counts a record the cap drops instead of storing, and gives it an id no record will
+    /// reuse (consumers see the jump, as for any dropped record).
+    fn drop_on_arrival(&mut self, priority: Priority, len: u64) -> RecordId {
+        let seq = self.logs[priority.index()].skip_one();
+        let d = &mut self.counters.per_priority[priority.index()];
+        d.records += 1;
+        d.bytes += frame_len(len);
+        tracing::warn!(
+            "outbox cap of {} bytes reached and every record kept outranks it: dropped {priority} record {seq} on arrival",
+            self.config.max_total_bytes
+        );
+        self.save_counters();
+        RecordId { priority, seq }
+    }
+
+    /// Saves the counters at most once a second (a flood of drops on arrival would otherwise
+    /// cost two fsyncs each); the rest are saved on drop of the outbox. A crash can lose up to
+    /// a second of counts, which were logged as they happened.
+    fn save_counters(&mut self) {
+        self.counters_dirty = true;
+        if self.counters_saved.elapsed() >= COUNTERS_SAVE_INTERVAL {
+            self.flush_counters();
+        }
+    }
+
+    fn flush_counters(&mut self) {
+        if !self.counters_dirty {
+            return;
+        }
+        // The drop itself happened and the in-memory counters have it; failing the append
+        // because the report could not be saved would be the worse outcome.
+        match self.counter_file.save(&self.counters) {
+            Ok(()) => self.counters_dirty = false,
+            Err(e) => tracing::warn!("outbox: could not save drop counters: {e}"),
+        }
+        self.counters_saved = Instant::now();
     }
 
     /// Adds a consumer that starts at the oldest record kept; `false` if it already existed.
@@ -403,9 +454,23 @@ impl Outbox {
         Ok(())
     }
 
-    /// (file, length) of every segment as it would survive a power cut now. Test-only.
+    /// (file, length at its last fsync) of every segment: what a power cut keeps. Test-only.
     #[cfg(test)]
     pub(crate) fn durable_lengths(&self) -> Vec<(PathBuf, u64)> {
         self.logs.iter().flat_map(SegmentLog::durable_lengths).collect()
+    }
+}
+
+impl Drop for Outbox {
+    /// Saves what is only in memory: pending drop counts, and ids given to records dropped on
+    /// arrival (so a clean restart does not give them again; after a crash it may, harmlessly,
+    /// since no consumer saw them).
+    fn drop(&mut self) {
+        self.flush_counters();
+        for log in &mut self.logs {
+            if let Err(e) = log.persist_skipped() {
+                tracing::warn!("outbox: could not record skipped ids: {e}");
+            }
+        }
     }
 }

@@ -35,6 +35,7 @@ pub(crate) struct Segment {
     path: PathBuf,
     file: File,
     base_seq: u64,
+    follows_gap: bool,
     /// Bytes in the file (header included).
     len: u64,
     /// Records in the file.
@@ -64,12 +65,12 @@ impl Segment {
     ///
     /// Always synced, whatever the fsync policy: creation is rare, and a segment file that
     /// exists is then guaranteed to have a whole header, so a bad header always means damage.
-    pub(crate) fn create(dir: &Path, priority: Priority, base_seq: u64) -> Result<Segment> {
+    pub(crate) fn create(dir: &Path, priority: Priority, base_seq: u64, follows_gap: bool) -> Result<Segment> {
         let path = dir.join(file_name(base_seq));
         let tmp = path.with_extension("seg.tmp");
         let mut file =
             OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).ctx("create", &tmp)?;
-        let header = SegmentHeader { priority, base_seq }.encode();
+        let header = SegmentHeader { priority, base_seq, follows_gap }.encode();
         file.write_all(&header).ctx("write header", &tmp)?;
         file.sync_all().ctx("fsync", &tmp)?;
         fs::rename(&tmp, &path).ctx("rename into place", &path)?;
@@ -78,6 +79,7 @@ impl Segment {
             path,
             file,
             base_seq,
+            follows_gap,
             len: SEGMENT_HEADER_LEN,
             count: 0,
             confirmed_len: SEGMENT_HEADER_LEN,
@@ -123,6 +125,7 @@ impl Segment {
             path: path.to_owned(),
             file,
             base_seq: header.base_seq,
+            follows_gap: header.follows_gap,
             len,
             count,
             confirmed_len: len,
@@ -148,6 +151,11 @@ impl Segment {
 
     pub(crate) fn base_seq(&self) -> u64 {
         self.base_seq
+    }
+
+    /// Whether the ids before `base_seq` that no segment holds were skipped on purpose.
+    pub(crate) fn follows_gap(&self) -> bool {
+        self.follows_gap
     }
 
     /// One past the last record, pending ones included.
@@ -329,7 +337,7 @@ mod tests {
     use super::*;
 
     fn fresh(dir: &Path, n: u64) -> Segment {
-        let mut s = Segment::create(dir, Priority::Normal, 10).unwrap();
+        let mut s = Segment::create(dir, Priority::Normal, 10, false).unwrap();
         for i in 0..n {
             s.stage(format!("record {i}").as_bytes());
         }

@@ -218,3 +218,36 @@ async fn concurrent_appends_on_a_filling_disk_get_ok_only_for_records_that_are_o
         assert_eq!(on_disk.get(id).map(Vec::as_slice), Some(payload.as_bytes()), "{id} was acknowledged");
     }
 }
+
+#[test]
+fn a_low_record_never_evicts_normal_ones_it_is_dropped_on_arrival_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ob = Outbox::open(dir.path(), config(SEGMENT, CAP)).unwrap();
+    let mut i = 0;
+    while ob.stats().dropped.total_records() == 0 {
+        ob.append(Priority::Normal, &fixed(i)).unwrap();
+        i += 1;
+    }
+    let normal_before = ob.stats().per_priority[Priority::Normal.index()];
+    let dropped_before = ob.dropped().get(Priority::Normal);
+    // The outbox is within a segment of its cap, all Normal: a large Low record cannot fit
+    // without evicting Normal records, and must not.
+    assert!(CAP - ob.stats().total_bytes < 1500);
+    let big = vec![9u8; 1500];
+    let first = ob.append(Priority::Low, &big).unwrap();
+    let second = ob.append(Priority::Low, &big).unwrap();
+    assert_eq!((first.seq, second.seq), (0, 1), "ids are still given");
+    let stats = ob.stats();
+    assert_eq!(stats.per_priority[Priority::Low.index()].records, 0);
+    assert_eq!(stats.dropped.get(Priority::Low).records, 2);
+    assert_eq!(stats.dropped.get(Priority::Low).bytes, 2 * 1508);
+    assert_eq!(stats.dropped.get(Priority::Normal), dropped_before, "no Normal record was evicted for Low ones");
+    assert_eq!(stats.per_priority[Priority::Normal.index()].records, normal_before.records);
+    drop(ob);
+    let mut ob = Outbox::open(dir.path(), config(SEGMENT, CAP)).unwrap();
+    assert!(ob.recovery().is_clean(), "{:?}", ob.recovery());
+    let c = name("late");
+    ob.add_consumer(&c).unwrap();
+    let third = ob.append(Priority::Low, &fixed(2)).unwrap();
+    assert!(third.seq >= 2, "the ids of dropped records are not given again after a restart");
+}
