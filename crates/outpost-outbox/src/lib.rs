@@ -75,8 +75,9 @@
 //! segments of the lowest priority that holds records are deleted until it fits: `Low` before
 //! `Normal` before `High`, oldest first. If everything kept outranks the new record, the new
 //! record is the lowest-priority data and is the one dropped, on arrival: its append still
-//! returns `Ok` with an id that is never given again (consumers see a jump in ids, as for any
-//! dropped record), and no higher-priority record is evicted for it. Appends never fail
+//! returns `Ok` with an id that no later record gets (consumers see a jump in ids, as for any
+//! dropped record; only a crash before the next write or close can let that id be given again,
+//! which is harmless since no consumer saw it), and no higher-priority record is evicted for it. Appends never fail
 //! because of the cap, unless one record alone cannot fit ([`OutboxError::RecordTooLarge`]).
 //! Dropped records (those some consumer had not acked) and bytes are counted per priority
 //! ([`DropCounters`], from [`Outbox::dropped`]), logged as they happen, and kept in
@@ -94,8 +95,11 @@
 //! record ([`RecoveryEvent::TruncatedTail`], with bytes). In an older segment it is damage: the
 //! records before it are kept, the rest of that segment is cut and the records lost are counted
 //! from the next segment's base ([`RecoveryEvent::CorruptRecord`]); later segments are kept.
-//! Everything is returned in a [`RecoveryReport`] ([`Outbox::recovery`]) and logged via
-//! `tracing`.
+//! Ids missing between two segments that were not skipped on purpose are reported as
+//! [`RecoveryEvent::MissingRecords`]. Under `Always`/`GroupCommit` every segment kept is
+//! fsynced before its records become visible (a killed process may have written records it
+//! never fsynced). Everything is returned in a [`RecoveryReport`] ([`Outbox::recovery`]) and
+//! logged via `tracing`.
 
 mod cap;
 mod config;
