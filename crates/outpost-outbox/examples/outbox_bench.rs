@@ -167,7 +167,12 @@ fn main() {
     let always_records = 2_000.min(a.records);
     let default = FsyncPolicy::default();
 
-    let (group, group_per_write) = async_appends(&fresh(&a.dir, "group"), default, a.records, a.tasks);
+    // The goal row three times: the disk and cores are shared, so the spread is shown.
+    let mut runs: Vec<(f64, f64)> =
+        (0..3).map(|_| async_appends(&fresh(&a.dir, "group"), default, a.records, a.tasks)).collect();
+    runs.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (group, group_per_write) = runs[1];
+    let spread = format!("median of 3 (min {:.0}, max {:.0})", runs[0].0, runs[2].0);
     if a.quick {
         println!("{group:.0} appends/s, {group_per_write:.0} records per fsync");
         return;
@@ -184,7 +189,7 @@ fn main() {
     println!("| measure ({PAYLOAD}-byte records) | result | goal | vs goal |");
     println!("|---|---|---|---|");
     println!(
-        "| appends/s, GroupCommit 2 ms (default), {} concurrent appenders (AsyncOutbox), {} records, {:.0} records per fsync | {:.0} | ≥ 200000 | {:.2}x |",
+        "| appends/s, GroupCommit 2 ms (default), {} concurrent appenders (AsyncOutbox), {} records, {:.0} records per fsync | {:.0}, {spread} | ≥ 200000 | {:.2}x |",
         a.tasks, a.records, group_per_write, group, group / goal
     );
     println!(
