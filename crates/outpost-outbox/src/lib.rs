@@ -47,9 +47,9 @@
 //! # Fsync policy ([`FsyncPolicy`])
 //!
 //! - `Always`: an append returns after its record is fsynced.
-//! - `GroupCommit { interval_ms }` (default, 2 ms): an append returns after the next group
+//! - `GroupCommit { interval_ms }` (default, 0 ms): an append returns after the next group
 //!   fsync, which covers every append since the previous one; group fsyncs start at most every
-//!   `interval_ms`. Sharing happens through [`AsyncOutbox`] (concurrent appends) or
+//!   `interval_ms` (0: as soon as the previous one ends). Sharing happens through [`AsyncOutbox`] (concurrent appends) or
 //!   [`Outbox::append_batch`]; a lone [`Outbox::append`] is a group of one.
 //! - `Never`: records are handed to the OS and never fsynced. `Ok` means *written*: a crash of
 //!   the process keeps them, a power cut may not.
