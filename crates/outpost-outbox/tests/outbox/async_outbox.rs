@@ -1,11 +1,9 @@
 //! The async handle: group commit under concurrency, consumers from async code, close.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{name, read_all, seqs};
+use crate::common::{name, read_all, seqs};
 use outpost_outbox::{AsyncOutbox, FsyncPolicy, Outbox, OutboxConfig, OutboxError, Priority};
 
 fn cfg(fsync: FsyncPolicy) -> OutboxConfig {

@@ -3,9 +3,7 @@
 //! lower priority is empty, and what a consumer reads of each priority is an unbroken run of
 //! the newest records, with their bytes.
 
-mod common;
-
-use common::name;
+use crate::common::name;
 use outpost_outbox::{FsyncPolicy, Outbox, OutboxConfig, Priority, RecordId};
 use proptest::prelude::*;
 

@@ -1,11 +1,9 @@
 //! Opening an outbox after crashes and damage: what is kept, what is cut, what is refused.
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::FileExt;
 
-use common::{config, name, payload, read_all, segments, seqs};
+use crate::common::{config, name, payload, read_all, segments, seqs};
 use outpost_outbox::{Outbox, OutboxError, Priority, RecoveryEvent};
 
 #[test]

@@ -1,20 +1,18 @@
 //! kill -9 with a real child process: every append the child saw acknowledged is on disk after
 //! the kill, in order, with its bytes.
 //!
-//! The test binary runs itself again as the child (the `kill9_child_entry` test, which does
-//! nothing unless `OUTBOX_KILL9_DIR` is set). The child appends for ever and prints
-//! `ACK <priority> <seq> <payload>` after each acknowledged append; the parent kills it with
-//! SIGKILL at a random moment (from start-up, or after its first acknowledged append), reopens
-//! the outbox, and checks every printed line against it.
-
-mod common;
+//! The test binary runs itself again as the child, filtered with `--exact` to the
+//! `kill9::kill9_child_entry` test, which does nothing unless `OUTBOX_KILL9_DIR` is set. The
+//! child appends for ever and prints `ACK <priority> <seq> <payload>` after each acknowledged
+//! append; the parent kills it with SIGKILL at a random moment (from start-up, or after its
+//! first acknowledged append), reopens the outbox, and checks every printed line against it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{name, read_all};
+use crate::common::{name, read_all};
 use outpost_outbox::{AsyncOutbox, FsyncPolicy, Outbox, OutboxConfig, Priority};
 
 fn cfg(fsync: FsyncPolicy) -> OutboxConfig {
@@ -68,6 +66,15 @@ fn kill9_child_entry() {
     }
 }
 
+/// The child's test name as libtest knows it, for `--exact`: its module path without the
+/// crate, so `kill9::kill9_child_entry` in the `processes` test binary.
+fn child_test_name() -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::kill9_child_entry"),
+        None => "kill9_child_entry".to_owned(),
+    }
+}
+
 /// A small xorshift, seeded from the clock: kill moments differ from run to run.
 struct Rng(u64);
 
@@ -87,9 +94,10 @@ fn trials(mode: &str, count: usize) {
     // Every acknowledged record so far: (priority index, seq) -> payload.
     let mut acked: BTreeMap<(usize, u64), String> = BTreeMap::new();
     let exe = std::env::current_exe().unwrap();
+    let child_test = child_test_name();
     for trial in 0..count {
         let mut child = Command::new(&exe)
-            .args(["kill9_child_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .args([child_test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env("OUTBOX_KILL9_DIR", dir.path())
             .env("OUTBOX_KILL9_POLICY", mode)
             .env("OUTBOX_KILL9_TRIAL", trial.to_string())

@@ -1,8 +1,6 @@
 //! Named consumers: priority order, committed positions, at-least-once, segment deletion.
 
-mod common;
-
-use common::{config, name, payload, read_all, segments, seqs};
+use crate::common::{config, name, payload, read_all, segments, seqs};
 use outpost_outbox::{Outbox, OutboxError, Priority, RecordId};
 
 #[test]
