@@ -1,0 +1,59 @@
+//! The few file-system moves durability rests on.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{IoContext, Result};
+
+/// Makes a directory's entries (creations, renames, deletions) durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).ctx("open directory", dir)?.sync_all().ctx("fsync directory", dir)
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file, whole.
+///
+/// temp file + fsync + rename + fsync of the directory: without the first fsync the rename can
+/// reach the disk before the data (an empty file after a crash); without the last one the rename
+/// itself can be lost.
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).ctx("create", &tmp)?;
+    f.write_all(bytes).ctx("write", &tmp)?;
+    f.sync_all().ctx("fsync", &tmp)?;
+    drop(f);
+    fs::rename(&tmp, path).ctx("rename into place", path)?;
+    fsync_dir(parent(path))
+}
+
+/// Creates `dir` if missing, making its entry in the parent durable.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).ctx("create directory", dir)?;
+    fsync_dir(parent(dir))
+}
+
+/// The directory holding `path` (the current one for a bare name).
+pub(crate) fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_the_whole_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pos");
+        atomic_write(&p, b"first version, longer").unwrap();
+        atomic_write(&p, b"second").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"second");
+        assert!(!dir.path().join("pos.tmp").exists());
+    }
+}
