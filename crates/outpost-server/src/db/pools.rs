@@ -92,11 +92,7 @@ pub(super) fn open_lazy_pool(kind: DbKind, url: &str, max_connections: u32) -> R
     Ok(pool_options(kind, max_connections, None).connect_lazy(url)?)
 }
 
-fn pool_options(
-    kind: DbKind,
-    max_connections: u32,
-    statement_timeout: Option<Duration>,
-) -> AnyPoolOptions {
+fn pool_options(kind: DbKind, max_connections: u32, statement_timeout: Option<Duration>) -> AnyPoolOptions {
     // A short acquire timeout turns an unreachable database into a quick 503 instead of a
     // hung request; the pool opens fresh connections once the database is back.
     let options = AnyPoolOptions::new()

@@ -10,9 +10,9 @@
 //! evaluation failed, is read whole again the next time.
 
 use super::cache::RolloutCache;
-use super::sums::MemoWindows;
 use super::engine::{self, EngineConfig, Step};
 use super::gates::StatRow;
+use super::sums::MemoWindows;
 use crate::db::rollouts::StoredRollout;
 use crate::db::Db;
 use crate::metrics::{DecisionLabels, RolloutLabels};
@@ -208,8 +208,8 @@ impl Driver {
         let stats = windows.get(r.spec.model.as_str()).map_or(&empty, |c| &c.by_device);
         let started = Instant::now();
         let (members, fleet, sums) = cache.step_inputs();
-        let windows = MemoWindows { rows: stats, memo: std::cell::RefCell::new(sums) };
-        let step = engine::step(r, members, fleet, &windows, &self.cfg, now);
+        let memo = MemoWindows { rows: stats, memo: std::cell::RefCell::new(sums) };
+        let step = engine::step(r, members, fleet, &memo, &self.cfg, now);
         m.rollout_step.observe(started.elapsed().as_secs_f64());
         drop(windows);
         m.rollout_evaluations.inc();

@@ -378,12 +378,7 @@ fn join(ctx: &mut Ctx<'_>, fleet: &HashMap<String, DeviceView>, phase: WavePhase
 }
 
 /// Judges a phase's gates; returns the readings.
-fn judge_wave(
-    ctx: &Ctx<'_>,
-    shadow: bool,
-    stats: &dyn Windows,
-    bake_started: i64,
-) -> Vec<GateReading> {
+fn judge_wave(ctx: &Ctx<'_>, shadow: bool, stats: &dyn Windows, bake_started: i64) -> Vec<GateReading> {
     let spec = &ctx.r.spec;
     let members: Vec<&Member> = ctx
         .members

@@ -143,7 +143,7 @@ mod tests {
                     id,
                     received_ms: tick * 2_000 - late,
                     version,
-                    shadow: next(&mut seed) % 5 == 0,
+                    shadow: next(&mut seed).is_multiple_of(5),
                     requests: next(&mut seed) % 50,
                     errors: next(&mut seed) % 3,
                     agreement: (next(&mut seed) % 10) as f64,
