@@ -30,6 +30,29 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def thread_cpu_s(pid, name):
+    """CPU seconds (user + system) of the threads of process `pid` named `name`."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def drop_pg_schema(url):
+    """Drops the schema `fresh_pg_schema` made for `url`."""
+    base, _, options = url.partition("?")
+    schema = options.rsplit("%3D", 1)[-1]
+    subprocess.run(["psql", base, "-qc", f"DROP SCHEMA IF EXISTS {schema} CASCADE"], capture_output=True)
+
+
 def postgres_cpu():
     """CPU seconds of every PostgreSQL process on the machine (the server and its backends)."""
     total = 0.0
@@ -41,7 +64,9 @@ def postgres_cpu():
             continue
         if "postgres" in head:
             fields = tail.split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
+            # With the reaped children's time (the postmaster's cutime and cstime): a backend
+            # that exits between two samples would otherwise take its CPU out of the total.
+            total += sum(int(f) for f in fields[11:15]) / TICK
     return total
 
 

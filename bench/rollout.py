@@ -16,7 +16,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import Api, cpu_s, fresh_pg_schema, histogram_quantile, metric, package, postgres_cpu, start_server  # noqa: E402
+from benchlib import (Api, cpu_s, drop_pg_schema, fresh_pg_schema, histogram_quantile, metric, package,  # noqa: E402
+                      postgres_cpu, start_server, thread_cpu_s)  # noqa: E402
 
 BIN = sys.argv[1]
 DEVICES = int(os.environ.get("DEVICES", 10000))
@@ -37,8 +38,9 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 work = tempfile.mkdtemp(prefix="rolloutbench-")
+DATABASE = fresh_pg_schema(PG, "rolloutbench")
 server, url, token = start_server(BIN, work, {
-    "database": fresh_pg_schema(PG, "rolloutbench"), "heartbeat_interval_s": INTERVAL, "rollout_tick_ms": 1000,
+    "database": DATABASE, "heartbeat_interval_s": INTERVAL, "rollout_tick_ms": 1000,
     "device_reports_per_min": 0, "stale_after_s": 6 * INTERVAL,
 })
 api = Api(url, token)
@@ -71,6 +73,8 @@ time.sleep(2 * INTERVAL)
 
 text0 = api.metrics()
 cpu0, pg0, t0 = cpu_s(server.pid), postgres_cpu(), time.time()
+ENGINE = "rollout-engine"  # the engine's thread (outpost-server's rollout::driver::spawn)
+eng0 = thread_cpu_s(server.pid, ENGINE)
 rollout = api.call("POST", "/v1/rollouts", {
     "model": "bench-det", "version": "2", "selector": SELECTOR, "waves": [1, 10, 50, 100], "bake_s": BAKE,
     "gates": ["error_rate<2x", "p99_latency<1.5x"], "min_samples": 500, "wave_deadline_s": 600,
@@ -89,6 +93,7 @@ r = state["r"]
 wall = time.time() - t0
 text1 = api.metrics()
 cpu1, pg1 = cpu_s(server.pid), postgres_cpu()
+eng1 = thread_cpu_s(server.pid, ENGINE)
 if r["state"] != "completed":
     raise SystemExit(f"rollout ended {r['state']}: {r['reason']}\n{json.dumps(r, indent=1)[:4000]}")
 
@@ -102,19 +107,26 @@ whole = api.call("POST", "/v1/rollouts", {
 })
 wait("one wave of every device baking",
      lambda: api.call("GET", f"/v1/rollouts/{whole['id']}")["waves"][0].get("bake_started_ms") is not None)
-w0 = api.metrics()
+
+def sample():
+    """Metrics, the engine thread's CPU and PostgreSQL's CPU, now."""
+    return api.metrics(), thread_cpu_s(server.pid, ENGINE), postgres_cpu()
+
+
+w0 = sample()
 time.sleep(QUIET_S)
-w1 = api.metrics()
+w1 = sample()
 sim.terminate()
 sim.communicate(timeout=120)
 time.sleep(2)
-q0 = api.metrics()
+q0 = sample()
 time.sleep(QUIET_S)
-q1 = api.metrics()
+q1 = sample()
 whole_view = api.call("GET", f"/v1/rollouts/{whole['id']}")
 api.call("POST", f"/v1/rollouts/{whole['id']}/abort")
 server.terminate()
 server.wait(timeout=60)
+drop_pg_schema(DATABASE)
 if whole_view["state"] != "running" or whole_view["waves"][0]["phase"] != "baking":
     raise SystemExit(f"the one-wave rollout left its bake: {whole_view['state']}: {whole_view['reason']}")
 whole_members = whole_view["waves"][0]["devices"]
@@ -168,16 +180,20 @@ print(f"\nRollout of {DEVICES} devices: {wall:.0f} s. Engine: {evals:.0f} evalua
       f"(devices stamped since the last tick, quiet devices, busy devices, new windows, gates over every member, step, write) **{eval_mean:.1f} ms mean**, "
       f"p99 ≤ {1000 * eval_p99 if eval_p99 is not None else float('nan'):.0f} ms (histogram bucket) — goal < {GOAL_MS:.0f} ms "
       f"for 10,000 devices: {eval_mean / GOAL_MS:.2f}× the goal, {'met' if eval_mean < GOAL_MS else 'missed'}; "
-      f"the pure step alone {step_mean:.2f} ms; "
+      f"the pure step alone {step_mean:.2f} ms; the engine thread's CPU {1000 * (eng1 - eng0) / max(evals, 1):.1f} ms per evaluation; "
       f"{statements / max(evals, 1):.1f} database statements per evaluation (lease and cache sync included). "
       f"Server CPU {100 * (cpu1 - cpu0) / wall:.0f} %, PostgreSQL CPU {100 * (pg1 - pg0) / wall:.0f} % over the rollout "
       f"(heartbeats and downloads included). Mean ms per part: {parts(text0, text1)}.")
 EVAL = "outpost_server_rollout_evaluation_duration_seconds"
 STEP = "outpost_server_rollout_step_duration_seconds"
-for title, a, b in (("while the devices report", w0, w1), ("the engine alone (simulator stopped)", q0, q1)):
+for title, (a, ea, pa), (b, eb, pb) in (("while the devices report", w0, w1),
+                                         ("the engine alone (simulator stopped)", q0, q1)):
     mean, n = mean_ms(a, b, EVAL)
     step, _ = mean_ms(a, b, STEP)
+    # PostgreSQL's CPU is the engine's statements only when the devices are quiet.
+    pg = f"; PostgreSQL {1000 * (pb - pa) / max(n, 1):.1f} ms CPU per evaluation" if "alone" in title else ""
     print(f"\nOne wave of all {whole_members} devices baking, {title}, {n:.0f} evaluations over {QUIET_S} s: "
           f"one evaluation of every gate over every member **{mean:.1f} ms mean**, {mean / GOAL_MS:.2f}× the "
-          f"{GOAL_MS:.0f} ms goal ({'met' if mean < GOAL_MS else 'missed'}); the pure step {step:.2f} ms. "
+          f"{GOAL_MS:.0f} ms goal ({'met' if mean < GOAL_MS else 'missed'}); the pure step {step:.2f} ms; "
+          f"the engine thread's CPU {1000 * (eb - ea) / max(n, 1):.1f} ms per evaluation{pg}. "
           f"Mean ms per part: {parts(a, b)}.")

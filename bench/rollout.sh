@@ -7,6 +7,8 @@
 # 10,000 devices), the pure step's time, each part's time, and database statements per
 # evaluation. Then v3 goes to every device in one wave with a long bake, and evaluations that
 # judge every gate over every device are timed while the devices report and with them stopped.
+# Last, the pure step alone on a synthetic fleet of as many devices, without a database
+# (crates/outpost-server/examples/rollout_step.rs), for a profiler's eye.
 #
 # usage: bench/rollout.sh [--quick]
 #   DEVICES (default 10000; --quick: 500), INTERVAL (heartbeat s, 10), BAKE (s, 10),
@@ -18,5 +20,8 @@ if [ "${1:-}" = "--quick" ]; then
   export DEVICES=${DEVICES:-500} BAKE=${BAKE:-5} INTERVAL=${INTERVAL:-5}
 fi
 cargo build --release --locked -p outpost >&2
+cargo build --release --locked -p outpost-server --example rollout_step >&2
 mkdir -p target/bench
 python3 bench/rollout.py "$PWD/target/release/outpost" | tee target/bench/rollout.md
+echo | tee -a target/bench/rollout.md
+"${CARGO_TARGET_DIR:-target}/release/examples/rollout_step" "${DEVICES:-10000}" 30 | tee -a target/bench/rollout.md

@@ -300,7 +300,9 @@ impl ControlPlane {
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..150 {
+    // A minute: loading a model (the delivery tests' sluggish one has 2,000 nodes) in a debug
+    // build on a CI machine busy compiling took over 15 s once. The wait ends when `done` does.
+    for _ in 0..600 {
         if done() {
             return;
         }

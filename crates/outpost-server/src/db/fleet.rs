@@ -187,11 +187,14 @@ impl Db {
 
     /// Devices in another active rollout of `r`'s model (and not reverted there): `r` skips them.
     pub async fn busy_devices(&self, r: &RolloutRecord, reader: Reader) -> Result<HashSet<String>, DbError> {
+        // The other rollouts are picked first (a handful of rows) and their devices read by
+        // primary-key prefix: joined the other way, PostgreSQL scanned every member of every
+        // rollout ever run (about 24 ms a tick at 10,000 devices) to find, usually, none.
         let mut q = Sql::new(
-            "SELECT rd.device_id FROM rollout_devices rd JOIN rollouts r ON r.id = rd.rollout_id \
-             WHERE r.state IN ('pending', 'running', 'paused') AND rd.state <> 'reverted' AND rd.model = ",
+            "SELECT rd.device_id FROM rollout_devices rd WHERE rd.rollout_id IN \
+             (SELECT id FROM rollouts WHERE state IN ('pending', 'running', 'paused') AND model = ",
         );
-        q.bind(&r.spec.model).push(" AND rd.rollout_id <> ").bind(r.id);
+        q.bind(&r.spec.model).push(" AND id <> ").bind(r.id).push(") AND rd.state <> 'reverted'");
         let rows = q.query().fetch_all(self.reader_pool(reader)).await?;
         rows.iter().map(|row| Ok(row.try_get::<String, _>("device_id")?)).collect()
     }

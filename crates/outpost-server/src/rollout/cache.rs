@@ -33,6 +33,8 @@ pub(super) struct RolloutCache {
     any_busy: bool,
     /// The gates' running sums.
     sums: SumMemo,
+    /// Moves whenever the members may have changed (see `super::sums`).
+    epoch: u64,
 }
 
 impl RolloutCache {
@@ -46,13 +48,15 @@ impl RolloutCache {
             since_ms: now.saturating_sub(STAMP_MARGIN_MS),
             members: None,
             sums: SumMemo::default(),
+            epoch: 0,
         })
     }
 
-    /// What a step reads: the members, the fleet, and the gates' running sums to add to.
-    pub(super) fn step_inputs(&mut self) -> (&[Member], &HashMap<String, DeviceView>, &mut SumMemo) {
+    /// What a step reads: the members, the fleet, the gates' running sums to add to, and the
+    /// members' epoch.
+    pub(super) fn step_inputs(&mut self) -> (&[Member], &HashMap<String, DeviceView>, &mut SumMemo, u64) {
         let members = self.members.as_ref().map_or(&[][..], |(_, m)| m.as_slice());
-        (members, &self.views, &mut self.sums)
+        (members, &self.views, &mut self.sums, self.epoch)
     }
 
     /// The members (empty before the first [`RolloutCache::refresh`]).
@@ -77,6 +81,7 @@ impl RolloutCache {
             // The database's collation need not be byte order, which `apply` searches by.
             members.sort_unstable_by(|a, b| a.device_id.cmp(&b.device_id));
             self.members = Some((stored.updated_ms, members));
+            self.epoch += 1;
             metrics.engine_part("members", started);
             statements += 1;
         }
@@ -162,6 +167,9 @@ impl RolloutCache {
     pub(super) fn apply(&mut self, step: &Step, revision: i64) {
         let Some((rev, members)) = self.members.as_mut() else { return };
         *rev = revision;
+        if !step.changed.is_empty() {
+            self.epoch += 1;
+        }
         let sorted = members.len();
         for c in &step.changed {
             match members[..sorted].binary_search_by(|m| m.device_id.cmp(&c.device_id)) {
@@ -177,5 +185,6 @@ impl RolloutCache {
     /// The members must be read again (a step was not stored).
     pub(super) fn forget_members(&mut self) {
         self.members = None;
+        self.epoch += 1;
     }
 }

@@ -12,7 +12,7 @@
 use super::cache::RolloutCache;
 use super::engine::{self, EngineConfig, Step};
 use super::gates::StatRow;
-use super::sums::MemoWindows;
+use super::sums::{MemoWindows, RowLog, Rows};
 use crate::db::rollouts::StoredRollout;
 use crate::db::Db;
 use crate::metrics::{DecisionLabels, RolloutLabels};
@@ -27,6 +27,8 @@ use tokio::sync::Mutex;
 struct StatsCache {
     last_id: i64,
     by_device: HashMap<String, Vec<StatRow>>,
+    /// The newest rows, for the memos of gate sums.
+    log: RowLog,
 }
 
 /// The engine of one server process.
@@ -168,6 +170,7 @@ impl Driver {
         let rows = self.db.version_stats_since(&model, cache.last_id, keep_from).await?;
         for (id, device, row) in rows {
             cache.last_id = cache.last_id.max(id);
+            cache.log.push(id, &device);
             cache.by_device.entry(device).or_default().push(row);
         }
         cache.by_device.retain(|_, rows| {
@@ -204,11 +207,12 @@ impl Driver {
             m.engine_part("windows", started);
             statements += 1;
         }
-        let empty = HashMap::new();
-        let stats = windows.get(r.spec.model.as_str()).map_or(&empty, |c| &c.by_device);
+        let empty = StatsCache::default();
+        let stats = windows.get(r.spec.model.as_str()).unwrap_or(&empty);
         let started = Instant::now();
-        let (members, fleet, sums) = cache.step_inputs();
-        let memo = MemoWindows { rows: stats, memo: std::cell::RefCell::new(sums) };
+        let (members, fleet, sums, epoch) = cache.step_inputs();
+        let rows = Rows { by_device: &stats.by_device, log: &stats.log, epoch };
+        let memo = MemoWindows { rows, memo: std::cell::RefCell::new(sums) };
         let step = engine::step(r, members, fleet, &memo, &self.cfg, now);
         m.rollout_step.observe(started.elapsed().as_secs_f64());
         drop(windows);
@@ -245,7 +249,8 @@ impl Driver {
         for member in members.iter().map(|x| changed.get(x.device_id.as_str()).copied().unwrap_or(x)) {
             *by_state.entry(member.state.as_str()).or_default() += 1;
         }
-        for c in step.changed.iter().filter(|c| !members.iter().any(|x| x.device_id == c.device_id)) {
+        let known: std::collections::HashSet<&str> = members.iter().map(|x| x.device_id.as_str()).collect();
+        for c in step.changed.iter().filter(|c| !known.contains(c.device_id.as_str())) {
             *by_state.entry(c.state.as_str()).or_default() += 1;
         }
         for (state, n) in by_state {

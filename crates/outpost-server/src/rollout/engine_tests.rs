@@ -4,7 +4,7 @@
 use super::actions::{act, Action};
 use super::engine::*;
 use super::gates::StatRow;
-use super::sums::{MemoWindows, SumMemo};
+use super::sums::{MemoWindows, RowLog, Rows, SumMemo};
 use super::waves::Observed;
 use outpost_proto::fleet::device::FailureKind;
 use outpost_proto::fleet::quality::LatencyHistogram;
@@ -31,6 +31,9 @@ struct Sim {
     stats: HashMap<String, Vec<StatRow>>,
     /// The driver's memo of gate sums, checked against summing every row again on each tick.
     memo: SumMemo,
+    /// The newest rows and the members' epoch, as the driver keeps them for the memo.
+    row_log: RowLog,
+    epoch: u64,
     row_id: i64,
     now: i64,
     cfg: EngineConfig,
@@ -91,6 +94,8 @@ impl Sim {
             kinds,
             stats: HashMap::new(),
             memo: SumMemo::default(),
+            row_log: RowLog::default(),
+            epoch: 0,
             row_id: 0,
             now: 1_000_000,
             cfg,
@@ -101,7 +106,8 @@ impl Sim {
 
     fn tick(&mut self) {
         let plain = step(&self.r, &self.members, &self.fleet, &self.stats, &self.cfg, self.now);
-        let windows = MemoWindows { rows: &self.stats, memo: RefCell::new(&mut self.memo) };
+        let rows = Rows { by_device: &self.stats, log: &self.row_log, epoch: self.epoch };
+        let windows = MemoWindows { rows, memo: RefCell::new(&mut self.memo) };
         let memo = step(&self.r, &self.members, &self.fleet, &windows, &self.cfg, self.now);
         let seen = |s: &Step| (s.rollout.clone(), s.changed.clone(), s.decisions.clone(), s.desired_changed.clone());
         assert_eq!(seen(&plain), seen(&memo), "the memo of gate sums must decide exactly as summing every row");
@@ -111,6 +117,9 @@ impl Sim {
     fn apply(&mut self, step: Step) {
         if let Some(r) = step.rollout {
             self.r = r;
+        }
+        if !step.changed.is_empty() {
+            self.epoch += 1;
         }
         for c in step.changed {
             match self.members.iter_mut().find(|m| m.device_id == c.device_id) {
@@ -160,6 +169,7 @@ impl Sim {
                     view.observed.shadow = Some((version.clone(), "ready".into(), None));
                     let agreement = if matches!(kind, Kind::Errors(_)) { 0.5 } else { 1.0 };
                     self.row_id += 1;
+                    self.row_log.push(self.row_id, &id);
                     self.stats.entry(id.clone()).or_default().push(StatRow {
                         id: self.row_id,
                         received_ms: self.now,
@@ -182,6 +192,7 @@ impl Sim {
                 latency.record(5.0);
             }
             self.row_id += 1;
+            self.row_log.push(self.row_id, &id);
             self.stats.entry(id.clone()).or_default().push(StatRow {
                 id: self.row_id,
                 received_ms: self.now,

@@ -244,16 +244,28 @@ pub struct GateWindow<'a> {
 impl GateWindow<'_> {
     /// Adds `row` of member `m` to the side it belongs to, if any.
     pub fn add(&self, m: &Member, row: &StatRow, candidate: &mut Totals, baseline: &mut Totals) {
+        self.add_for(m.since_ms, m.from_version.as_deref(), row, candidate, baseline);
+    }
+
+    /// [`GateWindow::add`] for a member that changed at `since_ms` from `from_version`.
+    pub fn add_for(
+        &self,
+        since_ms: i64,
+        from_version: Option<&str>,
+        row: &StatRow,
+        candidate: &mut Totals,
+        baseline: &mut Totals,
+    ) {
         if row.version == self.version
             && row.shadow == self.shadow
-            && row.received_ms >= self.bake_started_ms.max(m.since_ms)
+            && row.received_ms >= self.bake_started_ms.max(since_ms)
         {
             candidate.add(row);
         } else if !self.shadow
             && !row.shadow
-            && Some(row.version.as_str()) == m.from_version.as_deref()
-            && row.received_ms < m.since_ms
-            && row.received_ms >= m.since_ms.saturating_sub(self.baseline_ms)
+            && Some(row.version.as_str()) == from_version
+            && row.received_ms < since_ms
+            && row.received_ms >= since_ms.saturating_sub(self.baseline_ms)
         {
             baseline.add(row);
         }
@@ -262,12 +274,13 @@ impl GateWindow<'_> {
 
 /// Where the engine's gates get their sums from: the windows themselves, or a memo of them.
 pub trait Windows {
-    /// The sums of `members`' windows in `window`: (candidate, baseline).
-    fn totals(&self, members: &[&Member], window: GateWindow<'_>) -> (Totals, Totals);
+    /// The sums of `members`' windows in `window`: (candidate, baseline). `as_given` says the
+    /// step changed no member before asking, so the members are those the step was given.
+    fn totals(&self, members: &[&Member], window: GateWindow<'_>, as_given: bool) -> (Totals, Totals);
 }
 
 impl Windows for HashMap<String, Vec<StatRow>> {
-    fn totals(&self, members: &[&Member], w: GateWindow<'_>) -> (Totals, Totals) {
+    fn totals(&self, members: &[&Member], w: GateWindow<'_>, _as_given: bool) -> (Totals, Totals) {
         gate_totals(members, w.version, w.shadow, w.bake_started_ms, w.baseline_ms, self)
     }
 }
