@@ -101,6 +101,14 @@ pub fn wilson(k: f64, n: f64) -> (f64, f64) {
     ((centre - half).max(0.0), (centre + half).min(1.0))
 }
 
+/// The quantile whose rank is the lower 95 % bound of the rank of quantile `q` among `n`
+/// samples (normal approximation of the binomial): a distribution-free lower bound for it.
+fn lower_rank(q: f64, n: u64) -> f64 {
+    let n = n.max(1) as f64;
+    let z = 1.959_964f64;
+    ((n * q - z * (n * q * (1.0 - q)).sqrt()) / n).clamp(0.0, 1.0)
+}
+
 fn reading(
     gate: &Gate,
     value: Option<f64>,
@@ -169,8 +177,20 @@ pub fn judge(gate: &Gate, input: &GateInput) -> GateReading {
                 Threshold::Fraction(_) => return mismatched(gate),
             };
             let verdict = match (value, limit) {
-                (Some(v), Some(l)) if v >= l => Verdict::Fail,
-                (Some(_), Some(_)) => Verdict::Pass,
+                (Some(v), Some(l)) if input.final_call => {
+                    if v >= l {
+                        Verdict::Fail
+                    } else {
+                        Verdict::Pass
+                    }
+                }
+                // Before the bake ends, a tail quantile of a few hundred requests is a handful of
+                // samples: it fails early only when the quantile's lower 95 % bound is past the
+                // limit, as the rate gates do with theirs.
+                (Some(_), Some(l)) if c.latency.quantile(lower_rank(q, c.requests)).is_some_and(|low| low >= l) => {
+                    Verdict::Fail
+                }
+                (Some(v), Some(l)) if v < l => Verdict::Pass,
                 _ => Verdict::Waiting,
             };
             let note = format!("{} requests, {} on the previous version", c.requests, b.requests);
@@ -355,6 +375,29 @@ mod tests {
         let same = GateInput { candidate: totals(1000, 0, 5.0), ..input };
         assert_eq!(judge(&gate("p99_latency<1.2x"), &same).verdict, Verdict::Pass);
         assert_eq!(judge(&gate("p50_latency<4ms"), &same).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn a_tail_latency_from_few_samples_fails_early_only_when_its_lower_bound_does() {
+        // 203 requests at 5 ms but the slowest three at 12 ms: the p99 reads 12 ms against a limit
+        // of 7.5 ms, but its lower bound (about the 98th percentile) is 5 ms.
+        let mut candidate = totals(200, 0, 5.0);
+        for _ in 0..3 {
+            candidate.requests += 1;
+            candidate.latency.record(12.0);
+        }
+        let baseline = totals(1000, 0, 5.0);
+        let early = GateInput { candidate, baseline, min_samples: 200, final_call: false };
+        let r = judge(&gate("p99_latency<1.5x"), &early);
+        assert_eq!(r.verdict, Verdict::Waiting, "{r:?}");
+        assert!(r.value.unwrap() > r.limit.unwrap(), "{r:?}");
+        // At the end of the bake the point estimate decides.
+        let r = judge(&gate("p99_latency<1.5x"), &GateInput { final_call: true, ..early.clone() });
+        assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
+        // A version slow throughout fails at once.
+        let slow = GateInput { candidate: totals(203, 0, 12.0), ..early };
+        assert_eq!(judge(&gate("p99_latency<1.5x"), &slow).verdict, Verdict::Fail);
+        assert!(lower_rank(0.99, 203) < 0.985 && lower_rank(0.99, 1_000_000) > 0.989);
     }
 
     #[test]
