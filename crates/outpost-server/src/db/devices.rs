@@ -198,10 +198,10 @@ impl Db {
             q.push(" ON CONFLICT (device_id, key) DO UPDATE SET value = excluded.value");
             q.query().execute(&mut *tx).await?;
         }
-        super::fleet::stamp_devices(&mut tx, self.kind(), &[id], now_ms).await?;
         let labels = labels_of(&mut tx, id).await?;
         let details = serde_json::json!({"set": change.set, "remove": change.remove});
         record(&mut tx, now_ms, actor, "device.label", id, details).await?;
+        super::fleet::stamp_devices(&mut tx, self.kind(), &[id]).await?;
         tx.commit().await?;
         Ok(Some(labels))
     }
@@ -233,8 +233,8 @@ impl Db {
                 q.query().execute(&mut *tx).await?;
             }
         }
-        super::fleet::stamp_devices(&mut tx, self.kind(), &[id], now_ms).await?;
         record(&mut tx, now_ms, actor, "device.override", id, serde_json::json!({"override": ov})).await?;
+        super::fleet::stamp_devices(&mut tx, self.kind(), &[id]).await?;
         tx.commit().await?;
         Ok(true)
     }

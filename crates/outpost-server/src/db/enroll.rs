@@ -67,7 +67,6 @@ impl Db {
             }
             q.query().execute(&mut *tx).await?;
         }
-        super::fleet::stamp_devices(&mut tx, self.kind(), &[req.device_id.as_str()], now_ms).await?;
         let actor = format!("device:{}", req.device_id);
         let details = serde_json::json!({"token": token_id, "name": req.name, "labels": labels});
         record(&mut tx, now_ms, &actor, "device.enroll", &req.device_id, details).await?;
@@ -79,6 +78,7 @@ impl Db {
         if q.query().execute(&mut *tx).await?.rows_affected() == 0 {
             return Ok(EnrollOutcome::TokenUsedUp);
         }
+        super::fleet::stamp_devices(&mut tx, self.kind(), &[req.device_id.as_str()]).await?;
         tx.commit().await?;
         Ok(EnrollOutcome::Enrolled { device_id: req.device_id.clone(), labels })
     }
@@ -109,8 +109,8 @@ impl Db {
             let mut q = Sql::new("UPDATE devices SET revoked_ms = ");
             q.bind(now_ms).push(" WHERE id = ").bind(id);
             q.query().execute(&mut *tx).await?;
-            super::fleet::stamp_devices(&mut tx, self.kind(), &[id], now_ms).await?;
             record(&mut tx, now_ms, actor, "device.revoke", id, serde_json::json!({})).await?;
+            super::fleet::stamp_devices(&mut tx, self.kind(), &[id]).await?;
         }
         tx.commit().await?;
         Ok(true)

@@ -37,15 +37,22 @@ fn push_id_set(q: &mut Sql, kind: DbKind, ids: &[String]) -> Result<(), DbError>
     Ok(())
 }
 
-/// Stamps `ids` as changed at `now_ms` for the rollout engine, in the caller's transaction. A
-/// stamp never stays or goes back: a second change in the same millisecond (or under a slower
-/// clock) adds one, so a reader that saw the old stamp always reads the device again.
-pub(super) async fn stamp_devices(
-    conn: &mut AnyConnection,
-    kind: DbKind,
-    ids: &[&str],
-    now_ms: i64,
-) -> Result<(), DbError> {
+/// The database's clock in Unix ms, as SQL. Stamps come from it rather than from the writer's
+/// clock, so that replicas' clocks cannot push a stamp behind what the engine already read;
+/// what remains for the engine's margin is the time from the stamp to its commit.
+fn db_clock_ms(kind: DbKind) -> &'static str {
+    match kind {
+        // clock_timestamp(), not now(): now() is the transaction's start, before its own work.
+        DbKind::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        DbKind::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+    }
+}
+
+/// Stamps `ids` as changed now (the database's clock) for the rollout engine, in the caller's
+/// transaction; callers stamp last, just before they commit. A stamp never stays or goes back:
+/// a second change in the same millisecond adds one, so a reader that saw the old stamp always
+/// reads the device again.
+pub(super) async fn stamp_devices(conn: &mut AnyConnection, kind: DbKind, ids: &[&str]) -> Result<(), DbError> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -59,13 +66,14 @@ pub(super) async fn stamp_devices(
         DbKind::Sqlite => "json_each($1) AS j",
     };
     let mut q = Sql::new(&format!(
-        "INSERT INTO device_changes (device_id, changed_ms) SELECT j.value, $2 FROM {ids_sql} \
+        "INSERT INTO device_changes (device_id, changed_ms) SELECT j.value, {} FROM {ids_sql} \
          JOIN devices d ON d.id = j.value WHERE true ORDER BY j.value \
          ON CONFLICT (device_id) DO UPDATE SET changed_ms = CASE \
          WHEN device_changes.changed_ms >= excluded.changed_ms THEN device_changes.changed_ms + 1 \
-         ELSE excluded.changed_ms END"
+         ELSE excluded.changed_ms END",
+        db_clock_ms(kind)
     ));
-    q.arg(json).arg(now_ms);
+    q.arg(json);
     q.query().execute(conn).await?;
     Ok(())
 }

@@ -308,6 +308,10 @@ impl Db {
         let history_updates = self.append_history(&mut tx, batch, &known).await?;
         let stats = stats_rows(batch, &known)?;
         execute_json(&mut tx, &sql.stats, &stats).await?;
+        // The rollout engine reads these devices again (see `super::fleet`); stamped last, so
+        // that little time passes between the stamp and the commit.
+        let stamped: Vec<&str> = model_updates.iter().map(|(id, _)| id.as_str()).collect();
+        super::fleet::stamp_devices(&mut tx, self.kind(), &stamped).await?;
         tx.commit().await?;
 
         if let Ok(mut hashes) = self.inner.model_hashes.lock() {
@@ -357,10 +361,6 @@ impl Db {
             })
             .collect();
         execute_json(&mut *conn, &sql.insert_models, &models).await?;
-        // The rollout engine reads these devices again (see `super::fleet`).
-        let stamped: Vec<&str> = changed.iter().map(|(row, _)| row.device_id.as_str()).collect();
-        let at = changed.iter().map(|(row, _)| row.received_ms).max().unwrap_or(0);
-        super::fleet::stamp_devices(&mut *conn, self.kind(), &stamped, at).await?;
         Ok(changed.into_iter().map(|(row, h)| (row.device_id.clone(), h)).collect())
     }
 

@@ -16,17 +16,33 @@ use outpost_proto::fleet::rollout::DeviceRolloutState;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-/// Stamps are read back this far: a change commits a little after its stamp was taken, and
-/// replicas' clocks differ. Devices whose stamp did not move since they were read are skipped.
-pub(super) const STAMP_MARGIN_MS: i64 = 10_000;
+/// Stamps are read back this far behind the newest one seen. They come from the database's
+/// clock (replicas' clocks do not matter) and writers take them just before they commit, so a
+/// change that is not yet visible when a tick reads is at most this old by the time it is.
+/// Devices whose stamp did not move since they were read are skipped. A wider margin cost a
+/// re-read of every device that changed within it on every tick: with 10,000 devices updating,
+/// the largest part of a tick.
+const STAMP_MARGIN_MS: i64 = 2_000;
+
+/// Every this often (the engine's clock) every stamp is read, whatever its age: a safety net for
+/// a commit slower than [`STAMP_MARGIN_MS`] (a stalled disk). Devices whose stamp did not move
+/// are still skipped, so this costs one narrow row per stamped device.
+const FULL_STAMP_READ_MS: i64 = 60_000;
+
+/// Where the next read of stamps starts, given the newest stamp seen.
+fn stamps_from(newest: Option<i64>) -> i64 {
+    newest.map_or(i64::MIN, |n| n.saturating_sub(STAMP_MARGIN_MS))
+}
 
 /// One rollout's fleet and members, as of the last tick.
 #[derive(Debug)]
 pub(super) struct RolloutCache {
     views: HashMap<String, DeviceView>,
     stamps: HashMap<String, i64>,
-    /// Stamps at or after this are read on the next tick.
-    since_ms: i64,
+    /// The newest stamp seen (the database's clock).
+    newest_stamp: Option<i64>,
+    /// When (the engine's clock) every stamp was last read.
+    full_read_ms: i64,
     /// The members (sorted by device id) as of the rollout's `updated_ms` in the first field.
     members: Option<(i64, Vec<Member>)>,
     /// Some device was busy in another rollout at the last tick.
@@ -44,8 +60,9 @@ impl RolloutCache {
         Ok(RolloutCache {
             any_busy: read.views.values().any(|v| v.busy),
             views: read.views,
+            newest_stamp: read.stamps.values().copied().max(),
             stamps: read.stamps,
-            since_ms: now.saturating_sub(STAMP_MARGIN_MS),
+            full_read_ms: now,
             members: None,
             sums: SumMemo::default(),
             epoch: 0,
@@ -87,8 +104,14 @@ impl RolloutCache {
         }
 
         let started = Instant::now();
-        let changes = db.device_changes_since(self.since_ms).await?;
+        let full = now.saturating_sub(self.full_read_ms) >= FULL_STAMP_READ_MS;
+        let since = if full { i64::MIN } else { stamps_from(self.newest_stamp) };
+        let changes = db.device_changes_since(since).await?;
         statements += 1;
+        if full {
+            self.full_read_ms = now;
+        }
+        self.newest_stamp = self.newest_stamp.max(changes.iter().map(|(_, s)| *s).max());
         let mut again: Vec<String> =
             changes.iter().filter(|(id, stamp)| self.stamps.get(id) != Some(stamp)).map(|(id, _)| id.clone()).collect();
         // A member another replica added for a device this view did not match yet.
@@ -113,7 +136,6 @@ impl RolloutCache {
             self.stamps.extend(changes);
             self.stamps.extend(read.stamps);
         }
-        self.since_ms = now.saturating_sub(STAMP_MARGIN_MS);
         metrics.engine_part("changes", started);
 
         let started = Instant::now();

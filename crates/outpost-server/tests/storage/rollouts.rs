@@ -50,42 +50,56 @@ async fn a_corrupt_selector_is_an_error_and_an_unreadable_override_skips_the_dev
     }
 }
 
-/// The stamps of one device in `device_changes` at or after `since`.
-async fn stamp(db: &outpost_server::db::Db, id: &str, since: i64) -> Option<i64> {
-    db.device_changes_since(since).await.unwrap().into_iter().find(|(d, _)| d == id).map(|(_, s)| s)
+/// The stamp of one device in `device_changes`, if it has one.
+async fn stamp(db: &outpost_server::db::Db, id: &str) -> Option<i64> {
+    db.device_changes_since(i64::MIN).await.unwrap().into_iter().find(|(d, _)| d == id).map(|(_, s)| s)
 }
 
 #[tokio::test]
 async fn every_change_the_engine_reads_stamps_the_device_and_heartbeats_alone_do_not() {
     use outpost_proto::fleet::api::{DeviceOverride, LabelChange};
     for (label, _url, db) in databases_with_urls().await {
+        // Stamps come from the database's clock, whatever time the writer passes.
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
         enroll_many(&db, 1, 3, labels(&[("site", "berlin")])).await;
         enroll_many(&db, 4, 1, labels(&[("site", "paris")])).await;
-        let all = db.device_changes_since(NOW).await.unwrap();
+        let all = db.device_changes_since(i64::MIN).await.unwrap();
         assert_eq!(all.len(), 4, "[{label}] enrolment stamps: {all:?}");
-        assert!(db.device_changes_since(NOW + 1).await.unwrap().is_empty(), "[{label}]");
+        let newest = all.iter().map(|(_, s)| *s).max().unwrap();
+        assert!(all.iter().all(|(_, s)| *s >= before - 1_000), "[{label}] the database's clock: {all:?} vs {before}");
+        assert!(db.device_changes_since(newest + 1).await.unwrap().is_empty(), "[{label}]");
+        let at_newest = all.iter().filter(|(_, s)| *s == newest).count();
+        assert_eq!(db.device_changes_since(newest).await.unwrap().len(), at_newest, "[{label}] at or after");
 
         // A new model set stamps; the same set reported again does not; a changed one does.
         let beat = |at: i64, version: &str| {
             vec![row("dev-00001", at, report((at - NOW) as u64, at, &[("detector", version)]))]
         };
+        let enrolled = stamp(&db, "dev-00001").await.unwrap();
         db.write_reports(&beat(NOW + 1_000, "1")).await.unwrap();
-        assert_eq!(stamp(&db, "dev-00001", NOW + 1).await, Some(NOW + 1_000), "[{label}]");
+        let first = stamp(&db, "dev-00001").await.unwrap();
+        assert!(first > enrolled, "[{label}] {first} after {enrolled}");
         db.write_reports(&beat(NOW + 2_000, "1")).await.unwrap();
-        assert_eq!(stamp(&db, "dev-00001", NOW + 1_001).await, None, "[{label}] a heartbeat that changes nothing");
+        assert_eq!(stamp(&db, "dev-00001").await, Some(first), "[{label}] a heartbeat that changes nothing");
         db.write_reports(&beat(NOW + 3_000, "2")).await.unwrap();
-        assert_eq!(stamp(&db, "dev-00001", NOW + 1_001).await, Some(NOW + 3_000), "[{label}]");
+        assert!(stamp(&db, "dev-00001").await.unwrap() > first, "[{label}]");
 
-        // Labels, overrides (twice in one millisecond: the stamp still moves) and revocation.
+        // Labels, overrides (twice in a row: the stamp moves each time) and revocation.
         let change = LabelChange { set: labels(&[("site", "berlin")]), remove: Vec::new() };
+        let old = stamp(&db, "dev-00004").await.unwrap();
         db.change_labels("dev-00004", &change, "op", NOW + 4_000).await.unwrap().unwrap();
-        assert_eq!(stamp(&db, "dev-00004", NOW + 1).await, Some(NOW + 4_000), "[{label}]");
+        let relabelled = stamp(&db, "dev-00004").await.unwrap();
+        assert!(relabelled > old, "[{label}]");
         let ov: DeviceOverride = serde_json::from_value(serde_json::json!({"models": {"detector": "1"}})).unwrap();
+        let old = stamp(&db, "dev-00002").await.unwrap();
         db.set_override("dev-00002", Some(&ov), "op", NOW + 5_000).await.unwrap();
+        let set = stamp(&db, "dev-00002").await.unwrap();
         db.set_override("dev-00002", None, "op", NOW + 5_000).await.unwrap();
-        assert_eq!(stamp(&db, "dev-00002", NOW + 1).await, Some(NOW + 5_001), "[{label}] never the same stamp twice");
+        let cleared = stamp(&db, "dev-00002").await.unwrap();
+        assert!(old < set && set < cleared, "[{label}] never the same stamp twice: {old} {set} {cleared}");
+        let old = stamp(&db, "dev-00003").await.unwrap();
         db.revoke_device("dev-00003", "op", NOW + 6_000).await.unwrap();
-        assert_eq!(stamp(&db, "dev-00003", NOW + 1).await, Some(NOW + 6_000), "[{label}]");
+        assert!(stamp(&db, "dev-00003").await.unwrap() > old, "[{label}]");
 
         // Reading only the stamped devices: the relabelled one now matches, the revoked one is
         // gone, and each comes with the stamp it had when read.
@@ -93,7 +107,7 @@ async fn every_change_the_engine_reads_stamps_the_device_and_heartbeats_alone_do
         let read = db.read_fleet(&record("site=berlin"), NOW + 7_000, TH, Reader::Engine, Some(&only)).await.unwrap();
         assert_eq!(read.views.keys().collect::<Vec<_>>(), ["dev-00004"], "[{label}]");
         assert!(read.views["dev-00004"].matches, "[{label}]");
-        assert_eq!(read.stamps.get("dev-00004"), Some(&(NOW + 4_000)), "[{label}]");
+        assert_eq!(read.stamps.get("dev-00004"), Some(&relabelled), "[{label}]");
         let whole = db.read_fleet(&record("site=berlin"), NOW + 7_000, TH, Reader::Engine, None).await.unwrap();
         let mut ids: Vec<&String> = whole.views.keys().collect();
         ids.sort();
