@@ -62,6 +62,8 @@ pub struct AgentConfig {
     /// Share of one core (0..1) each shadow candidate may use for its comparisons; a sampled
     /// request beyond it is skipped, not delayed. Default 0.25.
     pub shadow_cpu_share: f64,
+    /// Result export: which results leave the device, to which sinks, within which budget.
+    pub export: crate::export::config::ExportConfig,
 }
 
 impl Default for AgentConfig {
@@ -90,6 +92,7 @@ impl Default for AgentConfig {
             keep_versions: 2,
             package_budget_mb: 1024,
             shadow_cpu_share: 0.25,
+            export: crate::export::config::ExportConfig::default(),
         }
     }
 }

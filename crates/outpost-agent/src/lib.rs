@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod control;
+pub mod export;
 pub mod footprint;
 pub mod http;
 pub mod metrics;
@@ -51,6 +52,9 @@ pub enum AgentError {
     /// The control-plane channel cannot start (device key, outbox).
     #[error("control channel: {0}")]
     Control(#[from] control::ControlError),
+    /// Result export cannot start.
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
     /// A `restart_agent` command could not re-execute the agent.
     #[error("cannot restart the agent: {0}")]
     Restart(std::io::Error),
@@ -88,12 +92,13 @@ impl Agent {
         let store = Arc::new(ModelStore::new(options, budget, metrics.clone()));
         let state = Arc::new(ApiState {
             store: store.clone(),
-            metrics,
+            metrics: metrics.clone(),
             scanned: AtomicBool::new(false),
             max_body_bytes: config.max_body_bytes,
             bodies: http::budget::BodyBudget::new(config.max_inflight_body_bytes),
             predict: http::predict::PredictGate::new(config.sessions, config.queue_capacity),
             shadows: Arc::new(shadow::Shadows::new(config.shadow_cpu_share)),
+            export: start_export(&config, &metrics).await?,
         });
         let listener = TcpListener::bind(config.listen)
             .await
@@ -160,14 +165,18 @@ impl Agent {
                 options.probation = std::time::Duration::from_secs(config.probation_s);
                 options.probation_state = probation.clone();
                 let (metrics, shadows) = (state.metrics.clone(), state.shadows.clone());
-                Some(control::ControlChannel::start(
-                    options,
-                    store.clone(),
-                    metrics,
-                    shadows,
-                    settings,
-                    shutdown.clone(),
-                )?)
+                Some(
+                    control::ControlChannel::start(
+                        options,
+                        store.clone(),
+                        metrics,
+                        shadows,
+                        settings,
+                        shutdown.clone(),
+                        state.export.clone(),
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
@@ -201,6 +210,9 @@ impl Agent {
             control.stop().await;
         }
         let _ = self.watcher.await;
+        if let Some(export) = &self.state.export {
+            export.shutdown().await;
+        }
         self.server.await.map_err(|e| AgentError::Serve(std::io::Error::other(e)))?
     }
 
@@ -212,6 +224,9 @@ impl Agent {
         let restart = self.control.as_ref().is_some_and(|c| c.status().restart_requested());
         if let Some(control) = self.control {
             control.stop().await;
+        }
+        if let Some(export) = &self.state.export {
+            export.shutdown().await;
         }
         result?;
         if restart {
@@ -256,4 +271,27 @@ fn load_options(config: &AgentConfig) -> Result<LoadOptions, AgentError> {
         run_selftest: config.selftest,
         measure_backends: config.measure_backends,
     })
+}
+
+/// Starts result export when a sink is configured (MQTT, or the server the agent reports to). Records name the device by the id its key
+/// gives (the one the server enrolls it under) and carry the labels of its enrollment.
+async fn start_export(config: &AgentConfig, metrics: &Metrics) -> Result<Option<Arc<export::Exporter>>, AgentError> {
+    let to_server = config.export.server && config.server.is_some();
+    if config.export.mqtt.is_none() && !to_server {
+        if !config.export.models.is_empty() {
+            tracing::warn!(
+                "export.models is set but no sink is (no [export.mqtt], no server): results are not exported"
+            );
+        }
+        return Ok(None);
+    }
+    let key = control::identity::load_or_create_key(&config.data_dir).map_err(control::ControlError::from)?;
+    let labels = config
+        .server
+        .as_deref()
+        .and_then(|server| control::identity::load_enrollment(&config.data_dir, server))
+        .map(|e| e.labels.into_iter().collect())
+        .unwrap_or_default();
+    let exporter = export::Exporter::start(&config.export, &config.data_dir, key.device_id(), labels, metrics).await?;
+    Ok(Some(exporter))
 }

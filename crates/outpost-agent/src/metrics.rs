@@ -156,6 +156,11 @@ impl Metrics {
         m
     }
 
+    /// Registers a series kept elsewhere (export's); it is rendered with the rest.
+    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner()).register(name, help, metric);
+    }
+
     /// Records a finished request: latency, and an error when `status` is not 2xx. `version` is
     /// the version that answered it (`None` when none could: the model is unavailable).
     pub fn request(&self, model: &str, version: Option<&str>, endpoint: &'static str, status: u16, elapsed: Duration) {

@@ -7,25 +7,24 @@ mod common;
 mod delivery;
 #[path = "control/delta.rs"]
 mod delta;
+#[path = "control/export.rs"]
+mod export;
+#[path = "control/outbox.rs"]
+mod outbox;
 #[path = "control/shadow.rs"]
 mod shadow;
 
 use outpost_agent::control::identity::{self, Enrollment, IdentityError, KEY_FILE};
-use outpost_agent::control::outbox::Outbox;
 use outpost_agent::control::report::ReportBuilder;
 use outpost_agent::control::{commands, RestartHook};
 use outpost_agent::metrics::Metrics;
 use outpost_agent::store::ModelStore;
-use outpost_proto::fleet::device::{CommandAck, CommandStatus, DesiredModel, Health, StateReport};
+use outpost_proto::fleet::device::{DesiredModel, Health};
 use outpost_runtime::model::MemoryBudget;
 use outpost_runtime::{LoadOptions, Package};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn report(seq: u64) -> StateReport {
-    StateReport { seq, at_ms: 1_700_000_000_000 + seq as i64, ..StateReport::default() }
-}
 
 #[test]
 fn device_key_is_created_owner_only_and_reused_on_restart() {
@@ -72,68 +71,6 @@ fn enrollment_is_remembered_per_server() {
     identity::save_enrollment(dir.path(), &record).unwrap();
     assert_eq!(identity::load_enrollment(dir.path(), "http://a:8700/"), Some(record));
     assert_eq!(identity::load_enrollment(dir.path(), "http://b:8700"), None, "another server means enroll again");
-}
-
-#[test]
-fn outbox_survives_a_restart_and_drains_oldest_first_reports_then_acks() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut outbox = Outbox::open(dir.path(), 100).unwrap();
-        for seq in 1..=7 {
-            outbox.push_report(report(seq)).unwrap();
-        }
-        outbox
-            .push_ack(42, CommandAck { status: CommandStatus::Succeeded, result: serde_json::json!({"ok": 1}) })
-            .unwrap();
-    }
-    let mut outbox = Outbox::open(dir.path(), 100).unwrap();
-    assert_eq!((outbox.report_count(), outbox.ack_count()), (7, 1));
-    assert_eq!(outbox.max_seq(), Some(7));
-    assert_eq!(outbox.acked_ids(), [42]);
-    let first: Vec<u64> = outbox.peek_reports(3).iter().map(|r| r.seq).collect();
-    assert_eq!(first, [1, 2, 3]);
-    outbox.remove_reports(3).unwrap();
-    drop(outbox);
-
-    let mut outbox = Outbox::open(dir.path(), 100).unwrap();
-    let rest: Vec<u64> = outbox.peek_reports(100).iter().map(|r| r.seq).collect();
-    assert_eq!(rest, [4, 5, 6, 7], "delivered reports stay delivered after a restart");
-    outbox.remove_reports(4).unwrap();
-    let ack = outbox.peek_ack().unwrap();
-    assert_eq!((ack.id, ack.ack.result["ok"].as_i64()), (42, Some(1)));
-    outbox.remove_ack().unwrap();
-    assert!(outbox.is_empty());
-    assert!(Outbox::open(dir.path(), 100).unwrap().is_empty());
-}
-
-#[test]
-fn full_outbox_drops_the_oldest_reports_and_counts_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut outbox = Outbox::open(dir.path(), 10).unwrap();
-    for seq in 1..=25 {
-        outbox.push_report(report(seq)).unwrap();
-    }
-    assert_eq!(outbox.report_count(), 10);
-    assert_eq!(outbox.dropped(), 15);
-    drop(outbox);
-    let outbox = Outbox::open(dir.path(), 10).unwrap();
-    let kept: Vec<u64> = outbox.peek_reports(100).iter().map(|r| r.seq).collect();
-    assert_eq!(kept, (16..=25).collect::<Vec<_>>());
-}
-
-#[test]
-fn torn_last_line_of_the_outbox_is_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut outbox = Outbox::open(dir.path(), 100).unwrap();
-        outbox.push_report(report(1)).unwrap();
-    }
-    let path = dir.path().join(outpost_agent::control::outbox::OUTBOX_FILE);
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("{\"report\":{\"seq\":2,");
-    std::fs::write(&path, text).unwrap();
-    let outbox = Outbox::open(dir.path(), 100).unwrap();
-    assert_eq!(outbox.report_count(), 1);
 }
 
 #[test]

@@ -367,6 +367,23 @@ impl Outbox {
         Ok(out)
     }
 
+    /// [`Outbox::poll`] of one priority only: for a consumer that may send one priority and
+    /// not another right now (a bandwidth budget), so that a blocked priority does not hide
+    /// the others.
+    pub fn poll_priority(
+        &mut self,
+        consumer: &ConsumerName,
+        priority: Priority,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let state =
+            self.consumers.get_mut(consumer).ok_or_else(|| OutboxError::UnknownConsumer(consumer.to_string()))?;
+        let mut out = Vec::new();
+        self.logs[priority.index()].read(&mut state.cursors[priority.index()], max_records, max_bytes, &mut out)?;
+        Ok(out)
+    }
+
     /// Commits `consumer`'s position past `id` (and every earlier record of its priority).
     pub fn ack(&mut self, consumer: &ConsumerName, id: RecordId) -> Result<()> {
         self.ack_all(consumer, [id])
@@ -405,6 +422,16 @@ impl Outbox {
             }
         }
         Ok(())
+    }
+
+    /// Per priority ([`Priority::index`]), the records `consumer` has not acked yet: confirmed
+    /// ones past its committed position that the cap did not drop.
+    pub fn pending(&self, consumer: &ConsumerName) -> Result<[u64; 3]> {
+        let state = self.consumer(consumer)?;
+        Ok(Priority::ALL.map(|p| {
+            let log = &self.logs[p.index()];
+            log.confirmed_end().saturating_sub(state.committed[p.index()].max(log.first_seq()))
+        }))
     }
 
     /// Sends `consumer` back to its committed positions: unacked records are delivered again.

@@ -25,14 +25,45 @@ const QUEUE: usize = 8192;
 type Reply<T> = oneshot::Sender<Result<T>>;
 
 enum Command {
-    Append { priority: Priority, payload: Vec<u8>, reply: Reply<RecordId> },
-    Poll { consumer: ConsumerName, max_records: usize, max_bytes: usize, reply: Reply<Vec<Record>> },
-    Ack { consumer: ConsumerName, ids: Vec<RecordId>, reply: Reply<()> },
-    Rewind { consumer: ConsumerName, reply: Reply<()> },
-    AddConsumer { consumer: ConsumerName, reply: Reply<bool> },
-    RemoveConsumer { consumer: ConsumerName, reply: Reply<bool> },
-    Stats { reply: Reply<OutboxStats> },
-    Close { reply: oneshot::Sender<()> },
+    Append {
+        priority: Priority,
+        payload: Vec<u8>,
+        reply: Reply<RecordId>,
+    },
+    Poll {
+        consumer: ConsumerName,
+        priority: Option<Priority>,
+        max_records: usize,
+        max_bytes: usize,
+        reply: Reply<Vec<Record>>,
+    },
+    Ack {
+        consumer: ConsumerName,
+        ids: Vec<RecordId>,
+        reply: Reply<()>,
+    },
+    Rewind {
+        consumer: ConsumerName,
+        reply: Reply<()>,
+    },
+    Pending {
+        consumer: ConsumerName,
+        reply: Reply<[u64; 3]>,
+    },
+    AddConsumer {
+        consumer: ConsumerName,
+        reply: Reply<bool>,
+    },
+    RemoveConsumer {
+        consumer: ConsumerName,
+        reply: Reply<bool>,
+    },
+    Stats {
+        reply: Reply<OutboxStats>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// An [`Outbox`] for async code: cheap to clone, every operation runs on the writer thread.
@@ -91,7 +122,20 @@ impl AsyncOutbox {
     /// See [`Outbox::poll`].
     pub async fn poll(&self, consumer: &ConsumerName, max_records: usize, max_bytes: usize) -> Result<Vec<Record>> {
         let consumer = consumer.clone();
-        self.call(|reply| Command::Poll { consumer, max_records, max_bytes, reply }).await
+        self.call(|reply| Command::Poll { consumer, priority: None, max_records, max_bytes, reply }).await
+    }
+
+    /// See [`Outbox::poll_priority`].
+    pub async fn poll_priority(
+        &self,
+        consumer: &ConsumerName,
+        priority: Priority,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>> {
+        let consumer = consumer.clone();
+        let priority = Some(priority);
+        self.call(|reply| Command::Poll { consumer, priority, max_records, max_bytes, reply }).await
     }
 
     /// See [`Outbox::ack`].
@@ -109,6 +153,12 @@ impl AsyncOutbox {
     pub async fn rewind(&self, consumer: &ConsumerName) -> Result<()> {
         let consumer = consumer.clone();
         self.call(|reply| Command::Rewind { consumer, reply }).await
+    }
+
+    /// See [`Outbox::pending`].
+    pub async fn pending(&self, consumer: &ConsumerName) -> Result<[u64; 3]> {
+        let consumer = consumer.clone();
+        self.call(|reply| Command::Pending { consumer, reply }).await
     }
 
     /// See [`Outbox::add_consumer`].
@@ -210,14 +260,21 @@ fn handle(outbox: &mut Outbox, cmd: Command, group: &mut Vec<Waiting>, close: &m
                 let _ = reply.send(Err(e));
             }
         },
-        Command::Poll { consumer, max_records, max_bytes, reply } => {
-            let _ = reply.send(outbox.poll(&consumer, max_records, max_bytes));
+        Command::Poll { consumer, priority, max_records, max_bytes, reply } => {
+            let polled = match priority {
+                Some(p) => outbox.poll_priority(&consumer, p, max_records, max_bytes),
+                None => outbox.poll(&consumer, max_records, max_bytes),
+            };
+            let _ = reply.send(polled);
         }
         Command::Ack { consumer, ids, reply } => {
             let _ = reply.send(outbox.ack_all(&consumer, ids));
         }
         Command::Rewind { consumer, reply } => {
             let _ = reply.send(outbox.rewind(&consumer));
+        }
+        Command::Pending { consumer, reply } => {
+            let _ = reply.send(outbox.pending(&consumer));
         }
         Command::AddConsumer { consumer, reply } => {
             let _ = reply.send(outbox.add_consumer(&consumer));

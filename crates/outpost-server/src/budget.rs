@@ -8,7 +8,9 @@
 //! beyond either. The charge is released when the last reference to the body is dropped.
 //!
 //! The server accepts no `Content-Encoding`: devices and operators send small JSON, and a gzip
-//! body would only let a client make the server inflate what it did not pay to send. The agent,
+//! body would only let a client make the server inflate what it did not pay to send. The one
+//! exception is a device's export batch (`POST /v1/device/results`, zstd), which its handler
+//! inflates after the device's signature checked out, up to 8 MiB. The agent,
 //! which `tritonclient` may send gzip to, keeps its own copy of this reader with decompression
 //! in front (`outpost-agent/src/http/budget.rs`).
 

@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub rollout_retry_s: u64,
     /// Keep per-version request windows (what rollout gates read) this long. Default 2 days.
     pub version_stats_retention_s: u64,
+    /// Keep the results, events and alerts devices exported over HTTP this long. Default 7 days.
+    pub results_retention_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +107,7 @@ impl Default for ServerConfig {
             rollout_lease_ms: 15_000,
             rollout_retry_s: 30,
             version_stats_retention_s: 2 * 86_400,
+            results_retention_s: 7 * 86_400,
         }
     }
 }

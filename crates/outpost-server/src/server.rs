@@ -289,6 +289,16 @@ fn spawn_maintenance(state: SharedState) -> Vec<JoinHandle<()>> {
                 }
             })
         }),
+        every(Duration::from_secs(600), state.clone(), |s| {
+            Box::pin(async move {
+                let cutoff = now_ms().saturating_sub(secs_to_ms(s.config.results_retention_s));
+                match s.db.prune_results(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "pruned exported results"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning exported results failed; will retry"),
+                }
+            })
+        }),
         every(Duration::from_secs(60), state, |s| {
             Box::pin(async move {
                 let cutoff = now_ms().saturating_sub(secs_to_ms(s.config.command_ttl_s));

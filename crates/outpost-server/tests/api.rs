@@ -11,6 +11,8 @@ mod doors;
 mod packages;
 #[path = "api/resources.rs"]
 mod resources;
+#[path = "api/results.rs"]
+mod results;
 #[path = "api/rollouts.rs"]
 mod rollouts;
 #[path = "api/selector_attacks.rs"]
@@ -461,6 +463,8 @@ async fn openapi_document_lists_every_route() {
             ("/v1/enroll", "post"),
             ("/v1/device/heartbeat", "post"),
             ("/v1/device/reports", "post"),
+            ("/v1/device/results", "post"),
+            ("/v1/results", "get"),
             ("/v1/device/desired-state", "get"),
             ("/v1/device/commands/{id}/ack", "post"),
             ("/healthz", "get"),

@@ -210,6 +210,16 @@ impl DeviceClient {
         decode("/v1/device/reports", response).await
     }
 
+    /// `POST /v1/device/results`: exported records, a zstd-compressed `{"records": [...]}`.
+    pub async fn send_results(
+        &self,
+        zstd_body: Vec<u8>,
+    ) -> Result<outpost_proto::fleet::results::ResultsAck, ClientError> {
+        let extra = [("content-encoding", "zstd".to_string())];
+        let response = self.send(Method::POST, "/v1/device/results", zstd_body, None, &extra).await?;
+        decode("/v1/device/results", response).await
+    }
+
     /// `GET /v1/device/desired-state`: the desired state, or `None` when it still matches `etag`
     /// after the server held the request for up to `wait` (capped at 30 s).
     pub async fn desired_state(&self, etag: Option<&str>, wait: Duration) -> Result<Option<DesiredState>, ClientError> {

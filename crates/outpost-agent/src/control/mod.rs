@@ -22,6 +22,7 @@ pub mod probation;
 pub mod prune;
 pub mod report;
 mod session;
+pub(crate) use session::{backoff, stopped};
 pub mod settings;
 pub mod shadow;
 pub mod system;
@@ -104,8 +105,9 @@ pub struct ControlOptions {
     pub model_dir: PathBuf,
     /// How long each desired-state long-poll asks the server to hold (at most 30 s).
     pub poll_wait: Duration,
-    /// Reports kept while offline.
-    pub max_queued_reports: usize,
+    /// Bytes of reports and acknowledgements kept while offline (the oldest reports are dropped
+    /// past it).
+    pub outbox_max_bytes: u64,
     /// Log lines `collect_logs` reads.
     pub logs: LogRing,
     /// The TUF root the device trusts (see [`crate::AgentConfig::tuf_root`]).
@@ -126,7 +128,7 @@ impl ControlOptions {
             data_dir,
             model_dir,
             poll_wait: client::MAX_POLL_WAIT,
-            max_queued_reports: outbox::DEFAULT_MAX_REPORTS,
+            outbox_max_bytes: outbox::DEFAULT_MAX_BYTES,
             logs: LogRing::global().clone(),
             tuf_root: None,
             probation: Duration::from_secs(60),
@@ -214,25 +216,30 @@ impl ControlChannel {
     /// Loads (or creates) the device key and the outbox, then starts enrolling and talking to the
     /// server in the background. `shadows` receives the shadow candidates the server names;
     /// `agent_shutdown` stops the agent for `restart_agent`.
-    pub fn start(
+    pub async fn start(
         options: ControlOptions,
         store: Arc<ModelStore>,
         metrics: Arc<Metrics>,
         shadows: Arc<crate::shadow::Shadows>,
         settings: Arc<Settings>,
         agent_shutdown: watch::Sender<bool>,
+        export: Option<Arc<crate::export::Exporter>>,
     ) -> Result<ControlChannel, ControlError> {
         let key = Arc::new(identity::load_or_create_key(&options.data_dir)?);
-        let outbox = outbox::Outbox::open(&options.data_dir, options.max_queued_reports)?;
+        let (outbox, backlog) = outbox::ControlOutbox::open(&options.data_dir, options.outbox_max_bytes).await?;
         let http = client::http_client(4)?;
         let status = Arc::new(ControlStatus::default());
-        status.queued_reports.store(outbox.report_count(), Ordering::Relaxed);
+        let counts = outbox.counts().await?;
+        status.queued_reports.store(usize::try_from(counts.reports).unwrap_or(usize::MAX), Ordering::Relaxed);
+        status.dropped_reports.store(counts.dropped, Ordering::Relaxed);
         let (stop, stop_rx) = watch::channel(false);
         let parts = session::Parts {
             options,
             key,
             http,
             outbox,
+            backlog,
+            export,
             store,
             metrics,
             shadows,

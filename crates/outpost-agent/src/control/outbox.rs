@@ -1,28 +1,35 @@
-//! The control outbox: state reports and command acknowledgements that could not be sent yet.
+//! The control outbox: state reports and command acknowledgements waiting for the server.
 //!
 //! A device may be offline for days; what it measured meanwhile still matters (it is how the
 //! server sees what happened during the outage), and a command's result must reach the server
-//! exactly once as far as the device can tell. So unsent items are kept in memory and in a JSON
-//! lines file under the data directory: new items are appended and fsynced, and the file is
-//! rewritten atomically when sent items are removed or enough dropped ones accumulate. A torn
-//! last line (crash mid-append) is skipped when loading. Reports are bounded: past the limit the
-//! oldest are dropped and counted, because the newest say most about the device's state now.
+//! exactly once as far as the device can tell. Both wait in an [`outpost_outbox`] segment log
+//! under `<data_dir>/outbox/control`: appends are group-committed on the outbox's own writer
+//! thread (no async thread waits on a disk), a delivered batch costs one position write instead
+//! of rewriting the whole queue, and a torn tail after a crash is cut off at the last complete
+//! record. Acknowledgements are `High` priority (sent first, dropped last), reports `Normal`.
+//! Past the size cap the oldest reports are dropped and counted, because the newest say most
+//! about the device's state now.
+//!
+//! Earlier agents kept a JSON-lines file (`outbox.jsonl`); [`ControlOutbox::open`] moves what it
+//! holds into the log once and then deletes it. A crash between the two sends those items
+//! twice, which the server tolerates (reports carry their sequence number, acks are idempotent).
 
-use super::identity::write_atomic;
+use outpost_outbox::{AsyncOutbox, ConsumerName, OutboxConfig, OutboxError as LogError, Priority, RecordId};
 use outpost_proto::fleet::device::{CommandAck, StateReport};
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-/// File under the data directory holding the outbox.
-pub const OUTBOX_FILE: &str = "outbox.jsonl";
-/// Reports kept by default.
-pub const DEFAULT_MAX_REPORTS: usize = 10_000;
-/// Acknowledgements kept at most (commands are rare; this only bounds a pathological server).
-pub const MAX_ACKS: usize = 1_000;
+/// Directory under the data directory holding the outbox.
+pub const OUTBOX_DIR: &str = "outbox/control";
+/// The file earlier agents kept their outbox in.
+pub const LEGACY_FILE: &str = "outbox.jsonl";
+/// Bytes of queued reports and acknowledgements kept by default (about 10,000 reports).
+pub const DEFAULT_MAX_BYTES: u64 = 32 << 20;
+/// Segment size: the cap drops whole segments, so this is the step in which reports are dropped.
+const SEGMENT_BYTES: u64 = 1 << 20;
+/// The one consumer: the server.
+const CONSUMER: &str = "server";
 
 /// A command acknowledgement waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,198 +40,212 @@ pub struct PendingAck {
     pub ack: CommandAck,
 }
 
-/// One line of the outbox file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One item of the legacy JSON-lines file.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum Item {
+enum LegacyItem {
     Report(Box<StateReport>),
     Ack(PendingAck),
 }
 
 /// Why the outbox could not be read or written.
 #[derive(Debug, thiserror::Error)]
-#[error("outbox {}: cannot {action}: {source}", path.display())]
-pub struct OutboxError {
-    /// The outbox file.
-    pub path: PathBuf,
-    /// What was being done.
-    pub action: &'static str,
-    /// Cause.
-    pub source: std::io::Error,
+pub enum OutboxError {
+    /// The segment log failed (disk full, damage it could not repair, closed).
+    #[error("control outbox: {0}")]
+    Log(#[from] LogError),
+    /// An item could not be encoded.
+    #[error("control outbox: cannot encode an item: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The legacy file could not be read or removed.
+    #[error("control outbox: legacy file {}: {source}", path.display())]
+    Legacy {
+        /// The legacy file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
-/// Unsent reports and acknowledgements, persisted under the data directory.
-#[derive(Debug)]
-pub struct Outbox {
-    path: PathBuf,
-    max_reports: usize,
-    reports: VecDeque<StateReport>,
-    acks: VecDeque<PendingAck>,
-    dropped: u64,
-    /// Lines in the file that no longer belong to the in-memory queues.
-    stale_lines: usize,
+/// One queued item, as read back for delivery.
+#[derive(Debug, Clone)]
+pub enum Queued {
+    /// A state report.
+    Report(RecordId, Box<StateReport>),
+    /// A command acknowledgement.
+    Ack(RecordId, PendingAck),
+    /// A record this agent cannot read (written by a newer one): delivered as done, skipped.
+    Unreadable(RecordId),
 }
 
-impl Outbox {
-    /// Opens (or starts) the outbox in `data_dir`, keeping at most `max_reports` reports.
-    pub fn open(data_dir: &Path, max_reports: usize) -> Result<Outbox, OutboxError> {
-        let path = data_dir.join(OUTBOX_FILE);
-        let mut outbox = Outbox {
-            path: path.clone(),
-            max_reports: max_reports.max(1),
-            reports: VecDeque::new(),
-            acks: VecDeque::new(),
-            dropped: 0,
-            stale_lines: 0,
-        };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(outbox),
-            Err(source) => return Err(OutboxError { path, action: "read", source }),
-        };
-        let mut lines = 0;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            lines += 1;
-            match serde_json::from_str::<Item>(line) {
-                Ok(Item::Report(r)) => outbox.reports.push_back(*r),
-                Ok(Item::Ack(a)) => outbox.acks.push_back(a),
-                Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping an unreadable outbox line"),
-            }
+impl Queued {
+    /// The record's id in the log.
+    pub fn id(&self) -> RecordId {
+        match self {
+            Queued::Report(id, _) | Queued::Ack(id, _) | Queued::Unreadable(id) => *id,
         }
-        outbox.trim();
-        outbox.stale_lines = lines - outbox.reports.len() - outbox.acks.len();
-        if outbox.stale_lines > 0 {
-            outbox.compact()?;
-        }
-        Ok(outbox)
     }
+}
 
-    /// Queued reports.
-    pub fn report_count(&self) -> usize {
-        self.reports.len()
-    }
-
-    /// Queued acknowledgements.
-    pub fn ack_count(&self) -> usize {
-        self.acks.len()
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.reports.is_empty() && self.acks.is_empty()
-    }
-
-    /// Reports dropped (oldest first) because the outbox was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
+/// What was queued when the outbox was opened.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Backlog {
     /// Highest report sequence number queued, so a restarted agent continues after it.
-    pub fn max_seq(&self) -> Option<u64> {
-        self.reports.iter().map(|r| r.seq).max()
+    pub max_seq: Option<u64>,
+    /// Commands whose acknowledgement is queued: they ran and must not run again.
+    pub acked_ids: HashSet<i64>,
+}
+
+/// How much is queued, and what the cap dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Reports not yet delivered.
+    pub reports: u64,
+    /// Acknowledgements not yet delivered.
+    pub acks: u64,
+    /// Reports and acknowledgements the size cap dropped since the outbox was created.
+    pub dropped: u64,
+}
+
+/// Unsent reports and acknowledgements on disk; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControlOutbox {
+    log: AsyncOutbox,
+    server: ConsumerName,
+}
+
+fn decode(id: RecordId, payload: &[u8]) -> Queued {
+    let parsed = match id.priority {
+        Priority::High => serde_json::from_slice(payload).map(|a| Queued::Ack(id, a)),
+        _ => serde_json::from_slice(payload).map(|r| Queued::Report(id, Box::new(r))),
+    };
+    parsed.unwrap_or_else(|e| {
+        tracing::warn!(%id, error = %e, "skipping a control outbox record this agent cannot read");
+        Queued::Unreadable(id)
+    })
+}
+
+impl ControlOutbox {
+    /// Opens (or starts) the outbox in `data_dir` with a cap of `max_bytes`, moves a legacy
+    /// file's items into it, and returns what is queued.
+    pub async fn open(data_dir: &Path, max_bytes: u64) -> Result<(ControlOutbox, Backlog), OutboxError> {
+        let config = OutboxConfig {
+            segment_bytes: SEGMENT_BYTES.min(max_bytes / 4).max(64),
+            max_total_bytes: max_bytes,
+            ..OutboxConfig::default()
+        };
+        let log = crate::export::open_outbox(data_dir.join(OUTBOX_DIR), config).await?;
+        let recovery = log.recovery();
+        if !recovery.is_clean() {
+            tracing::warn!(
+                truncated_bytes = recovery.truncated_bytes(),
+                lost_records = recovery.lost_records(),
+                "control outbox repaired after a crash"
+            );
+        }
+        let server = ConsumerName::new(CONSUMER)?;
+        log.add_consumer(&server).await?;
+        let outbox = ControlOutbox { log, server };
+        outbox.import_legacy(data_dir).await?;
+        let backlog = outbox.scan().await?;
+        Ok((outbox, backlog))
     }
 
-    /// Queues a report.
-    pub fn push_report(&mut self, report: StateReport) -> Result<(), OutboxError> {
-        self.append(&Item::Report(Box::new(report.clone())))?;
-        self.reports.push_back(report);
-        if self.trim() > 0 {
-            self.stale_lines += 1;
-            if self.stale_lines > self.max_reports / 10 {
-                self.compact()?;
+    /// Moves the items of an earlier agent's JSON-lines file into the log, then deletes it.
+    async fn import_legacy(&self, data_dir: &Path) -> Result<(), OutboxError> {
+        let path = data_dir.join(LEGACY_FILE);
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(OutboxError::Legacy { path, source }),
+        };
+        let mut moved = 0usize;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<LegacyItem>(line) {
+                Ok(LegacyItem::Report(r)) => self.push_report(&r).await?,
+                Ok(LegacyItem::Ack(a)) => self.push_ack(a.id, a.ack).await?,
+                // A torn last line (a crash mid-append) was never a complete item.
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "skipping an unreadable legacy outbox line");
+                    continue;
+                }
+            }
+            moved += 1;
+        }
+        tokio::fs::remove_file(&path).await.map_err(|source| OutboxError::Legacy { path: path.clone(), source })?;
+        tracing::info!(items = moved, "moved the legacy outbox file into the control outbox");
+        Ok(())
+    }
+
+    /// Reads every queued item once (at open) for the sequence numbers and command ids, then
+    /// sends the reader back to the start.
+    async fn scan(&self) -> Result<Backlog, OutboxError> {
+        let mut backlog = Backlog::default();
+        loop {
+            let records = self.log.poll(&self.server, 1024, 4 << 20).await?;
+            if records.is_empty() {
+                break;
+            }
+            for r in records {
+                match decode(r.id, &r.payload) {
+                    Queued::Report(_, report) => backlog.max_seq = backlog.max_seq.max(Some(report.seq)),
+                    Queued::Ack(_, a) => {
+                        backlog.acked_ids.insert(a.id);
+                    }
+                    Queued::Unreadable(_) => {}
+                }
             }
         }
+        self.log.rewind(&self.server).await?;
+        Ok(backlog)
+    }
+
+    /// Queues a report; returns once it is on disk.
+    pub async fn push_report(&self, report: &StateReport) -> Result<(), OutboxError> {
+        self.log.append(Priority::Normal, serde_json::to_vec(report)?).await?;
         Ok(())
     }
 
-    /// Queues a command acknowledgement.
-    pub fn push_ack(&mut self, id: i64, ack: CommandAck) -> Result<(), OutboxError> {
-        let pending = PendingAck { id, ack };
-        self.append(&Item::Ack(pending.clone()))?;
-        self.acks.push_back(pending);
+    /// Queues a command acknowledgement; returns once it is on disk.
+    pub async fn push_ack(&self, id: i64, ack: CommandAck) -> Result<(), OutboxError> {
+        self.log.append(Priority::High, serde_json::to_vec(&PendingAck { id, ack })?).await?;
         Ok(())
     }
 
-    /// Up to `n` of the oldest reports.
-    pub fn peek_reports(&self, n: usize) -> Vec<StateReport> {
-        self.reports.iter().take(n).cloned().collect()
+    /// The oldest undelivered items after those already handed out, acknowledgements first;
+    /// at most `n`. Items handed out but not [`delivered`](ControlOutbox::delivered) come back
+    /// after [`ControlOutbox::retry_later`] or a restart.
+    pub async fn next_batch(&self, n: usize) -> Result<Vec<Queued>, OutboxError> {
+        let records = self.log.poll(&self.server, n, 4 << 20).await?;
+        Ok(records.into_iter().map(|r| decode(r.id, &r.payload)).collect())
     }
 
-    /// The oldest acknowledgement.
-    pub fn peek_ack(&self) -> Option<PendingAck> {
-        self.acks.front().cloned()
-    }
-
-    /// Ids of the commands whose acknowledgement is queued.
-    pub fn acked_ids(&self) -> Vec<i64> {
-        self.acks.iter().map(|a| a.id).collect()
-    }
-
-    /// Removes the `n` oldest reports after they were delivered.
-    pub fn remove_reports(&mut self, n: usize) -> Result<(), OutboxError> {
-        let n = n.min(self.reports.len());
-        self.reports.drain(..n);
-        self.compact()
-    }
-
-    /// Removes the oldest acknowledgement after it was delivered.
-    pub fn remove_ack(&mut self) -> Result<(), OutboxError> {
-        self.acks.pop_front();
-        self.compact()
-    }
-
-    /// Drops the oldest reports beyond the limit; returns how many.
-    fn trim(&mut self) -> usize {
-        let mut dropped = 0;
-        while self.reports.len() > self.max_reports {
-            self.reports.pop_front();
-            dropped += 1;
+    /// Marks items as delivered (or given up on): they are never handed out again.
+    pub async fn delivered(&self, ids: Vec<RecordId>) -> Result<(), OutboxError> {
+        if !ids.is_empty() {
+            self.log.ack_all(&self.server, ids).await?;
         }
-        while self.acks.len() > MAX_ACKS {
-            self.acks.pop_front();
-            dropped += 1;
-        }
-        if dropped > 0 {
-            self.dropped += dropped as u64;
-            tracing::warn!(dropped = self.dropped, "outbox full: dropped the oldest queued reports");
-        }
-        dropped
-    }
-
-    fn append(&self, item: &Item) -> Result<(), OutboxError> {
-        let err = |action, source| OutboxError { path: self.path.clone(), action, source };
-        let mut line = serde_json::to_vec(item).map_err(|e| err("encode", std::io::Error::other(e)))?;
-        line.push(b'\n');
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err("create its directory", e))?;
-        }
-        let mut file =
-            OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path).map_err(|e| err("open", e))?;
-        file.write_all(&line).map_err(|e| err("append", e))?;
-        file.sync_data().map_err(|e| err("fsync", e))
-    }
-
-    /// Rewrites the file with exactly what is queued.
-    fn compact(&mut self) -> Result<(), OutboxError> {
-        let mut text = Vec::new();
-        let items = self
-            .reports
-            .iter()
-            .cloned()
-            .map(|r| Item::Report(Box::new(r)))
-            .chain(self.acks.iter().cloned().map(Item::Ack));
-        for item in items {
-            if let Ok(line) = serde_json::to_vec(&item) {
-                text.extend_from_slice(&line);
-                text.push(b'\n');
-            }
-        }
-        write_atomic(&self.path, &text, 0o600).map_err(|source| OutboxError {
-            path: self.path.clone(),
-            action: "rewrite",
-            source,
-        })?;
-        self.stale_lines = 0;
         Ok(())
+    }
+
+    /// Hands the undelivered items out again from the oldest (a send failed).
+    pub async fn retry_later(&self) -> Result<(), OutboxError> {
+        Ok(self.log.rewind(&self.server).await?)
+    }
+
+    /// What is queued and what the cap dropped.
+    pub async fn counts(&self) -> Result<Counts, OutboxError> {
+        let pending = self.log.pending(&self.server).await?;
+        let stats = self.log.stats().await?;
+        Ok(Counts {
+            reports: pending[Priority::Normal.index()],
+            acks: pending[Priority::High.index()],
+            dropped: stats.dropped.total_records(),
+        })
+    }
+
+    /// Finishes pending writes and releases the directory (another process may open it).
+    pub async fn close(self) -> Result<(), OutboxError> {
+        Ok(self.log.close().await?)
     }
 }

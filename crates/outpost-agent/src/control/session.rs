@@ -10,7 +10,7 @@ use super::client::{ClientError, DeviceClient};
 use super::commands::{self, CommandContext};
 use super::fetch::Fetcher;
 use super::identity::{self, Enrollment};
-use super::outbox::Outbox;
+use super::outbox::{Backlog, ControlOutbox};
 use super::probation::Probation;
 use super::report::{self, ReportBuilder};
 use super::settings::Settings;
@@ -19,9 +19,7 @@ use super::{ControlOptions, ControlStatus};
 use crate::metrics::Metrics;
 use crate::shadow::Shadows;
 use crate::store::ModelStore;
-use outpost_proto::fleet::device::{
-    CommandAck, CommandKind, DesiredState, EnrollRequest, ReportAck, ReportBatch, StateReport,
-};
+use outpost_proto::fleet::device::{CommandKind, DesiredState, EnrollRequest, ReportAck, StateReport};
 use outpost_proto::fleet::signing::{DeviceKey, ALGORITHM_ED25519};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -31,6 +29,9 @@ use tokio::sync::{watch, Notify};
 
 /// Reports per `/v1/device/reports` request (the server accepts up to 500).
 const BATCH: usize = 500;
+
+#[path = "session_outbox.rs"]
+mod queue;
 /// Clock difference from the server worth a warning.
 const SKEW_WARN_MS: i64 = 60_000;
 
@@ -39,7 +40,11 @@ pub(super) struct Parts {
     pub options: ControlOptions,
     pub key: Arc<DeviceKey>,
     pub http: reqwest::Client,
-    pub outbox: Outbox,
+    pub outbox: ControlOutbox,
+    /// What the outbox held when it was opened.
+    pub backlog: Backlog,
+    /// Result export, whose server sink starts once the device is enrolled.
+    pub export: Option<Arc<crate::export::Exporter>>,
     pub store: Arc<ModelStore>,
     pub metrics: Arc<Metrics>,
     pub shadows: Arc<Shadows>,
@@ -63,7 +68,7 @@ pub fn jittered(interval: Duration, fraction: f64) -> Duration {
 }
 
 /// Waits until `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
@@ -78,7 +83,7 @@ async fn sleep_unless_stopped(d: Duration, stop: &mut watch::Receiver<bool>) -> 
 struct Session {
     client: DeviceClient,
     options: ControlOptions,
-    outbox: Mutex<Outbox>,
+    outbox: ControlOutbox,
     builder: Mutex<ReportBuilder>,
     /// Downloads of desired versions the device does not hold.
     fetcher: Arc<Fetcher>,
@@ -90,6 +95,9 @@ struct Session {
     settings: Arc<Settings>,
     status: Arc<ControlStatus>,
     executed: Mutex<HashSet<i64>>,
+    /// Result export (events derived from the reports go there too).
+    export: Option<Arc<crate::export::Exporter>>,
+    events: Mutex<crate::export::events::EventTracker>,
     agent_shutdown: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     /// Wakes the poll loop early when a heartbeat shows the desired state changed.
@@ -101,14 +109,23 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
     let mut client = DeviceClient::with_http(parts.http, &parts.options.server, parts.key.clone());
     let enrolled = tokio::select! {
         e = enroll(&parts.options, &parts.key, &client, &parts.settings, &parts.status) => e,
-        _ = stopped(&mut stop) => return,
+        _ = stopped(&mut stop) => None,
     };
-    let Some(device_id) = enrolled else { return };
+    let Some(device_id) = enrolled else {
+        close_outbox(parts.outbox).await;
+        return;
+    };
     client.set_device_id(&device_id);
+    if let Some(export) = &parts.export {
+        let labels = identity::load_enrollment(&parts.options.data_dir, &parts.options.server)
+            .map(|e| e.labels.into_iter().collect())
+            .unwrap_or_default();
+        export.attach_server(client.clone(), labels);
+    }
     *parts.status.device_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(device_id);
 
-    let first_seq = parts.outbox.max_seq().map_or(1, |s| s + 1);
-    let executed: HashSet<i64> = parts.outbox.acked_ids().into_iter().collect();
+    let first_seq = parts.backlog.max_seq.map_or(1, |s| s + 1);
+    let executed: HashSet<i64> = parts.backlog.acked_ids;
     let tuf = trusted_tuf_dir(&parts.options);
     let fetcher = Fetcher::new(client.clone(), parts.options.model_dir.clone(), parts.store.clone(), tuf);
     let probation = parts.options.probation_state.clone().unwrap_or_else(|| {
@@ -140,10 +157,12 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
             logs: parts.options.logs.clone(),
         },
         options: parts.options,
-        outbox: Mutex::new(parts.outbox),
+        outbox: parts.outbox,
         settings: parts.settings,
         status: parts.status,
         executed: Mutex::new(executed),
+        export: parts.export.clone(),
+        events: Mutex::new(Default::default()),
         agent_shutdown: parts.agent_shutdown,
         stop: parts.stop,
         poll_now: Notify::new(),
@@ -156,6 +175,15 @@ pub(super) async fn run(parts: Parts, mut stop: watch::Receiver<bool>) {
     );
     // Only a stop that gets here is clean; a crash or kill -9 never does.
     session.probation.stopped_cleanly();
+    close_outbox(session.outbox.clone()).await;
+}
+
+/// Waits for the outbox's pending writes and its release, so that an agent started next in this
+/// process can open it.
+async fn close_outbox(outbox: ControlOutbox) {
+    if let Err(e) = outbox.close().await {
+        tracing::warn!(error = %e, "closing the control outbox");
+    }
 }
 
 /// The trusted TUF metadata directory (`<data_dir>/tuf`), seeded with the configured root the
@@ -299,69 +327,11 @@ impl Session {
         }
     }
 
-    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn refresh_counts(&self, outbox: &Outbox) {
-        self.status.queued_reports.store(outbox.report_count(), Ordering::Relaxed);
-        self.status.dropped_reports.store(outbox.dropped(), Ordering::Relaxed);
-    }
-
-    fn queue_report(&self, report: StateReport) {
-        let mut outbox = self.outbox();
-        if let Err(e) = outbox.push_report(report) {
-            tracing::error!(error = %e, "cannot queue a state report; it is lost");
-        }
-        self.refresh_counts(&outbox);
-    }
-
-    /// Sends queued reports (oldest first, in batches) and then queued acks. Returns whether the
-    /// outbox is now empty.
-    async fn flush_outbox(&self) -> bool {
-        loop {
-            let batch = self.outbox().peek_reports(BATCH);
-            if batch.is_empty() {
-                break;
-            }
-            let n = batch.len();
-            let result = self.client.send_reports(&ReportBatch { reports: batch }).await;
-            match result {
-                Ok(ack) => self.on_contact(Some(&ack)),
-                Err(e) if e.is_transient() || matches!(e, ClientError::Revoked { .. }) => {
-                    self.on_error("sending queued reports", &e);
-                    return false;
-                }
-                // The server will never take this batch; keeping it would block the queue forever.
-                Err(e) => self.on_error(&format!("sending queued reports (dropping {n})"), &e),
-            }
-            let mut outbox = self.outbox();
-            if let Err(e) = outbox.remove_reports(n) {
-                tracing::error!(error = %e, "cannot update the outbox after delivery; reports may be sent twice");
-            }
-            self.refresh_counts(&outbox);
-        }
-        loop {
-            let Some(pending) = self.outbox().peek_ack() else { break };
-            match self.client.ack(pending.id, &pending.ack).await {
-                Ok(()) => self.on_contact(None),
-                Err(e) if e.is_transient() || matches!(e, ClientError::Revoked { .. }) => {
-                    self.on_error("sending a queued command acknowledgement", &e);
-                    return false;
-                }
-                Err(e) => self.on_error(&format!("acknowledging command {} (dropping it)", pending.id), &e),
-            }
-            if let Err(e) = self.outbox().remove_ack() {
-                tracing::error!(error = %e, "cannot update the outbox after delivery; an ack may be sent twice");
-            }
-        }
-        true
-    }
-
     /// Delivers one report: directly when nothing is queued before it, else through the outbox.
     async fn deliver(&self, report: StateReport) {
-        if !self.outbox().is_empty() && !self.flush_outbox().await {
-            self.queue_report(report);
+        let queued = self.refresh_counts().await.is_none_or(|c| c.reports + c.acks > 0);
+        if queued && !self.flush_outbox().await {
+            self.queue_report(report).await;
             return;
         }
         match self.client.heartbeat(&report).await {
@@ -372,7 +342,7 @@ impl Session {
             Err(e) => {
                 self.on_error("heartbeat", &e);
                 if e.is_transient() {
-                    self.queue_report(report);
+                    self.queue_report(report).await;
                 }
             }
         }
@@ -425,12 +395,25 @@ impl Session {
                 let on_probation = self.probation.on_probation();
                 self.builder.lock().unwrap_or_else(|p| p.into_inner()).build(&desired, &etag, &updates, &on_probation)
             };
+            self.export_events(&report).await;
             tokio::select! {
                 _ = self.deliver(report) => {}
                 _ = stopped(&mut stop) => return,
             }
             if !sleep_unless_stopped(jittered(self.settings.heartbeat_interval(), 0.1), &mut stop).await {
                 return;
+            }
+        }
+    }
+
+    /// Exports what changed in the models since the previous report (events, and alerts for
+    /// failures).
+    async fn export_events(&self, report: &StateReport) {
+        let Some(export) = &self.export else { return };
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).observe(&report.models);
+        for e in events {
+            if let Err(err) = export.event(e.alert, &e.event, Some(&e.model), Some(&e.version), &e.details).await {
+                tracing::warn!(error = %err, event = %e.event, "cannot queue an event for export");
             }
         }
     }
@@ -535,20 +518,5 @@ impl Session {
         }
         *self.status.applied_etag.lock().unwrap_or_else(|p| p.into_inner()) = desired.etag;
         true
-    }
-
-    /// Sends an acknowledgement now, or queues it durably when the server cannot take it.
-    async fn send_ack(&self, id: i64, ack: CommandAck) {
-        let queued_before = self.outbox().ack_count() > 0;
-        if !queued_before {
-            match self.client.ack(id, &ack).await {
-                Ok(()) => return self.on_contact(None),
-                Err(e) if !e.is_transient() => return self.on_error(&format!("acknowledging command {id}"), &e),
-                Err(e) => self.on_error(&format!("acknowledging command {id}"), &e),
-            }
-        }
-        if let Err(e) = self.outbox().push_ack(id, ack) {
-            tracing::error!(error = %e, command = id, "cannot queue a command acknowledgement; it is lost");
-        }
     }
 }

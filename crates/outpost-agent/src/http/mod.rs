@@ -45,6 +45,16 @@ pub struct ApiState {
     pub predict: PredictGate,
     /// Shadow candidates fed a sample of the requests answered here.
     pub shadows: Arc<Shadows>,
+    /// Result export, when a sink is configured.
+    pub export: Option<Arc<crate::export::Exporter>>,
+}
+
+/// The `?export=` option of an inference request: export this result (true) or not (false)
+/// whatever the configuration says.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ExportQuery {
+    /// The option, when given.
+    pub export: Option<bool>,
 }
 
 impl ApiState {

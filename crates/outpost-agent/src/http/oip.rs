@@ -2,11 +2,12 @@
 //! repository index of Triton's model repository extension (which carries load failures).
 
 use super::codec::{self, EncodedResponse};
-use super::{body_error, resolve, ApiError, ApiState};
+use super::{body_error, resolve, ApiError, ApiState, ExportQuery};
 use crate::shadow::Sample;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -146,28 +147,35 @@ pub async fn repository_index(
 pub async fn infer(
     State(state): AppState,
     Path(model): Path<String>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    run_infer(&state, &model, None, &headers, body).await
+    run_infer(&state, &model, None, query, &headers, body).await
 }
 
 pub async fn infer_version(
     State(state): AppState,
     Path((model, version)): Path<(String, String)>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    run_infer(&state, &model, Some(&version), &headers, body).await
+    run_infer(&state, &model, Some(&version), query, &headers, body).await
 }
 
 async fn run_infer(
     state: &ApiState,
     name: &str,
     version: Option<&str>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let asked = match query {
+        Ok(Query(q)) => q.export,
+        Err(e) => return ApiError::bad_request(format!("bad query: {}", e.body_text())).into_response(),
+    };
     let started = Instant::now();
     let model = resolve(state, name, version);
     let result = match &model {
@@ -185,6 +193,9 @@ async fn run_infer(
     }
     match result {
         Ok(Answered { encoded: enc, outputs, body, header_len }) => {
+            if let (Some(export), Ok(serving)) = (state.export.as_ref().filter(|e| e.wants(name, asked)), &model) {
+                export_outputs(export, serving, &enc, started.elapsed());
+            }
             if let Ok(serving) = model {
                 // The answer is ready; what the shadow needs moves over without a copy.
                 state.shadows.offer(name, move || Sample::Infer { serving, body, header_len, outputs });
@@ -204,6 +215,22 @@ async fn run_infer(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// Exports an answer's output tensors as the client got them (JSON answers; a binary answer's
+/// tensors are raw data and are exported as `truncated`).
+fn export_outputs(
+    export: &crate::export::Exporter,
+    model: &LoadedModel,
+    enc: &EncodedResponse,
+    took: std::time::Duration,
+) {
+    let outputs = match enc.header_len {
+        None => serde_json::from_slice::<Value>(&enc.body).ok().and_then(|mut v| v.get_mut("outputs").map(Value::take)),
+        Some(_) => None,
+    };
+    let latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    export.result(model.name(), model.version(), outputs.as_ref(), None, latency_us);
 }
 
 /// A computed answer, with what a shadow comparison of it needs.

@@ -5,11 +5,12 @@
 //! whole run, so pipelines pass a [`PredictGate`] first, the way inference passes a session pool's
 //! queue: `sessions` pipelines run at once, `queue_capacity` more wait, and any beyond get 429.
 
-use super::{body_error, resolve, ApiError, ApiState};
+use super::{body_error, resolve, ApiError, ApiState, ExportQuery};
 use crate::shadow::Sample;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -37,11 +38,17 @@ impl PredictGate {
     }
 }
 
+/// Runs the model's pipeline on the raw data in the body.
 pub async fn predict(
     State(state): State<Arc<ApiState>>,
     Path(name): Path<String>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let asked = match query {
+        Ok(Query(q)) => q.export,
+        Err(e) => return ApiError::bad_request(format!("bad query: {}", e.body_text())).into_response(),
+    };
     let started = Instant::now();
     let model = resolve(&state, &name, None);
     let result = match &model {
@@ -55,6 +62,13 @@ pub async fn predict(
     }
     match result {
         Ok((response, body)) => {
+            if let Some(export) = state.export.as_ref().filter(|e| e.wants(&name, asked)) {
+                let outputs = serde_json::to_value(&response.predictions).unwrap_or_default();
+                let confidence = crate::export::record::confidence(&response.predictions);
+                let t = &response.timings;
+                let latency_us = t.pre_us + t.infer_us + t.post_us;
+                export.result(&name, &response.model_version, Some(&outputs), confidence, latency_us);
+            }
             // Cloned only when the shadow takes this request: at most one per model at a time.
             let predictions = &response.predictions;
             state.shadows.offer(&name, || Sample::Predict { body, predictions: predictions.clone() });

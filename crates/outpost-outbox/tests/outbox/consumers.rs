@@ -163,3 +163,44 @@ fn a_byte_limit_never_lets_a_lower_priority_pass_a_higher_one() {
     let second = ob.poll(&c, 10, 100).unwrap();
     assert_eq!(second.iter().map(|r| r.id.priority).collect::<Vec<_>>(), vec![Priority::High, Priority::Low]);
 }
+
+#[test]
+fn pending_counts_what_a_consumer_has_not_acked_and_forgets_what_the_cap_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (name("server"), name("mqtt"));
+    let mut ob = Outbox::open(dir.path(), config(256, 1 << 30)).unwrap();
+    ob.add_consumer(&a).unwrap();
+    for i in 0..6 {
+        ob.append(Priority::Normal, &payload(i)).unwrap();
+    }
+    ob.append(Priority::High, &payload(9)).unwrap();
+    assert_eq!(ob.pending(&a).unwrap(), [0, 6, 1]);
+    // Reading is not acking.
+    let batch = ob.poll(&a, 3, usize::MAX).unwrap();
+    assert_eq!(ob.pending(&a).unwrap(), [0, 6, 1]);
+    ob.ack_all(&a, batch.iter().map(|r| r.id)).unwrap();
+    assert_eq!(ob.pending(&a).unwrap(), [0, 4, 0]);
+    // A consumer added later starts at the oldest record kept.
+    ob.add_consumer(&b).unwrap();
+    assert_eq!(ob.pending(&b).unwrap()[Priority::Normal.index()], ob.stats().per_priority[1].records);
+    assert!(matches!(ob.pending(&name("nobody")), Err(OutboxError::UnknownConsumer(_))));
+}
+
+#[test]
+fn poll_priority_reads_one_priority_past_a_backlog_of_higher_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = name("server");
+    let mut ob = Outbox::open(dir.path(), config(1 << 20, 1 << 30)).unwrap();
+    ob.add_consumer(&c).unwrap();
+    for i in 0..5 {
+        ob.append(Priority::High, &payload(i)).unwrap();
+        ob.append(Priority::Low, &payload(100 + i)).unwrap();
+    }
+    let low = ob.poll_priority(&c, Priority::Low, 3, usize::MAX).unwrap();
+    assert_eq!(seqs(&low, Priority::Low), vec![0, 1, 2]);
+    assert!(low.iter().all(|r| r.id.priority == Priority::Low));
+    // Its own cursor moved; the other priorities' did not.
+    assert_eq!(seqs(&ob.poll(&c, 2, usize::MAX).unwrap(), Priority::High), vec![0, 1]);
+    assert_eq!(seqs(&ob.poll_priority(&c, Priority::Low, 10, usize::MAX).unwrap(), Priority::Low), vec![3, 4]);
+    assert!(ob.poll_priority(&c, Priority::Normal, 10, usize::MAX).unwrap().is_empty());
+}

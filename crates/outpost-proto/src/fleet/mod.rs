@@ -4,6 +4,7 @@
 pub mod api;
 pub mod device;
 pub mod quality;
+pub mod results;
 pub mod rollout;
 pub mod selector;
 pub mod signing;

@@ -27,6 +27,7 @@ mod models;
 mod nonces;
 mod pools;
 mod reports;
+pub mod results;
 pub mod rollouts;
 mod select;
 mod sql;

@@ -6,6 +6,7 @@ pub mod deltas;
 pub mod devices;
 pub mod packages;
 pub mod registry;
+pub mod results;
 pub mod rollouts;
 pub mod tuf;
 
@@ -173,6 +174,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/enroll", post(channel::enroll))
         .route("/v1/device/heartbeat", post(channel::heartbeat))
         .route("/v1/device/reports", post(channel::reports))
+        .route("/v1/device/results", post(results::device_results))
+        .route("/v1/results", get(results::list_results))
         .route("/v1/device/desired-state", get(channel::desired_state))
         .route("/v1/device/commands/{id}/ack", post(channel::ack_command))
         .layer(DefaultBodyLimit::max(max_body))
