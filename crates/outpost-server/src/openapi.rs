@@ -168,6 +168,8 @@ fn add_limits(doc: &mut serde_json::Value) {
         ("status", "", json!({"type": "string", "enum": ["online", "stale", "offline", "revoked"]})),
         ("selector", "", selector),
         ("cursor", "/v1/audit", int_cursor.clone()),
+        ("cursor", "/v1/results", int_cursor.clone()),
+        ("kind", "/v1/results", json!({"type": "string", "enum": ["result", "event", "alert", "telemetry"]})),
         ("cursor", "/v1/devices/{id}/commands", int_cursor),
         ("cursor", "/v1/models", model_cursor),
         ("name", "/v1/models/{name}/{version}/package", model_name.clone()),

@@ -136,6 +136,11 @@ pub struct ResultQuery {
     pub limit: Option<u32>,
 }
 
+/// A filter's value; an empty one is no filter, as in the other listings.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
 /// Exported records, oldest first.
 #[utoipa::path(get, path = "/v1/results", tag = "results", params(ResultQuery), security(("bearer" = [])),
     responses(
@@ -150,10 +155,11 @@ pub async fn list_results(
     ApiQuery(q): ApiQuery<ResultQuery>,
 ) -> Result<Json<Page<StoredResult>>, ApiError> {
     let (cursor, limit) = page_args(q.cursor.as_deref(), q.limit)?;
-    if let Some(kind) = q.kind.as_deref().filter(|k| !KINDS.contains(k)) {
+    let kind = given(&q.kind);
+    if let Some(kind) = kind.filter(|k| !KINDS.contains(k)) {
         return Err(ApiError::InvalidRequest(format!("kind {kind:?} is not one of {KINDS:?}")));
     }
-    let filter = ResultFilter { device: q.device.as_deref(), model: q.model.as_deref(), kind: q.kind.as_deref() };
+    let filter = ResultFilter { device: given(&q.device), model: given(&q.model), kind };
     Ok(Json(state.db.list_results(&filter, cursor, limit).await?))
 }
 
