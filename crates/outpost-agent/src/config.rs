@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub shadow_cpu_share: f64,
     /// Result export: which results leave the device, to which sinks, within which budget.
     pub export: crate::export::config::ExportConfig,
+    /// Drift windows: their length and the levels that make them `warn` and `alert`.
+    pub drift: crate::telemetry::DriftConfig,
 }
 
 impl Default for AgentConfig {
@@ -93,6 +95,7 @@ impl Default for AgentConfig {
             package_budget_mb: 1024,
             shadow_cpu_share: 0.25,
             export: crate::export::config::ExportConfig::default(),
+            drift: crate::telemetry::DriftConfig::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod shadow;
 pub mod store;
+pub mod telemetry;
 
 pub use config::AgentConfig;
 
@@ -138,6 +139,7 @@ impl Agent {
         tracing::info!(%addr, models = store.slots().len(), dir = %dir.display(), "agent serving");
 
         let settings = Arc::new(control::settings::Settings::new(config.poll_interval_ms));
+        tokio::spawn(telemetry::run(store.clone(), state.metrics.clone(), state.export.clone(), stop.clone()));
         let watcher = {
             let (store, mut stop, settings) = (store.clone(), stop.clone(), settings.clone());
             tokio::spawn(async move {
@@ -270,6 +272,7 @@ fn load_options(config: &AgentConfig) -> Result<LoadOptions, AgentError> {
         ort_library: config.ort_library.clone(),
         run_selftest: config.selftest,
         measure_backends: config.measure_backends,
+        drift: config.drift.settings().map_err(AgentError::Config)?,
     })
 }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the agent, served as text at `/metrics`.
 
+use outpost_proto::fleet::drift::{DriftReport, DriftStatus};
 use outpost_proto::fleet::quality::VersionWindow;
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +48,15 @@ pub struct VersionLabels {
     pub version: String,
 }
 
+/// Labels of drift window series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// Model name.
+    pub model: String,
+    /// `ok`, `warn`, `alert` or `no_reference`.
+    pub status: &'static str,
+}
+
 /// All agent metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -65,6 +75,10 @@ pub struct Metrics {
     versions: Mutex<HashMap<String, String>>,
     /// Per-model counters and recent latencies for the control-plane state report.
     windows: Mutex<HashMap<String, ModelWindow>>,
+    /// Per model, the latest closed drift window.
+    drift_latest: Mutex<HashMap<String, DriftReport>>,
+    drift_score: Family<ModelLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    drift_windows: Family<DriftLabels, Counter>,
     /// Per-model requests since the serving version was activated, and those of the version
     /// before it: what a probation judges a new version by.
     probes: Mutex<HashMap<String, Probe>>,
@@ -141,6 +155,9 @@ impl Metrics {
             versions: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
             probes: Mutex::new(HashMap::new()),
+            drift_latest: Mutex::new(HashMap::new()),
+            drift_score: Family::default(),
+            drift_windows: Family::default(),
         };
         registry.register("requests", "Inference requests received", m.requests.clone());
         registry.register("request_errors", "Inference requests answered with an error", m.errors.clone());
@@ -152,6 +169,12 @@ impl Metrics {
         registry.register("model_info", "Version serving per model (value 1)", m.model_info.clone());
         registry.register("model_load_failures", "Packages that failed to verify or load", m.load_failures.clone());
         registry.register("models_loaded", "Models serving", m.models_loaded.clone());
+        registry.register(
+            "drift_score",
+            "Drift score (largest feature PSI) of the latest window",
+            m.drift_score.clone(),
+        );
+        registry.register("drift_windows", "Drift windows closed, by status", m.drift_windows.clone());
         *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         m
     }
@@ -191,6 +214,35 @@ impl Metrics {
         drop(windows);
         let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
         record(&mut probes.entry(model.to_string()).or_default().current, failed, ms);
+    }
+
+    /// Records a closed drift window: the gauges, the latest window of the model, and the counts
+    /// in the version's report window (what rollout gates sum).
+    pub fn drift(&self, model: &str, window: &DriftReport) {
+        self.drift_score.get_or_create(&ModelLabels { model: model.to_string() }).set(window.score);
+        let status = window.status.as_str();
+        self.drift_windows.get_or_create(&DriftLabels { model: model.to_string(), status }).inc();
+        if window.status != DriftStatus::NoReference {
+            let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+            let w = windows.entry(model.to_string()).or_default();
+            let at = match w.versions.iter().position(|v| v.version == window.version) {
+                Some(at) => at,
+                None => {
+                    w.versions.push(VersionWindow { version: window.version.clone(), ..VersionWindow::default() });
+                    w.versions.len() - 1
+                }
+            };
+            let v = &mut w.versions[at];
+            v.drift_windows += 1;
+            v.drift_alerts += u64::from(window.status == DriftStatus::Alert);
+            v.drift_score += window.score;
+        }
+        self.drift_latest.lock().unwrap_or_else(|p| p.into_inner()).insert(model.to_string(), window.clone());
+    }
+
+    /// `model`'s latest closed drift window, if any.
+    pub fn latest_drift(&self, model: &str) -> Option<DriftReport> {
+        self.drift_latest.lock().unwrap_or_else(|p| p.into_inner()).get(model).cloned()
     }
 
     /// `model`'s requests since its serving version was activated, and those the version

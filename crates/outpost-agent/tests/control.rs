@@ -7,6 +7,8 @@ mod common;
 mod delivery;
 #[path = "control/delta.rs"]
 mod delta;
+#[path = "control/drift.rs"]
+mod drift;
 #[path = "control/export.rs"]
 mod export;
 #[path = "control/outbox.rs"]

@@ -15,6 +15,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod drift;
 pub mod error;
 pub mod indices;
 pub mod inspect;

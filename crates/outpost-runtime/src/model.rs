@@ -2,6 +2,7 @@
 //! memory budget.
 
 use crate::backend::{self, BackendKind, Engine, EngineOptions, IoSpec};
+use crate::drift::DriftMonitor;
 use crate::indices::IndexRange;
 use crate::pipeline::{self, PipelineError};
 use crate::pool::{Completed, Reply, SessionPool};
@@ -36,6 +37,8 @@ pub struct LoadOptions {
     /// Under the manifest's `auto`, load both backends, time a few runs of each, and keep the
     /// faster. Off by default: it costs load time and maps the ONNX Runtime library.
     pub measure_backends: bool,
+    /// How drift windows are cut and judged.
+    pub drift: crate::drift::DriftSettings,
 }
 
 impl Default for LoadOptions {
@@ -49,6 +52,7 @@ impl Default for LoadOptions {
             shape_plans: crate::backend::DEFAULT_SHAPE_PLANS,
             run_selftest: true,
             measure_backends: false,
+            drift: crate::drift::DriftSettings::default(),
         }
     }
 }
@@ -131,6 +135,7 @@ pub struct LoadedModel {
     rules: InputRules,
     inputs: Vec<IoSpec>,
     index_ranges: IndexRanges,
+    drift: Arc<DriftMonitor>,
     _reservation: Reservation,
 }
 
@@ -222,6 +227,13 @@ impl LoadedModel {
         };
         let pool = SessionPool::new(&engine_opts.model_name, engine.clone(), opts.sessions, opts.queue_capacity)?;
         let inputs = rules.refine(engine.inputs());
+        let drift = Arc::new(DriftMonitor::new(
+            &manifest.model.version,
+            manifest.reference.as_ref(),
+            opts.drift,
+            &engine.inputs().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            &engine.outputs().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ));
         Ok(LoadedModel {
             model_sha256: manifest.files.get(&manifest.model.file).cloned().unwrap_or_default(),
             manifest,
@@ -234,6 +246,7 @@ impl LoadedModel {
             rules,
             inputs,
             index_ranges,
+            drift,
             _reservation: reservation,
         })
     }
@@ -283,13 +296,32 @@ impl LoadedModel {
     /// Checks inputs and queues one inference; `reply` is called on a worker thread.
     pub fn infer(&self, inputs: Vec<Tensor>, reply: Reply) -> Result<(), RuntimeError> {
         self.check(&inputs)?;
-        self.pool.submit(inputs, reply)
+        let (sample, drift) = (self.drift.sample_inputs(&inputs), self.drift.clone());
+        self.pool.submit(
+            inputs,
+            Box::new(move |done: Completed| {
+                if let Ok(outputs) = &done.result {
+                    drift.record(sample, outputs);
+                }
+                reply(done)
+            }),
+        )
     }
 
     /// Runs one inference and waits for it.
     pub fn infer_blocking(&self, inputs: Vec<Tensor>) -> Result<Completed, RuntimeError> {
         self.check(&inputs)?;
-        self.pool.run_blocking(inputs)
+        let sample = self.drift.sample_inputs(&inputs);
+        let done = self.pool.run_blocking(inputs)?;
+        if let Ok(outputs) = &done.result {
+            self.drift.record(sample, outputs);
+        }
+        Ok(done)
+    }
+
+    /// The drift monitor of this version's requests.
+    pub fn drift(&self) -> &DriftMonitor {
+        &self.drift
     }
 
     /// The manifest's sizes and bounds (the more telling message), then count, dtype and shape

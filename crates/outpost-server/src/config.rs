@@ -76,6 +76,12 @@ pub struct ServerConfig {
     pub version_stats_retention_s: u64,
     /// Keep the results, events and alerts devices exported over HTTP this long. Default 7 days.
     pub results_retention_s: u64,
+    /// A device's latest drift window counts in the drift view and alerts for this long after
+    /// it arrived. Default 1 h.
+    pub drift_stale_s: u64,
+    /// Alert rules (`[[alert_rules]]`); none configured means one rule, `drift`: any device at
+    /// the drift alert level.
+    pub alert_rules: Vec<outpost_proto::fleet::drift::AlertRule>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +114,8 @@ impl Default for ServerConfig {
             rollout_retry_s: 30,
             version_stats_retention_s: 2 * 86_400,
             results_retention_s: 7 * 86_400,
+            drift_stale_s: 3600,
+            alert_rules: Vec::new(),
         }
     }
 }

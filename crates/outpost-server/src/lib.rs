@@ -13,6 +13,7 @@ pub mod budget;
 pub mod config;
 pub mod db;
 pub mod desired;
+pub mod drift;
 pub mod error;
 pub mod extract;
 pub mod hub;

@@ -45,6 +45,30 @@ pub struct RolloutLabels {
     pub key: String,
 }
 
+/// Labels of per-version drift series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DriftLabels {
+    /// Model name.
+    pub model: String,
+    /// Version.
+    pub version: String,
+    /// Drift status (`ok`, `warn`, `alert`, `no_reference`); empty on score series.
+    pub status: String,
+}
+
+/// Labels of alert series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The rule.
+    pub rule: String,
+    /// Model name.
+    pub model: String,
+    /// Version.
+    pub version: String,
+    /// The label group (empty when the rule does not group).
+    pub group: String,
+}
+
 /// Labels of the rollout decision counter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DecisionLabels {
@@ -100,6 +124,12 @@ pub struct Metrics {
     pub rollout_gate_value: Family<RolloutLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// 1 for the lifecycle state of each rollout this replica holds.
     pub rollout_state: Family<RolloutLabels, Gauge>,
+    /// Devices per model version by drift status (their latest window).
+    pub drift_devices: Family<DriftLabels, Gauge>,
+    /// The largest drift score per model version.
+    pub drift_score_max: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The value of each firing alert.
+    pub alerts_firing: Family<AlertLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -180,7 +210,20 @@ impl Metrics {
         );
         let rollout_state = Family::<RolloutLabels, Gauge>::default();
         registry.register("rollout_state", "1 for a rollout's lifecycle state (key)", rollout_state.clone());
+        let drift_devices = Family::<DriftLabels, Gauge>::default();
+        registry.register(
+            "drift_devices",
+            "Devices per model version by the status of their latest drift window",
+            drift_devices.clone(),
+        );
+        let drift_score_max = Family::<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register("drift_score_max", "Largest drift score (PSI) per model version", drift_score_max.clone());
+        let alerts_firing = Family::<AlertLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register("alerts_firing", "Firing alerts, valued by the rule's measurement", alerts_firing.clone());
         Metrics {
+            drift_devices,
+            drift_score_max,
+            alerts_firing,
             registry,
             rollout_evaluation,
             rollout_step,
@@ -199,6 +242,34 @@ impl Metrics {
             long_polls_waiting,
             package_bytes_sent,
             delta_bytes_sent,
+        }
+    }
+
+    /// Replaces the drift and alert series with these groups and alerts.
+    pub fn set_drift(
+        &self,
+        groups: &[outpost_proto::fleet::drift::DriftGroup],
+        alerts: &[outpost_proto::fleet::drift::Alert],
+    ) {
+        self.drift_devices.clear();
+        self.drift_score_max.clear();
+        self.alerts_firing.clear();
+        for g in groups {
+            for (status, n) in [("ok", g.ok), ("warn", g.warn), ("alert", g.alert), ("no_reference", g.no_reference)] {
+                let l = DriftLabels { model: g.model.clone(), version: g.version.clone(), status: status.into() };
+                self.drift_devices.get_or_create(&l).set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            let l = DriftLabels { model: g.model.clone(), version: g.version.clone(), status: String::new() };
+            self.drift_score_max.get_or_create(&l).set(g.max_score);
+        }
+        for a in alerts {
+            let l = AlertLabels {
+                rule: a.rule.clone(),
+                model: a.model.clone(),
+                version: a.version.clone(),
+                group: a.group.clone().unwrap_or_default(),
+            };
+            self.alerts_firing.get_or_create(&l).set(a.value);
         }
     }
 

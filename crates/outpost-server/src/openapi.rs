@@ -2,7 +2,7 @@
 //! cannot drift from the handlers.
 
 use crate::routes::registry::{API_TOKEN_NAME_MAX, MAX_EXPIRES_IN_S};
-use crate::routes::{self, channel, deltas, devices, packages, registry, results, rollouts, tuf, MAX_LIMIT};
+use crate::routes::{self, channel, deltas, devices, drift, packages, registry, results, rollouts, tuf, MAX_LIMIT};
 use outpost_proto::fleet::selector::{MAX_SELECTOR_BYTES, SELECTOR_PATTERN};
 use outpost_proto::fleet::signing::{HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -29,6 +29,7 @@ use utoipa::{Modify, OpenApi};
         tuf::metadata, tuf::target, tuf::current_targets, tuf::put_targets, tuf::current_role, tuf::put_release,
         channel::enroll, channel::heartbeat, channel::reports, channel::desired_state, channel::ack_command,
         results::device_results, results::list_results,
+        drift::list_drift, drift::list_alerts,
     ),
     modifiers(&SecuritySchemes),
     tags(
@@ -39,6 +40,7 @@ use utoipa::{Modify, OpenApi};
         (name = "rollouts", description = "Waves over label-selected devices, gated on health"),
         (name = "audit", description = "Who changed what"),
         (name = "results", description = "Results, events and alerts devices exported"),
+        (name = "drift", description = "Drift of the data models see, and the alerts it raises"),
         (name = "device", description = "The signed device channel"),
         (name = "tuf", description = "The TUF repository of the packages"),
         (name = "health", description = "Health, readiness, metrics"),

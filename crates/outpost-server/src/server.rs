@@ -37,6 +37,9 @@ pub enum ServerError {
         /// Cause.
         source: DbError,
     },
+    /// A setting makes no sense.
+    #[error("configuration: {0}")]
+    Config(String),
     /// The artifact store could not be opened.
     #[error("cannot open the artifact store: {0}; check `artifact_store` and `artifact_store_options`")]
     ArtifactStore(String),
@@ -130,6 +133,7 @@ impl Server {
 
     /// Starts serving on an already connected database.
     pub async fn start_with_db(config: ServerConfig, db: Db) -> Result<Server, ServerError> {
+        crate::drift::check_rules(&config.alert_rules).map_err(ServerError::Config)?;
         db.set_history_interval_ms(secs_to_ms(config.history_interval_s));
         let admin_token_path = match db.bootstrap_admin_token(now_ms()).await.map_err(ServerError::Bootstrap)? {
             Some(token) => {
@@ -296,6 +300,29 @@ fn spawn_maintenance(state: SharedState) -> Vec<JoinHandle<()>> {
                     Ok(n) if n > 0 => tracing::info!(removed = n, "pruned exported results"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "pruning exported results failed; will retry"),
+                }
+            })
+        }),
+        every(Duration::from_secs(15), state.clone(), |s| {
+            Box::pin(async move {
+                let fresh = now_ms().saturating_sub(secs_to_ms(s.config.drift_stale_s));
+                match s.db.drift_entries(None, fresh).await {
+                    Ok(entries) => {
+                        let rules = crate::drift::rules_in_force(&s.config.alert_rules);
+                        let alerts = crate::drift::evaluate(&rules, &entries);
+                        s.metrics.set_drift(&crate::drift::summarize(&entries, None, None), &alerts);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading drift for the metrics failed; will retry"),
+                }
+            })
+        }),
+        every(Duration::from_secs(600), state.clone(), |s| {
+            Box::pin(async move {
+                let cutoff = now_ms().saturating_sub(secs_to_ms(s.config.version_stats_retention_s));
+                match s.db.prune_drift(cutoff).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "pruned drift windows"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning drift windows failed; will retry"),
                 }
             })
         }),

@@ -85,6 +85,7 @@ pub fn model_reports(
     windows: &HashMap<String, ModelWindow>,
     desired: &[DesiredModel],
     updates: &HashMap<String, UpdateReport>,
+    drift: impl Fn(&str) -> Option<outpost_proto::fleet::drift::DriftReport>,
 ) -> (Vec<ModelReport>, Health) {
     let mut reports = Vec::new();
     let mut health = Health::Ok;
@@ -130,6 +131,7 @@ pub fn model_reports(
             latency_p50_ms: percentile(&mut window.latencies_ms, 0.50),
             latency_p99_ms: percentile(&mut window.latencies_ms, 0.99),
             windows: std::mem::take(&mut window.versions),
+            drift: drift(&model.name).filter(|d| model.active_version.as_deref() == Some(d.version.as_str())),
             ..ModelReport::default()
         });
     }
@@ -211,7 +213,8 @@ impl ReportBuilder {
         on_probation: &HashMap<String, String>,
     ) -> StateReport {
         let served = served_models(&self.store);
-        let (mut models, health) = model_reports(&served, &self.metrics.take_windows(), desired, updates);
+        let (mut models, health) =
+            model_reports(&served, &self.metrics.take_windows(), desired, updates, |m| self.metrics.latest_drift(m));
         let mut shadows = self.shadows.as_ref().map(|s| s.take_reports()).unwrap_or_default();
         for m in &mut models {
             if m.state == "ready" && on_probation.get(&m.name) == Some(&m.version) {
@@ -294,7 +297,7 @@ mod tests {
             ModelWindow { requests: 10, errors: 1, latencies_ms: vec![1.0, 2.0, 3.0], ..ModelWindow::default() },
         );
         let (reports, health) =
-            model_reports(&[served("a", Some("2"), None)], &windows, &[desired("a", "2")], &HashMap::new());
+            model_reports(&[served("a", Some("2"), None)], &windows, &[desired("a", "2")], &HashMap::new(), |_| None);
         assert_eq!(health, Health::Ok);
         assert_eq!(reports.len(), 1);
         assert_eq!((reports[0].state.as_str(), reports[0].requests, reports[0].errors), ("ready", 10, 1));
@@ -304,15 +307,20 @@ mod tests {
     #[test]
     fn failed_package_or_missing_desired_model_degrades_health() {
         let (reports, health) =
-            model_reports(&[served("a", None, Some("hash mismatch"))], &HashMap::new(), &[], &HashMap::new());
+            model_reports(&[served("a", None, Some("hash mismatch"))], &HashMap::new(), &[], &HashMap::new(), |_| None);
         assert_eq!(health, Health::Degraded);
         assert_eq!(reports[0].state, "failed");
         assert_eq!(reports[0].reason.as_deref(), Some("hash mismatch"));
         assert_eq!(reports[0].failure_kind, Some(FailureKind::SelfTest), "the kind travels with the reason");
 
         // An update that failed while the previous version keeps serving: ready, and says so.
-        let (reports, health) =
-            model_reports(&[served("a", Some("1"), Some("hash mismatch"))], &HashMap::new(), &[], &HashMap::new());
+        let (reports, health) = model_reports(
+            &[served("a", Some("1"), Some("hash mismatch"))],
+            &HashMap::new(),
+            &[],
+            &HashMap::new(),
+            |_| None,
+        );
         assert_eq!(health, Health::Degraded);
         assert_eq!((reports[0].state.as_str(), reports[0].version.as_str()), ("ready", "1"));
         assert_eq!(reports[0].reason.as_deref(), Some("version 9 not loaded: hash mismatch"));
@@ -323,6 +331,7 @@ mod tests {
             &HashMap::new(),
             &[desired("a", "2"), desired("b", "1")],
             &HashMap::new(),
+            |_| None,
         );
         assert_eq!(health, Health::Degraded);
         let names: Vec<_> = reports.iter().map(|r| (r.name.as_str(), r.state.as_str())).collect();
@@ -330,10 +339,23 @@ mod tests {
     }
 
     #[test]
+    fn the_latest_drift_window_travels_only_for_the_serving_version() {
+        use outpost_proto::fleet::drift::{DriftReport, DriftStatus};
+        let window =
+            |v: &str| Some(DriftReport { version: v.into(), status: DriftStatus::Alert, ..DriftReport::default() });
+        let (reports, _) =
+            model_reports(&[served("a", Some("2"), None)], &HashMap::new(), &[], &HashMap::new(), |_| window("2"));
+        assert_eq!(reports[0].drift.as_ref().map(|d| d.status), Some(DriftStatus::Alert));
+        let (reports, _) =
+            model_reports(&[served("a", Some("2"), None)], &HashMap::new(), &[], &HashMap::new(), |_| window("1"));
+        assert!(reports[0].drift.is_none());
+    }
+
+    #[test]
     fn a_model_serving_on_a_fallback_backend_says_why_in_its_report() {
         let mut m = served("encoder", Some("2"), None);
         m.backend_note = Some("serving on tract; onnxruntime: backend onnxruntime unavailable".into());
-        let (reports, health) = model_reports(&[m], &HashMap::new(), &[], &HashMap::new());
+        let (reports, health) = model_reports(&[m], &HashMap::new(), &[], &HashMap::new(), |_| None);
         assert_eq!(reports[0].state, "ready");
         assert!(reports[0].reason.as_deref().is_some_and(|r| r.contains("unavailable")));
         assert_eq!(health, Health::Ok);

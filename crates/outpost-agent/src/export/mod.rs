@@ -252,6 +252,19 @@ impl Exporter {
         });
     }
 
+    /// Queues a model's closed drift window as telemetry (lowest priority), without waiting.
+    pub fn telemetry(&self, model: &str, version: &str, window: &outpost_proto::fleet::drift::DriftReport) {
+        let json = self.encode(Kind::Telemetry, Some(model), Some(version), window);
+        self.records.get_or_create(&KindLabels { kind: "telemetry" }).inc();
+        let (outbox, dropped) = (self.outbox.clone(), self.dropped.clone());
+        tokio::spawn(async move {
+            if let Err(e) = outbox.append(Priority::Low, stored("telemetry", &json)).await {
+                dropped.get_or_create(&DropLabels { reason: "error" }).inc();
+                tracing::warn!(error = %e, "cannot queue telemetry for export");
+            }
+        });
+    }
+
     /// Queues an event (or, with `alert`, an alert) and waits until it is on disk.
     pub async fn event(
         &self,

@@ -174,6 +174,9 @@ pub struct ModelReport {
     /// The candidate version running in shadow, when the desired state names one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<super::quality::ShadowReport>,
+    /// The latest closed drift window of the serving version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<super::drift::DriftReport>,
 }
 
 /// Resource use of the device.

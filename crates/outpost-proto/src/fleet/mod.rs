@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod device;
+pub mod drift;
 pub mod quality;
 pub mod results;
 pub mod rollout;

@@ -108,6 +108,23 @@ pub struct VersionWindow {
     pub errors: u64,
     /// Their latencies.
     pub latency: LatencyHistogram,
+    /// Drift windows of this version that closed since the previous report.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub drift_windows: u64,
+    /// Those among them at the alert level.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub drift_alerts: u64,
+    /// Sum of their drift scores.
+    #[serde(skip_serializing_if = "is_zero_f")]
+    pub drift_score: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_f(n: &f64) -> bool {
+    *n == 0.0
 }
 
 /// A candidate version run in shadow beside the serving one, since the previous report: it sees

@@ -22,6 +22,10 @@ pub enum GateMetric {
     P50Latency,
     /// Mean agreement of the candidate with the serving version in shadow.
     ShadowAgreement,
+    /// Share of the new version's closed drift windows at the alert level.
+    DriftAlerts,
+    /// Mean drift score (PSI) of the new version's closed drift windows.
+    DriftScore,
 }
 
 impl GateMetric {
@@ -32,13 +36,22 @@ impl GateMetric {
             GateMetric::P99Latency => "p99_latency",
             GateMetric::P50Latency => "p50_latency",
             GateMetric::ShadowAgreement => "shadow_agreement",
+            GateMetric::DriftAlerts => "drift_alerts",
+            GateMetric::DriftScore => "drift_score",
         }
     }
 
     fn parse(text: &str) -> Option<GateMetric> {
-        [GateMetric::ErrorRate, GateMetric::P99Latency, GateMetric::P50Latency, GateMetric::ShadowAgreement]
-            .into_iter()
-            .find(|m| m.as_str() == text)
+        [
+            GateMetric::ErrorRate,
+            GateMetric::P99Latency,
+            GateMetric::P50Latency,
+            GateMetric::ShadowAgreement,
+            GateMetric::DriftAlerts,
+            GateMetric::DriftScore,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == text)
     }
 }
 
@@ -51,6 +64,8 @@ pub enum Threshold {
     Millis(f64),
     /// A ratio to the previous version on the same devices (`1.2x`).
     Ratio(f64),
+    /// A plain number (`0.2`), for scores without a unit.
+    Value(f64),
 }
 
 /// One health gate: `metric < threshold` or `metric > threshold`.
@@ -66,7 +81,7 @@ pub struct Gate {
 
 /// A gate text that does not parse, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("gate {text:?}: {why} (examples: error_rate<1%, error_rate<1.5x, p99_latency<1.2x, p99_latency<25ms, shadow_agreement>97%)")]
+#[error("gate {text:?}: {why} (examples: error_rate<1%, error_rate<1.5x, p99_latency<1.2x, p99_latency<25ms, shadow_agreement>97%, drift_alerts<5%, drift_score<0.2)")]
 pub struct GateError {
     /// The text.
     pub text: String,
@@ -109,6 +124,8 @@ impl FromStr for Gate {
             Threshold::Ratio(v)
         } else if let Some(ms) = value.strip_suffix("ms") {
             Threshold::Millis(number(ms)?)
+        } else if metric == GateMetric::DriftScore {
+            Threshold::Value(number(value)?)
         } else {
             return Err(err("the limit needs a unit: %, x (times the previous version) or ms"));
         };
@@ -116,6 +133,8 @@ impl FromStr for Gate {
             (GateMetric::ErrorRate, Threshold::Fraction(_) | Threshold::Ratio(_)) => below,
             (GateMetric::P99Latency | GateMetric::P50Latency, Threshold::Millis(_) | Threshold::Ratio(_)) => below,
             (GateMetric::ShadowAgreement, Threshold::Fraction(_)) => !below,
+            (GateMetric::DriftAlerts, Threshold::Fraction(_)) => below,
+            (GateMetric::DriftScore, Threshold::Value(_) | Threshold::Ratio(_)) => below,
             _ => false,
         };
         if !fits {
@@ -123,6 +142,8 @@ impl FromStr for Gate {
                 GateMetric::ErrorRate => "error_rate takes < with a % or an x limit",
                 GateMetric::P99Latency | GateMetric::P50Latency => "latency takes < with an ms or an x limit",
                 GateMetric::ShadowAgreement => "shadow_agreement takes > with a % limit",
+                GateMetric::DriftAlerts => "drift_alerts takes < with a % limit",
+                GateMetric::DriftScore => "drift_score takes < with a number or an x limit",
             }));
         }
         Ok(Gate { metric, below, threshold })
@@ -136,6 +157,7 @@ impl fmt::Display for Gate {
             Threshold::Fraction(v) => write!(f, "{}{op}{}%", self.metric.as_str(), round6(v * 100.0)),
             Threshold::Millis(v) => write!(f, "{}{op}{}ms", self.metric.as_str(), round6(v)),
             Threshold::Ratio(v) => write!(f, "{}{op}{}x", self.metric.as_str(), round6(v)),
+            Threshold::Value(v) => write!(f, "{}{op}{}", self.metric.as_str(), round6(v)),
         }
     }
 }
@@ -471,6 +493,9 @@ mod tests {
             ("p99_latency<1.2x", "p99_latency<1.2x"),
             ("p50_latency<25ms", "p50_latency<25ms"),
             ("shadow_agreement>97%", "shadow_agreement>97%"),
+            ("drift_alerts<5%", "drift_alerts<5%"),
+            ("drift_score < 0.2", "drift_score<0.2"),
+            ("drift_score<1.5x", "drift_score<1.5x"),
         ] {
             let g: Gate = text.parse().unwrap();
             assert_eq!(g.to_string(), canon);
@@ -491,6 +516,9 @@ mod tests {
             "error_rate<NaN%",
             "p99_latency<0x",
             "error_rate<1%<2%",
+            "drift_alerts<0.05",
+            "drift_score>0.2",
+            "drift_score<20ms",
         ] {
             assert!(bad.parse::<Gate>().is_err(), "{bad} parsed");
         }

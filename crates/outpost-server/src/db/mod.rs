@@ -20,6 +20,7 @@
 mod audit;
 mod commands;
 mod devices;
+pub mod drift;
 mod enroll;
 mod error;
 pub mod fleet;

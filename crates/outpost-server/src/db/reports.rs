@@ -137,6 +137,20 @@ const STATS: &[(&str, &str)] = &[
     ("errors", "BIGINT"),
     ("latency", "TEXT"),
     ("agreement", "DOUBLE PRECISION"),
+    ("drift_windows", "BIGINT"),
+    ("drift_alerts", "BIGINT"),
+    ("drift_score", "DOUBLE PRECISION"),
+];
+const DRIFT: &[(&str, &str)] = &[
+    ("device_id", "TEXT"),
+    ("model", "TEXT"),
+    ("version", "TEXT"),
+    ("at_ms", "BIGINT"),
+    ("received_ms", "BIGINT"),
+    ("samples", "BIGINT"),
+    ("score", "DOUBLE PRECISION"),
+    ("status", "TEXT"),
+    ("report", "TEXT"),
 ];
 const HISTORY: &[(&str, &str)] =
     &[("device_id", "TEXT"), ("at_ms", "BIGINT"), ("received_ms", "BIGINT"), ("report", "TEXT")];
@@ -149,6 +163,7 @@ pub(super) struct ReportSql {
     insert_models: String,
     history: String,
     stats: String,
+    drift: String,
 }
 
 impl ReportSql {
@@ -187,9 +202,22 @@ impl ReportSql {
             ),
             stats: format!(
                 "INSERT INTO version_stats (device_id, model, version, shadow, received_ms, requests, errors, latency, \
-                 agreement) SELECT {} FROM {} WHERE true",
+                 agreement, drift_windows, drift_alerts, drift_score) SELECT {} FROM {} WHERE true",
                 r_columns(STATS),
                 json_rows(kind, STATS)
+            ),
+            // `alert_since_ms` survives while the status stays `alert`.
+            drift: format!(
+                "INSERT INTO device_drift (device_id, model, version, at_ms, received_ms, samples, score, status, \
+                 report, alert_since_ms) SELECT {}, CASE WHEN r.status = 'alert' THEN r.received_ms END FROM {} \
+                 WHERE true ORDER BY r.device_id, r.model \
+                 ON CONFLICT (device_id, model) DO UPDATE SET version = excluded.version, at_ms = excluded.at_ms, \
+                 received_ms = excluded.received_ms, samples = excluded.samples, score = excluded.score, \
+                 status = excluded.status, report = excluded.report, \
+                 alert_since_ms = CASE WHEN excluded.status <> 'alert' THEN NULL \
+                 WHEN device_drift.status = 'alert' THEN device_drift.alert_since_ms ELSE excluded.alert_since_ms END",
+                r_columns(DRIFT),
+                json_rows(kind, DRIFT)
             ),
         }
     }
@@ -238,6 +266,22 @@ struct StatsRow<'a> {
     errors: i64,
     latency: String,
     agreement: f64,
+    drift_windows: i64,
+    drift_alerts: i64,
+    drift_score: f64,
+}
+
+#[derive(Serialize)]
+struct DriftRow<'a> {
+    device_id: &'a str,
+    model: &'a str,
+    version: &'a str,
+    at_ms: i64,
+    received_ms: i64,
+    samples: i64,
+    score: f64,
+    status: &'static str,
+    report: String,
 }
 
 #[derive(Serialize)]
@@ -308,6 +352,7 @@ impl Db {
         let history_updates = self.append_history(&mut tx, batch, &known).await?;
         let stats = stats_rows(batch, &known)?;
         execute_json(&mut tx, &sql.stats, &stats).await?;
+        execute_json(&mut tx, &sql.drift, &drift_rows(&latest)?).await?;
         // The rollout engine reads these devices again (see `super::fleet`); stamped last, so
         // that little time passes between the stamp and the commit.
         let stamped: Vec<&str> = model_updates.iter().map(|(id, _)| id.as_str()).collect();
@@ -422,7 +467,7 @@ fn stats_rows<'a>(batch: &'a [ReportRow], known: &HashSet<String>) -> Result<Vec
         let lag = newest[&(row.device_id.as_str(), row.received_ms)].saturating_sub(row.report.at_ms).max(0);
         let received_ms = row.received_ms.saturating_sub(lag);
         for m in &row.report.models {
-            for w in m.windows.iter().filter(|w| w.requests > 0 || w.errors > 0) {
+            for w in m.windows.iter().filter(|w| w.requests > 0 || w.errors > 0 || w.drift_windows > 0) {
                 out.push(StatsRow {
                     device_id: &row.device_id,
                     model: &m.name,
@@ -433,6 +478,9 @@ fn stats_rows<'a>(batch: &'a [ReportRow], known: &HashSet<String>) -> Result<Vec
                     errors: count(w.errors),
                     latency: serde_json::to_string(&w.latency)?,
                     agreement: 0.0,
+                    drift_windows: count(w.drift_windows),
+                    drift_alerts: count(w.drift_alerts.min(w.drift_windows)),
+                    drift_score: if w.drift_score.is_finite() { w.drift_score.max(0.0) } else { 0.0 },
                 });
             }
             if let Some(sh) = m.shadow.as_ref().filter(|s| s.samples > 0 || s.errors > 0) {
@@ -446,8 +494,39 @@ fn stats_rows<'a>(batch: &'a [ReportRow], known: &HashSet<String>) -> Result<Vec
                     errors: count(sh.errors),
                     latency: "[]".into(),
                     agreement: if sh.agreement.is_finite() { sh.agreement.clamp(0.0, sh.samples as f64) } else { 0.0 },
+                    drift_windows: 0,
+                    drift_alerts: 0,
+                    drift_score: 0.0,
                 });
             }
+        }
+    }
+    Ok(out)
+}
+
+/// The drift window each device's newest report carries, per model (the latest wins).
+fn drift_rows<'a>(latest: &[&'a ReportRow]) -> Result<Vec<DriftRow<'a>>, DbError> {
+    let mut out = Vec::new();
+    for row in latest {
+        let mut seen = HashSet::new();
+        for m in &row.report.models {
+            let Some(d) = &m.drift else { continue };
+            // A model named twice in one report is the device's mistake; the first one counts.
+            if !seen.insert(m.name.as_str()) {
+                continue;
+            }
+            let score = if d.score.is_finite() { d.score.max(0.0) } else { 0.0 };
+            out.push(DriftRow {
+                device_id: &row.device_id,
+                model: &m.name,
+                version: &d.version,
+                at_ms: d.at_ms,
+                received_ms: row.received_ms,
+                samples: i64::try_from(d.samples).unwrap_or(i64::MAX),
+                score,
+                status: d.status.as_str(),
+                report: serde_json::to_string(d)?,
+            });
         }
     }
     Ok(out)

@@ -319,8 +319,8 @@ impl Db {
         not_before_ms: i64,
     ) -> Result<Vec<(i64, String, StatRow)>, DbError> {
         let mut q = Sql::new(
-            "SELECT id, device_id, version, shadow, received_ms, requests, errors, latency, agreement \
-             FROM version_stats WHERE model = ",
+            "SELECT id, device_id, version, shadow, received_ms, requests, errors, latency, agreement, \
+             drift_windows, drift_alerts, drift_score FROM version_stats WHERE model = ",
         );
         q.bind(model).push(" AND id > ").bind(after_id);
         // After the first read, the id alone bounds the rows (a range of the primary key): with
@@ -346,6 +346,9 @@ impl Db {
                     errors: u64::try_from(row.try_get::<i64, _>("errors")?).unwrap_or(0),
                     latency: serde_json::from_str(&latency).unwrap_or_default(),
                     agreement: row.try_get("agreement")?,
+                    drift_windows: u64::try_from(row.try_get::<i64, _>("drift_windows")?).unwrap_or(0),
+                    drift_alerts: u64::try_from(row.try_get::<i64, _>("drift_alerts")?).unwrap_or(0),
+                    drift_score: row.try_get("drift_score")?,
                 },
             ));
         }

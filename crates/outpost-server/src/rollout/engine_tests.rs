@@ -179,6 +179,7 @@ impl Sim {
                         errors: 0,
                         latency: LatencyHistogram::default(),
                         agreement: 20.0 * agreement,
+                        ..StatRow::default()
                     });
                 }
                 (None, _) => {}
@@ -202,6 +203,7 @@ impl Sim {
                 errors: (50.0 * error_rate).round() as u64,
                 latency,
                 agreement: 0.0,
+                ..StatRow::default()
             });
         }
     }

@@ -30,6 +30,12 @@ pub struct StatRow {
     pub latency: LatencyHistogram,
     /// Sum of shadow agreement.
     pub agreement: f64,
+    /// Drift windows closed.
+    pub drift_windows: u64,
+    /// Those at the alert level.
+    pub drift_alerts: u64,
+    /// Sum of their drift scores.
+    pub drift_score: f64,
 }
 
 /// Sums over devices and time.
@@ -45,6 +51,12 @@ pub struct Totals {
     pub shadow_samples: u64,
     /// Sum of their agreement.
     pub agreement: f64,
+    /// Drift windows closed.
+    pub drift_windows: u64,
+    /// Those at the alert level.
+    pub drift_alerts: u64,
+    /// Sum of their drift scores.
+    pub drift_score: f64,
 }
 
 impl Totals {
@@ -55,6 +67,9 @@ impl Totals {
         self.latency.merge(&other.latency);
         self.shadow_samples += other.shadow_samples;
         self.agreement += other.agreement;
+        self.drift_windows += other.drift_windows;
+        self.drift_alerts += other.drift_alerts;
+        self.drift_score += other.drift_score;
     }
 
     /// Adds one row.
@@ -66,6 +81,9 @@ impl Totals {
             self.requests += row.requests;
             self.errors += row.errors;
             self.latency.merge(&row.latency);
+            self.drift_windows += row.drift_windows;
+            self.drift_alerts += row.drift_alerts;
+            self.drift_score += row.drift_score;
         }
     }
 }
@@ -143,7 +161,7 @@ pub fn judge(gate: &Gate, input: &GateInput) -> GateReading {
                     let base = b.errors as f64 / b.requests as f64;
                     (base.max(ERROR_RATE_FLOOR) * r, Some(base))
                 }
-                Threshold::Millis(_) => return mismatched(gate),
+                Threshold::Millis(_) | Threshold::Value(_) => return mismatched(gate),
             };
             let (low, _) = wilson(c.errors as f64, c.requests as f64);
             let failed = if input.final_call { value >= limit } else { low >= limit };
@@ -174,7 +192,7 @@ pub fn judge(gate: &Gate, input: &GateInput) -> GateReading {
                     let base = b.latency.quantile(q);
                     (base.map(|v| v * r), base)
                 }
-                Threshold::Fraction(_) => return mismatched(gate),
+                Threshold::Fraction(_) | Threshold::Value(_) => return mismatched(gate),
             };
             let verdict = match (value, limit) {
                 (Some(v), Some(l)) if input.final_call => {
@@ -217,8 +235,64 @@ pub fn judge(gate: &Gate, input: &GateInput) -> GateReading {
             };
             reading(gate, Some(value), None, Some(limit), verdict, format!("{n} shadow comparisons"))
         }
+        GateMetric::DriftAlerts | GateMetric::DriftScore => judge_drift(gate, input),
     }
 }
+
+/// Closed drift windows a drift gate needs before it decides: a window spans hundreds of
+/// requests, so a few of them already say more than `min_samples` requests would.
+pub const MIN_DRIFT_WINDOWS: u64 = 3;
+
+fn judge_drift(gate: &Gate, input: &GateInput) -> GateReading {
+    let (c, b) = (&input.candidate, &input.baseline);
+    let n = c.drift_windows;
+    if n < MIN_DRIFT_WINDOWS {
+        let note = format!("waiting for data: {n} of {MIN_DRIFT_WINDOWS} drift windows on the new version");
+        return reading(gate, None, None, None, Verdict::Waiting, note);
+    }
+    let note = format!("{n} drift windows, {} at the alert level", c.drift_alerts);
+    if gate.metric == GateMetric::DriftAlerts {
+        let Threshold::Fraction(limit) = gate.threshold else { return mismatched(gate) };
+        let value = c.drift_alerts as f64 / n as f64;
+        let (low, _) = wilson(c.drift_alerts as f64, n as f64);
+        let failed = if input.final_call { value >= limit } else { low >= limit };
+        let verdict = match (failed, input.final_call) {
+            (true, _) => Verdict::Fail,
+            (false, true) => Verdict::Pass,
+            (false, false) if value < limit => Verdict::Pass,
+            (false, false) => Verdict::Waiting,
+        };
+        return reading(gate, Some(value), None, Some(limit), verdict, note);
+    }
+    let value = c.drift_score / n as f64;
+    let (limit, baseline) = match gate.threshold {
+        Threshold::Value(v) => (v, None),
+        Threshold::Ratio(r) => {
+            if b.drift_windows < MIN_DRIFT_WINDOWS {
+                let note = format!(
+                    "waiting for data: {} of {MIN_DRIFT_WINDOWS} drift windows on the previous version",
+                    b.drift_windows
+                );
+                return reading(gate, Some(value), None, None, Verdict::Waiting, note);
+            }
+            let base = b.drift_score / b.drift_windows as f64;
+            // A baseline that never drifted would make any score an infinite regression.
+            (base.max(DRIFT_SCORE_FLOOR) * r, Some(base))
+        }
+        _ => return mismatched(gate),
+    };
+    // A mean of a few windows is noisy: only the end of the bake fails on it.
+    let verdict = match (value < limit, input.final_call) {
+        (true, _) => Verdict::Pass,
+        (false, true) => Verdict::Fail,
+        (false, false) => Verdict::Waiting,
+    };
+    reading(gate, Some(value), baseline, Some(limit), verdict, note)
+}
+
+/// Drift scores below this count as this in ratio gates (sampling noise alone scores about
+/// 0.01 for a window of 1000 requests).
+pub const DRIFT_SCORE_FLOOR: f64 = 0.02;
 
 /// The gate parser (`outpost_proto::fleet::rollout`) refuses a metric with the wrong unit, so
 /// only a hand-built gate gets here; it never decides.
@@ -319,6 +393,51 @@ mod tests {
 
     fn gate(text: &str) -> Gate {
         text.parse().unwrap()
+    }
+
+    fn drift(windows: u64, alerts: u64, mean_score: f64) -> Totals {
+        Totals {
+            drift_windows: windows,
+            drift_alerts: alerts,
+            drift_score: mean_score * windows as f64,
+            ..Totals::default()
+        }
+    }
+
+    #[test]
+    fn drift_gates_wait_for_windows_fail_on_alerts_and_compare_scores() {
+        let at = |candidate: Totals, baseline: Totals, final_call: bool| GateInput {
+            candidate,
+            baseline,
+            min_samples: 100,
+            final_call,
+        };
+        let r = judge(&gate("drift_alerts<5%"), &at(drift(2, 2, 1.0), Totals::default(), true));
+        assert_eq!(r.verdict, Verdict::Waiting);
+        assert!(r.note.contains("2 of 3"), "{}", r.note);
+        // Every one of 40 windows alerting is clear before the bake ends.
+        let r = judge(&gate("drift_alerts<5%"), &at(drift(40, 40, 1.0), Totals::default(), false));
+        assert_eq!(r.verdict, Verdict::Fail);
+        let r = judge(&gate("drift_alerts<5%"), &at(drift(40, 0, 0.01), Totals::default(), true));
+        assert_eq!((r.verdict, r.value), (Verdict::Pass, Some(0.0)));
+        // One alert in four windows is not yet clear, and fails at the end.
+        let input = at(drift(4, 1, 0.1), Totals::default(), false);
+        assert_eq!(judge(&gate("drift_alerts<5%"), &input).verdict, Verdict::Waiting);
+        assert_eq!(judge(&gate("drift_alerts<5%"), &GateInput { final_call: true, ..input }).verdict, Verdict::Fail);
+
+        let r = judge(&gate("drift_score<0.2"), &at(drift(5, 0, 0.05), Totals::default(), false));
+        assert_eq!(r.verdict, Verdict::Pass);
+        let r = judge(&gate("drift_score<0.2"), &at(drift(5, 0, 0.3), Totals::default(), false));
+        assert_eq!(r.verdict, Verdict::Waiting);
+        let r = judge(&gate("drift_score<0.2"), &at(drift(5, 0, 0.3), Totals::default(), true));
+        assert_eq!(r.verdict, Verdict::Fail);
+        // Against the previous version: a clean baseline counts as the floor.
+        let r = judge(&gate("drift_score<2x"), &at(drift(5, 0, 0.03), drift(5, 0, 0.0), true));
+        assert_eq!((r.verdict, r.limit), (Verdict::Pass, Some(2.0 * DRIFT_SCORE_FLOOR)));
+        let r = judge(&gate("drift_score<2x"), &at(drift(5, 0, 0.5), drift(5, 0, 0.1), true));
+        assert_eq!((r.verdict, r.baseline), (Verdict::Fail, Some(0.1)));
+        let r = judge(&gate("drift_score<2x"), &at(drift(5, 0, 0.5), drift(1, 0, 0.1), true));
+        assert_eq!(r.verdict, Verdict::Waiting);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod deltas;
 pub mod devices;
+pub mod drift;
 pub mod packages;
 pub mod registry;
 pub mod results;
@@ -176,6 +177,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/v1/device/reports", post(channel::reports))
         .route("/v1/device/results", post(results::device_results))
         .route("/v1/results", get(results::list_results))
+        .route("/v1/drift", get(drift::list_drift))
+        .route("/v1/alerts", get(drift::list_alerts))
         .route("/v1/device/desired-state", get(channel::desired_state))
         .route("/v1/device/commands/{id}/ack", post(channel::ack_command))
         .layer(DefaultBodyLimit::max(max_body))
