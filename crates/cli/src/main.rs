@@ -54,6 +54,11 @@ enum Command {
     /// Move a model version over the fleet in waves gated on health; watch, pause, roll back.
     #[command(subcommand)]
     Rollout(fleet::rollout::RolloutCommand),
+    /// Alerts the server's rules raise (drift), with the devices that raised them.
+    #[command(subcommand)]
+    Alert(fleet::alert::AlertCommand),
+    /// Drift of the data each model version sees, per label group.
+    Drift(fleet::alert::DriftArgs),
     /// Simulate a fleet of devices speaking the real protocol to a server.
     Sim(sim::SimArgs),
     /// Train the demo model, start a server, agents and a simulated fleet, show it working.
@@ -80,7 +85,15 @@ fn main() -> std::process::ExitCode {
         )
         .with(outpost_agent::control::logs::LogRing::global().clone())
         .init();
-    if matches!(cli.command, Command::Token(_) | Command::Device(_) | Command::Fleet(_) | Command::Rollout(_)) {
+    if matches!(
+        cli.command,
+        Command::Token(_)
+            | Command::Device(_)
+            | Command::Fleet(_)
+            | Command::Rollout(_)
+            | Command::Alert(_)
+            | Command::Drift(_)
+    ) {
         // Rust ignores SIGPIPE so that long-running servers see EPIPE; short listing commands
         // should instead end quietly when their reader (`head`, `less`) goes away.
         // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
@@ -96,6 +109,8 @@ fn main() -> std::process::ExitCode {
         Command::Device(cmd) => fleet::device::run(cmd),
         Command::Fleet(cmd) => fleet::device::run_fleet(cmd),
         Command::Rollout(cmd) => fleet::rollout::run(cmd),
+        Command::Alert(cmd) => fleet::alert::run(cmd),
+        Command::Drift(args) => fleet::alert::drift(args),
         Command::Sim(args) => sim::run(args),
         Command::Demo(args) => demo::run(args),
         Command::TufClient(args) => tuf::run(args),

@@ -53,6 +53,10 @@ pub struct SimArgs {
     /// Fraction of devices whose model updates fail their self-test (rollout failures).
     #[arg(long, default_value_t = 0.0)]
     fault_update_failure: f64,
+    /// Fraction of devices whose input data drifts (a sensor gain change): their drift windows
+    /// reach the alert level.
+    #[arg(long, default_value_t = 0.0)]
+    fault_drift: f64,
     /// Fraction of devices whose error rate (20 %) and latency (× 2) climb under --regress-version.
     #[arg(long, default_value_t = 0.0, requires = "regress_version")]
     fault_regress: f64,
@@ -113,6 +117,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             regress: args.fault_regress,
             regress_version: args.regress_version.clone(),
             disagree_version: args.disagree_version.clone(),
+            drift: args.fault_drift,
         },
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();

@@ -14,7 +14,7 @@
 
 use crate::Tensor;
 use outpost_proto::fleet::drift::{
-    score_bucket, DriftReport, DriftStatus, FeatureDrift, DEFAULT_ALERT_PSI, DEFAULT_WARN_PSI, SCORE_BUCKETS,
+    normals, score_bucket, DriftReport, DriftStatus, FeatureDrift, DEFAULT_ALERT_PSI, DEFAULT_WARN_PSI, SCORE_BUCKETS,
 };
 use outpost_proto::manifest::{ReferenceStats, TensorStats};
 use std::sync::Mutex;
@@ -432,40 +432,6 @@ fn binned(bins: &[u64], _edges: &[f64], shares: &[f64]) -> (f64, f64) {
         ks = ks.max((seen - expected).abs());
     }
     (psi, ks)
-}
-
-/// PSI (symmetric divergence) and KS between N(m1, s1) and N(m2, s2).
-pub fn normals(m1: f64, s1: f64, m2: f64, s2: f64) -> (f64, f64) {
-    // A constant feature has no spread: compare against a tiny one rather than divide by zero.
-    let floor = 1e-6 * (1.0 + m1.abs().max(m2.abs()));
-    let (s1, s2) = (s1.max(floor), s2.max(floor));
-    let (v1, v2) = (s1 * s1, s2 * s2);
-    let d2 = (m1 - m2) * (m1 - m2);
-    let psi = 0.5 * (v1 / v2 + v2 / v1 - 2.0) + 0.5 * d2 * (1.0 / v1 + 1.0 / v2);
-    // The largest CDF gap lies within four deviations of either mean; 400 points find it to
-    // well under a percent.
-    let lo = (m1 - 4.0 * s1).min(m2 - 4.0 * s2);
-    let hi = (m1 + 4.0 * s1).max(m2 + 4.0 * s2);
-    let mut ks = 0.0f64;
-    for i in 0..=400 {
-        let x = lo + (hi - lo) * i as f64 / 400.0;
-        ks = ks.max((phi((x - m1) / s1) - phi((x - m2) / s2)).abs());
-    }
-    (psi, ks)
-}
-
-/// The standard normal CDF (Abramowitz and Stegun 7.1.26, error below 1.5e-7).
-fn phi(z: f64) -> f64 {
-    let x = z.abs() / std::f64::consts::SQRT_2;
-    let t = 1.0 / (1.0 + 0.327_591_1 * x);
-    let poly =
-        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let erf = 1.0 - poly * (-x * x).exp();
-    if z >= 0.0 {
-        0.5 * (1.0 + erf)
-    } else {
-        0.5 * (1.0 - erf)
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use outpost_proto::fleet::drift::phi;
 use std::collections::BTreeMap;
 
 /// Deterministic standard normals (xorshift + Box-Muller).

@@ -99,6 +99,7 @@ fn main() {
             errors: 0,
             latency,
             agreement: 0.0,
+            ..StatRow::default()
         };
         rows.entry(id.to_string()).or_default().push(row);
     };

@@ -111,7 +111,8 @@ fn validate(config: &SimConfig) -> Result<(), SimError> {
     fraction("faults.replay", config.faults.replay)?;
     fraction("faults.garbage_json", config.faults.garbage_json)?;
     fraction("quality.update_failure", config.quality.update_failure)?;
-    fraction("quality.regress", config.quality.regress)
+    fraction("quality.regress", config.quality.regress)?;
+    fraction("quality.drift", config.quality.drift)
 }
 
 /// Raises the open-file limit to its hard maximum: each virtual device holds up to two

@@ -4,6 +4,9 @@
 //! candidate whose answers disagree in shadow.
 
 use outpost_proto::fleet::device::ModelReport;
+use outpost_proto::fleet::drift::{
+    normals, DriftReport, DriftStatus, FeatureDrift, DEFAULT_ALERT_PSI, DEFAULT_WARN_PSI,
+};
 use outpost_proto::fleet::quality::{LatencyHistogram, ShadowReport, VersionWindow};
 use outpost_proto::fleet::rollout::ShadowSpec;
 use rand::Rng;
@@ -19,6 +22,9 @@ pub struct QualityFaults {
     pub regress_version: Option<String>,
     /// A version whose answers agree with the serving one on only 80 % of shadowed requests.
     pub disagree_version: Option<String>,
+    /// Share of devices whose input data drifts (a sensor gain change): their drift windows
+    /// score 0.4-1.5 and are at the alert level; the others score near the sampling noise.
+    pub drift: f64,
 }
 
 /// How one device behaves, drawn once.
@@ -30,6 +36,8 @@ pub struct Behaviour {
     pub regresses_under: Option<String>,
     /// Shadow candidates of this version disagree.
     pub disagree_version: Option<String>,
+    /// Its input data drifts.
+    pub drifts: bool,
 }
 
 impl Behaviour {
@@ -42,6 +50,7 @@ impl Behaviour {
                 .clone()
                 .filter(|_| faults.regress > 0.0 && rng.random_bool(faults.regress.clamp(0.0, 1.0))),
             disagree_version: faults.disagree_version.clone(),
+            drifts: faults.drift > 0.0 && rng.random_bool(faults.drift.clamp(0.0, 1.0)),
         }
     }
 }
@@ -64,7 +73,17 @@ pub fn fill(report: &mut ModelReport, shadow: Option<&ShadowSpec>, behaviour: &B
         let tail = if rng.random_bool(0.02) { rng.random_range(2.0..4.0) } else { rng.random_range(0.8..1.3) };
         latency.record(base * tail * slowdown);
     }
-    report.windows = vec![VersionWindow { version: report.version.clone(), requests, errors, latency }];
+    let drift = drift_window(&report.version, requests, behaviour.drifts, rng);
+    report.windows = vec![VersionWindow {
+        version: report.version.clone(),
+        requests,
+        errors,
+        latency,
+        drift_windows: 1,
+        drift_alerts: u64::from(drift.status == DriftStatus::Alert),
+        drift_score: drift.score,
+    }];
+    report.drift = Some(drift);
     if let Some(spec) = shadow.filter(|s| s.version != report.version) {
         let samples = (requests as f64 * spec.sample.clamp(0.0, 1.0)).round() as u64;
         let agree = if behaviour.disagree_version.as_deref() == Some(spec.version.as_str()) { 0.8 } else { 0.995 };
@@ -76,6 +95,40 @@ pub fn fill(report: &mut ModelReport, shadow: Option<&ShadowSpec>, behaviour: &B
             agreement: agreed as f64,
             ..ShadowReport::default()
         });
+    }
+}
+
+/// A drift window over a report's requests: a gain change on the first axis when `drifts`.
+fn drift_window(version: &str, requests: u64, drifts: bool, rng: &mut impl Rng) -> DriftReport {
+    let gain: f64 = if drifts { rng.random_range(1.6..2.4) } else { rng.random_range(0.98..1.02) };
+    let (psi, _) = normals(0.0, 1.0, 0.0, gain);
+    let noise = rng.random_range(0.002..0.01);
+    let score = psi + noise;
+    let status = if score >= DEFAULT_ALERT_PSI {
+        DriftStatus::Alert
+    } else if score >= DEFAULT_WARN_PSI {
+        DriftStatus::Warn
+    } else {
+        DriftStatus::Ok
+    };
+    let feature = |name: &str, psi: f64, std: f64| FeatureDrift {
+        feature: name.into(),
+        psi,
+        ks: 0.0,
+        mean: 0.0,
+        std,
+        ref_mean: 0.0,
+        ref_std: 1.0,
+    };
+    DriftReport {
+        version: version.to_string(),
+        at_ms: 0,
+        samples: requests,
+        score,
+        ks: 0.0,
+        status,
+        features: vec![feature("window[0]", score, gain), feature("window[1]", noise, 1.0)],
+        scores: Vec::new(),
     }
 }
 
@@ -109,6 +162,26 @@ mod tests {
         assert!((good_err as f64 / good_n as f64) < 0.01);
         assert!((bad_err as f64 / bad_n as f64) > 0.15);
         assert!(bad_lat.quantile(0.99).unwrap() > 1.5 * good_lat.quantile(0.99).unwrap());
+    }
+
+    #[test]
+    fn drifting_devices_report_alert_windows_and_the_others_stay_ok() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        for drifts in [false, true] {
+            let behaviour = Behaviour { drifts, ..Behaviour::default() };
+            for _ in 0..20 {
+                let mut m = ready("2");
+                fill(&mut m, None, &behaviour, &mut rng);
+                let d = m.drift.as_ref().unwrap();
+                let w = &m.windows[0];
+                assert_eq!((d.version.as_str(), d.samples, w.drift_windows), ("2", w.requests, 1));
+                if drifts {
+                    assert_eq!((d.status, w.drift_alerts), (DriftStatus::Alert, 1), "{d:?}");
+                } else {
+                    assert_eq!((d.status, w.drift_alerts), (DriftStatus::Ok, 0), "{d:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub struct CreateArgs {
     /// Failed updates tolerated, percent of the devices targeted so far.
     #[arg(long, value_parser = percent, default_value = "2")]
     max_failures: f64,
-    /// A health gate; repeat for more: `error_rate<1%`, `p99_latency<1.2x`, `shadow_agreement>97%`.
+    /// A health gate; repeat for more: `error_rate<1%`, `p99_latency<1.2x`, `shadow_agreement>97%`,
+    /// `drift_alerts<5%`, `drift_score<0.2`.
     #[arg(long = "gate")]
     gates: Vec<Gate>,
     /// What a failed gate does.
@@ -211,6 +212,7 @@ fn fmt_gate_value(gate: &str, v: Option<f64>) -> String {
     match v {
         None => "-".into(),
         Some(v) if gate.contains("latency") => format!("{v:.2}ms"),
+        Some(v) if gate.starts_with("drift_score") => format!("{v:.3}"),
         Some(v) => format!("{:.2}%", v * 100.0),
     }
 }
