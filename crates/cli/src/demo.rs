@@ -12,8 +12,11 @@
 //! 7. send a remote command and show its acknowledgement, print the fleet summary;
 //! 8. roll a refit out in waves with health gates, and show a version that disagrees in shadow
 //!    and one whose error rate climbs stopped by their gates, the fleet returning by itself;
-//! 9. show a corrupted version and one that fails its self-test refused by the agents; then
-//!    shut down (or keep everything running with `--keep-running`).
+//! 9. show a corrupted version and one that fails its self-test refused by the agents;
+//! 10. export results over MQTT (a subscriber prints a few) and to the server, make the sensors
+//!     of part of the fleet drift and show the drift alert and which devices raised it, and the
+//!     bytes sent against the raw data; then shut down (or keep everything running with
+//!     `--keep-running`).
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -37,6 +40,9 @@ pub struct DemoArgs {
     /// Simulated devices beside the real agents.
     #[arg(long, default_value_t = 200)]
     simulated: usize,
+    /// MQTT broker (host:port) the agents export results to, when it answers.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
     /// Keep the server, agents and simulator running until Ctrl-C.
     #[arg(long)]
     keep_running: bool,
@@ -90,7 +96,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     places.init(365)?;
     println!("   keys: root and targets in {} (offline), snapshot and timestamp with the server", keys.display());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let fleet = crate::demo_fleet::start(&rt, &root, &keys.join("1.root.json"), 2, args.simulated)?;
+    let mqtt = crate::demo_drift::probe_broker(&args.mqtt);
+    let fleet = crate::demo_fleet::start(&rt, &root, &keys.join("1.root.json"), 2, args.simulated, mqtt)?;
     let base = fleet.agent_url();
 
     println!("== 4. publish v1 through the registry and the TUF repository; the agents download it");
@@ -122,6 +129,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     println!("== 7. remote command and fleet view");
     let fleet_result = fleet.command_round_trip().and_then(|_| fleet.print_summary(args.simulated));
     let updates = updates(&fleet, &root, &keys);
+    let drift = updates.as_ref().map_err(|_| anyhow::anyhow!("skipped after the updates failed")).and_then(|_| {
+        println!("== 10. results leave the devices; the sensors of part of the fleet drift");
+        crate::demo_drift::run(&rt, &fleet, &name, args.seed, args.simulated)
+    });
     if args.keep_running && fleet_result.is_ok() {
         fleet.print_where_to_look();
         println!("   running until Ctrl-C");
@@ -132,6 +143,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     oip?;
     fleet_result?;
     updates?;
+    drift?;
     println!("== done: the agents ran the model on-device and only results and health reached the server; {}", outcome);
     Ok(())
 }

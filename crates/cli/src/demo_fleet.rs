@@ -44,6 +44,10 @@ pub struct DemoFleet {
     sim: Option<RunningSim>,
     /// Where the bootstrap admin token is.
     pub token_path: PathBuf,
+    /// Turns the simulated devices' sensor drift on (off at the start).
+    pub sim_drift: outpost_sim::quality::Switch,
+    /// The MQTT broker the agents export to, when one answers.
+    pub mqtt: Option<String>,
 }
 
 fn enrollment_token(api: &Api, uses: usize, labels: &[(&str, &str)], note: &str) -> Result<String> {
@@ -59,7 +63,14 @@ fn enrollment_token(api: &Api, uses: usize, labels: &[(&str, &str)], note: &str)
 
 /// Starts the server, enrolls `agents` real agents (each with its own, empty model directory,
 /// trusting the TUF root `tuf_root`), and a simulated fleet.
-pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulated: usize) -> Result<DemoFleet> {
+pub fn start(
+    rt: &Runtime,
+    root: &Path,
+    tuf_root: &Path,
+    agents: usize,
+    simulated: usize,
+    mqtt: Option<String>,
+) -> Result<DemoFleet> {
     let data_dir = root.join("server");
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -97,6 +108,8 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
             server: Some(base.clone()),
             enroll_token: Some(secret.clone()),
             device_name: Some(format!("demo-agent-{i}")),
+            export: crate::demo_drift::export_config(mqtt.as_deref()),
+            drift: crate::demo_drift::drift_config(),
             ..AgentConfig::default()
         };
         started.push(rt.block_on(Agent::start(config)).with_context(|| format!("starting demo agent {i}"))?);
@@ -116,6 +129,7 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
         println!("   agent http://{} enrolled as device {id} (Ed25519 key made on first start, mode 0600)", agent.addr);
     }
 
+    let sim_drift = outpost_sim::quality::Switch::new(false);
     let sim = if simulated > 0 {
         let token =
             enrollment_token(&api, simulated, &[("site", "sim-plant"), ("simulated", "true")], "outpost demo sim")?;
@@ -134,6 +148,8 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
                 regress: SIM_REGRESS_SHARE,
                 regress_version: Some(SIM_REGRESSES.into()),
                 disagree_version: Some(SIM_DISAGREES.into()),
+                drift: crate::demo_drift::SIM_DRIFT_SHARE,
+                drift_on: sim_drift.clone(),
                 ..QualityFaults::default()
             },
             package_dir: None,
@@ -151,7 +167,7 @@ pub fn start(rt: &Runtime, root: &Path, tuf_root: &Path, agents: usize, simulate
     } else {
         None
     };
-    Ok(DemoFleet { server, api, agents: started, device_ids, sim, token_path })
+    Ok(DemoFleet { server, api, agents: started, device_ids, sim, token_path, sim_drift, mqtt })
 }
 
 impl DemoFleet {

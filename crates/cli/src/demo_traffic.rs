@@ -1,6 +1,7 @@
-//! Live traffic for the update steps of `outpost demo`: one client per real agent sends the
-//! demo's sensor windows (normal and faulty, in turn) to `POST /v1/models/{m}/predict` while
-//! versions change under it, and counts every request that fails. There must be none.
+//! Live traffic for the update steps of `outpost demo`: one client per real agent sends normal
+//! sensor windows to `POST /v1/models/{m}/predict` while versions change under it, and counts
+//! every request that fails. There must be none. (Normal ones only: step 10 shows what drifting
+//! data does to the drift windows, and this traffic must not drift before it.)
 
 use outpost_train::{CHANNELS, WINDOW};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ impl Traffic {
     pub fn start(agents: &[String], model: &str) -> Traffic {
         let bodies: Vec<Vec<u8>> = outpost_train::demo_windows(11)
             .into_iter()
+            .filter(|(condition, _, _)| *condition == outpost_train::Condition::Normal)
             .map(|(_, _, window)| {
                 let channels: Vec<&[f32]> = window.chunks(WINDOW).take(CHANNELS).collect();
                 serde_json::to_vec(&serde_json::json!({ "channels": channels })).unwrap_or_default()

@@ -8,6 +8,7 @@ mod delta;
 mod delta_lossy;
 mod demo;
 mod demo_delivery;
+mod demo_drift;
 mod demo_fleet;
 mod demo_rollout;
 mod demo_traffic;

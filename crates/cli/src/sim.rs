@@ -118,6 +118,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             regress_version: args.regress_version.clone(),
             disagree_version: args.disagree_version.clone(),
             drift: args.fault_drift,
+            ..Default::default()
         },
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();

@@ -173,18 +173,39 @@ fn check_openmetrics(text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_in_the_format_the_client_asks_for() {
     let dir = tempfile::tempdir().unwrap();
-    write_package(dir.path(), "affine", "1", &affine_onnx(2.0));
-    let agent = start(dir.path(), |_| {}).await;
+    let reference = "[reference.inputs.x]\naxis = 1\ncount = 9\nmean = [0.0, 0.0, 0.0, 0.0]\n\
+                     std = [1.0, 1.0, 1.0, 1.0]\nmin = [-1.0, -1.0, -1.0, -1.0]\nmax = [1.0, 1.0, 1.0, 1.0]\n";
+    write_package_with(dir.path(), "affine", "1", &affine_onnx(2.0), reference);
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_path_buf();
+    let agent = start(dir.path(), move |c| {
+        // Export and drift series too: a sink that cannot connect, a window per request.
+        c.data_dir = data_dir;
+        c.export.models = vec!["affine".into()];
+        c.export.mqtt = Some(outpost_agent::export::config::MqttConfig {
+            url: "mqtt://127.0.0.1:1".into(),
+            ..Default::default()
+        });
+        c.drift.window_samples = 1;
+        c.drift.min_samples = 1;
+    })
+    .await;
     let base = format!("http://{}", agent.addr);
     // Series of every kind: a request, an error, latencies, gauges.
     call("POST", format!("{base}/v2/models/affine/infer"), vec![], Some(affine_request())).await;
     call("POST", format!("{base}/v2/models/affine/infer"), vec![], Some(b"{".to_vec())).await;
+    // The telemetry task takes closed drift windows once a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
     let plain = call("GET", format!("{base}/metrics"), vec![], None).await;
     assert_eq!(plain.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let text = String::from_utf8(plain.body.clone()).unwrap();
     assert!(text.contains("# HELP outpost_requests_total ") && text.contains("# TYPE outpost_requests_total counter"));
     assert!(text.contains("outpost_requests_total{model=\"affine\",endpoint=\"infer\"} 2"), "{text}");
+    assert!(text.contains("outpost_drift_windows_total{model=\"affine\",status=\"alert\"} 1"), "{text}");
+    assert!(text.contains("outpost_drift_score{model=\"affine\"}"), "{text}");
+    assert!(text.contains("outpost_export_records_total{kind=\"result\"} 1"), "{text}");
+    assert!(text.contains("outpost_export_sink_connected{sink=\"mqtt\"} 0"), "{text}");
     assert!(!text.contains("# EOF"));
     if let Some(verdict) = promtool(&text) {
         verdict.unwrap_or_else(|e| panic!("promtool refuses the 0.0.4 form: {e}\n{text}"));

@@ -22,9 +22,45 @@ pub struct QualityFaults {
     pub regress_version: Option<String>,
     /// A version whose answers agree with the serving one on only 80 % of shadowed requests.
     pub disagree_version: Option<String>,
-    /// Share of devices whose input data drifts (a sensor gain change): their drift windows
-    /// score 0.4-1.5 and are at the alert level; the others score near the sampling noise.
+    /// Share of devices whose input data drifts (a sensor gain change) while `drift_on` is on:
+    /// their drift windows score 0.4-1.5 and are at the alert level; the others score near the
+    /// sampling noise.
     pub drift: f64,
+    /// Turns the drift of those devices on and off while the fleet runs (on by default).
+    pub drift_on: Switch,
+}
+
+/// A flag shared with every virtual device, to change their behaviour while they run.
+#[derive(Debug, Clone)]
+pub struct Switch(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Switch {
+    /// A switch in the given position.
+    pub fn new(on: bool) -> Switch {
+        Switch(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(on)))
+    }
+
+    /// Turns it on or off.
+    pub fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether it is on.
+    pub fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Default for Switch {
+    fn default() -> Switch {
+        Switch::new(true)
+    }
+}
+
+impl PartialEq for Switch {
+    fn eq(&self, other: &Switch) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// How one device behaves, drawn once.
@@ -36,8 +72,8 @@ pub struct Behaviour {
     pub regresses_under: Option<String>,
     /// Shadow candidates of this version disagree.
     pub disagree_version: Option<String>,
-    /// Its input data drifts.
-    pub drifts: bool,
+    /// Its input data drifts while the switch is on.
+    pub drifts: Option<Switch>,
 }
 
 impl Behaviour {
@@ -50,7 +86,8 @@ impl Behaviour {
                 .clone()
                 .filter(|_| faults.regress > 0.0 && rng.random_bool(faults.regress.clamp(0.0, 1.0))),
             disagree_version: faults.disagree_version.clone(),
-            drifts: faults.drift > 0.0 && rng.random_bool(faults.drift.clamp(0.0, 1.0)),
+            drifts: (faults.drift > 0.0 && rng.random_bool(faults.drift.clamp(0.0, 1.0)))
+                .then(|| faults.drift_on.clone()),
         }
     }
 }
@@ -73,7 +110,8 @@ pub fn fill(report: &mut ModelReport, shadow: Option<&ShadowSpec>, behaviour: &B
         let tail = if rng.random_bool(0.02) { rng.random_range(2.0..4.0) } else { rng.random_range(0.8..1.3) };
         latency.record(base * tail * slowdown);
     }
-    let drift = drift_window(&report.version, requests, behaviour.drifts, rng);
+    let drifting = behaviour.drifts.as_ref().is_some_and(Switch::is_on);
+    let drift = drift_window(&report.version, requests, drifting, rng);
     report.windows = vec![VersionWindow {
         version: report.version.clone(),
         requests,
@@ -167,15 +205,17 @@ mod tests {
     #[test]
     fn drifting_devices_report_alert_windows_and_the_others_stay_ok() {
         let mut rng = SmallRng::seed_from_u64(3);
-        for drifts in [false, true] {
-            let behaviour = Behaviour { drifts, ..Behaviour::default() };
+        let switch = Switch::new(false);
+        for (drifts, on) in [(false, true), (true, false), (true, true)] {
+            switch.set(on);
+            let behaviour = Behaviour { drifts: drifts.then(|| switch.clone()), ..Behaviour::default() };
             for _ in 0..20 {
                 let mut m = ready("2");
                 fill(&mut m, None, &behaviour, &mut rng);
                 let d = m.drift.as_ref().unwrap();
                 let w = &m.windows[0];
                 assert_eq!((d.version.as_str(), d.samples, w.drift_windows), ("2", w.requests, 1));
-                if drifts {
+                if drifts && on {
                     assert_eq!((d.status, w.drift_alerts), (DriftStatus::Alert, 1), "{d:?}");
                 } else {
                     assert_eq!((d.status, w.drift_alerts), (DriftStatus::Ok, 0), "{d:?}");
