@@ -50,7 +50,7 @@ pub struct DemoFleet {
     pub mqtt: Option<String>,
 }
 
-fn enrollment_token(api: &Api, uses: usize, labels: &[(&str, &str)], note: &str) -> Result<String> {
+pub(crate) fn enrollment_token(api: &Api, uses: usize, labels: &[(&str, &str)], note: &str) -> Result<String> {
     let req = CreateEnrollmentToken {
         uses: uses as u32,
         expires_in_s: 3600,

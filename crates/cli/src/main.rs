@@ -4,6 +4,7 @@
 //! crates (`outpost-agent`, `outpost-server`, `outpost-sim`, `outpost-runtime`, `outpost-train`).
 
 mod agent;
+mod bandwidth_bench;
 mod delta;
 mod delta_lossy;
 mod demo;

@@ -17,6 +17,10 @@ pub enum ModelCommand {
     Inspect(InspectArgs),
     /// Latency percentiles, throughput and memory on each backend and thread count.
     Bench(BenchArgs),
+    /// Bytes result export sends per 1000 inferences of an image, an audio and a sensor model,
+    /// against their raw inputs (`bench/bandwidth.sh`).
+    #[command(hide = true)]
+    BenchExport(BenchExportArgs),
     /// Build a model package (`.opkg` or directory) from an ONNX file.
     Pack(pack::PackArgs),
     /// Train the demo vibration anomaly model and write its package.
@@ -63,6 +67,20 @@ pub struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// Flags of `outpost model bench-export`.
+#[derive(Debug, Args)]
+pub struct BenchExportArgs {
+    /// Inferences per model.
+    #[arg(long, default_value_t = 1000)]
+    requests: usize,
+    /// MQTT broker (host:port) for the MQTT sink, when it answers.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt: String,
+    /// Publish zstd-compressed batches over MQTT instead of a message per record.
+    #[arg(long)]
+    zstd_batches: bool,
 }
 
 /// Flags of `outpost model bench`.
@@ -127,6 +145,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Inspect(a) => inspect_cmd(a),
         ModelCommand::Bench(a) => bench_cmd(a),
+        ModelCommand::BenchExport(a) => crate::bandwidth_bench::run(a.requests, &a.mqtt, a.zstd_batches),
         ModelCommand::Pack(a) => pack::run(a),
         ModelCommand::TrainDemo(a) => train_demo(a),
         ModelCommand::Publish(a) => crate::fleet::models::publish(a),

@@ -182,10 +182,8 @@ async fn metrics_pass_promtool_in_the_format_the_client_asks_for() {
         // Export and drift series too: a sink that cannot connect, a window per request.
         c.data_dir = data_dir;
         c.export.models = vec!["affine".into()];
-        c.export.mqtt = Some(outpost_agent::export::config::MqttConfig {
-            url: "mqtt://127.0.0.1:1".into(),
-            ..Default::default()
-        });
+        c.export.mqtt =
+            Some(outpost_agent::export::config::MqttConfig { url: "mqtt://127.0.0.1:1".into(), ..Default::default() });
         c.drift.window_samples = 1;
         c.drift.min_samples = 1;
     })

@@ -28,6 +28,9 @@ pub struct ExportConfig {
     pub max_result_bytes: usize,
     /// Bytes per hour each priority may send per sink (0: no limit).
     pub budget: BudgetConfig,
+    /// A sink waits up to this long for a fuller batch before sending a partial one (alerts
+    /// never wait): fewer requests, and batches that compress better. Default 1000 ms.
+    pub linger_ms: u64,
     /// Send records to the control-plane server too, when the agent has one (it stores them
     /// and serves them at `GET /v1/results`). Default true.
     pub server: bool,
@@ -44,6 +47,7 @@ impl Default for ExportConfig {
             fsync: "group".into(),
             max_result_bytes: 4096,
             budget: BudgetConfig::default(),
+            linger_ms: 1000,
             server: true,
             mqtt: None,
         }
@@ -102,6 +106,10 @@ pub struct MqttConfig {
     pub batch: usize,
     /// Seconds without a PUBACK before the connection is given up and the batch resent.
     pub ack_timeout_s: u64,
+    /// Publish each batch as one zstd-compressed JSON array of records on
+    /// `<prefix>/<device>/batch` instead of one message per record (for links where every byte
+    /// counts; subscribers decompress). Default false.
+    pub zstd_batches: bool,
 }
 
 impl Default for MqttConfig {
@@ -116,6 +124,7 @@ impl Default for MqttConfig {
             topic_prefix: "outpost".into(),
             batch: 256,
             ack_timeout_s: 10,
+            zstd_batches: false,
         }
     }
 }

@@ -22,8 +22,6 @@ use tokio::sync::watch;
 pub const CONSUMER: &str = "server";
 /// Records per request.
 const BATCH: usize = 500;
-/// zstd level: JSON records compress about 5-10x at level 3 for little CPU.
-const ZSTD_LEVEL: i32 = 3;
 
 /// A running server sink's parts.
 pub struct HttpSink {
@@ -35,20 +33,13 @@ pub struct HttpSink {
     pub budget: Budget,
     /// Its counters.
     pub stats: SinkStats,
+    /// How long a partial batch waits for more records.
+    pub linger: Duration,
 }
 
 /// `{"records":[r1,r2,...]}` from the records' JSON, zstd-compressed.
 fn body(payloads: &[&[u8]]) -> std::io::Result<Vec<u8>> {
-    let mut json = Vec::with_capacity(payloads.iter().map(|p| p.len() + 1).sum::<usize>() + 16);
-    json.extend_from_slice(b"{\"records\":[");
-    for (i, p) in payloads.iter().enumerate() {
-        if i > 0 {
-            json.push(b',');
-        }
-        json.extend_from_slice(p);
-    }
-    json.extend_from_slice(b"]}");
-    zstd::encode_all(&json[..], ZSTD_LEVEL)
+    super::sink::compressed_array(b"{\"records\":[", payloads, b"]}")
 }
 
 impl HttpSink {
@@ -65,6 +56,7 @@ impl HttpSink {
         let mut appended = self.outbox.subscribe();
         let mut attempt = 0u32;
         let wire = |_: &str, payload: usize| payload as u64 + 1;
+        let mut lingering = None;
         loop {
             if *stop.borrow() {
                 return;
@@ -86,6 +78,13 @@ impl HttpSink {
                 tokio::select! {
                     _ = appended.changed() => {}
                     _ = tokio::time::sleep(nap) => {}
+                    _ = stopped(&mut stop) => return,
+                }
+                continue;
+            }
+            if let Some(wait) = batch.linger(BATCH, self.linger, &mut lingering) {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stopped(&mut stop) => return,
                 }
                 continue;

@@ -191,6 +191,7 @@ impl Exporter {
                 outbox: outbox.clone(),
                 budget: budget::Budget::new(limits),
                 stats: stats.clone(),
+                linger: std::time::Duration::from_millis(cfg.linger_ms),
             };
             tasks.push(tokio::spawn(sink.run(stop_rx.clone())));
             sinks.push(("mqtt", stats));
@@ -319,6 +320,7 @@ impl Exporter {
             outbox: self.outbox.clone(),
             budget: budget::Budget::new(self.limits),
             stats: stats.clone(),
+            linger: std::time::Duration::from_millis(self.cfg.linger_ms),
         };
         let task = tokio::spawn(sink.run(self.stop.subscribe()));
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(task);

@@ -21,6 +21,13 @@ use tokio::sync::watch;
 
 /// The outbox consumer name of the MQTT sink.
 pub const CONSUMER: &str = "mqtt";
+/// The topic level of compressed batches (`zstd_batches`).
+pub const BATCH_SUFFIX: &str = "batch";
+/// `[r1,r2,...]` from the records' JSON, zstd-compressed.
+fn zstd_array(messages: &[super::sink::Message]) -> std::io::Result<Vec<u8>> {
+    let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload.as_slice()).collect();
+    super::sink::compressed_array(b"[", &payloads, b"]")
+}
 
 /// A running MQTT sink's parts.
 pub struct MqttSink {
@@ -34,6 +41,8 @@ pub struct MqttSink {
     pub budget: Budget,
     /// Its counters.
     pub stats: SinkStats,
+    /// How long a partial batch waits for more records.
+    pub linger: Duration,
 }
 
 impl MqttSink {
@@ -100,6 +109,7 @@ impl MqttSink {
         let prefix = format!("{}/{}/", self.cfg.topic_prefix.trim_end_matches('/'), self.device);
         // Fixed header, topic length and packet id of a QoS 1 PUBLISH: about 2 + 2 + 2 bytes.
         let wire = |suffix: &str, payload: usize| (prefix.len() + suffix.len() + payload + 6) as u64;
+        let mut lingering = None;
         loop {
             let batch =
                 next_batch(&self.outbox, consumer, &self.device, &self.budget, self.cfg.batch.max(1), now_ms(), wire)
@@ -119,17 +129,36 @@ impl MqttSink {
                 }
                 continue;
             }
+            if let Some(wait) = batch.linger(self.cfg.batch.max(1), self.linger, &mut lingering) {
+                tokio::select! {
+                    r = link.poll() => { r?; }
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped(stop) => {
+                        link.disconnect().await;
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
             let n = batch.messages.len();
             let mut bytes = 0u64;
-            for m in &batch.messages {
-                let topic = format!("{prefix}{}", m.suffix);
-                bytes += wire(&m.suffix, m.payload.len());
-                link.publish(&topic, m.payload.clone()).await?;
-            }
+            let publishes = if self.cfg.zstd_batches && n > 0 {
+                let payload = zstd_array(&batch.messages).map_err(|e| format!("compressing a batch: {e}"))?;
+                bytes += wire(BATCH_SUFFIX, payload.len());
+                link.publish(&format!("{prefix}{BATCH_SUFFIX}"), payload).await?;
+                1
+            } else {
+                for m in &batch.messages {
+                    let topic = format!("{prefix}{}", m.suffix);
+                    bytes += wire(&m.suffix, m.payload.len());
+                    link.publish(&topic, m.payload.clone()).await?;
+                }
+                n
+            };
             let timeout = Duration::from_secs(self.cfg.ack_timeout_s.max(1));
             let (mut acked, mut refused) = (0usize, 0u64);
             tokio::time::timeout(timeout, async {
-                while acked < n {
+                while acked < publishes {
                     if let LinkEvent::Acked(ok) = link.poll().await? {
                         acked += 1;
                         refused += u64::from(!ok);
@@ -139,6 +168,10 @@ impl MqttSink {
             })
             .await
             .map_err(|_| format!("{} of {n} PUBACKs within {timeout:?}", acked))??;
+            // A refused batch message refuses all its records.
+            if publishes == 1 && self.cfg.zstd_batches {
+                refused *= n as u64;
+            }
             if refused > 0 {
                 tracing::warn!(refused, "the broker refused some export records (MQTT 5 reason code); dropped");
             }

@@ -48,6 +48,16 @@ async fn subscribe(addr: &str, filter: &str) -> mpsc::UnboundedReceiver<(String,
                         let _ = r.send(());
                     }
                 }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) if p.topic.ends_with("/batch") => {
+                    // `zstd_batches`: one compressed array of records per message.
+                    let json = zstd::decode_all(&p.payload[..]).expect("a batch is zstd");
+                    let records: Vec<serde_json::Value> = serde_json::from_slice(&json).expect("a JSON array");
+                    for r in records {
+                        if tx.send((p.topic.clone(), r)).is_err() {
+                            return;
+                        }
+                    }
+                }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
                     let json = serde_json::from_slice(&p.payload).expect("export payloads are JSON");
                     if tx.send((p.topic.clone(), json)).is_err() {
@@ -96,6 +106,37 @@ async fn agent_with(models: &std::path::Path, data: &std::path::Path, mqtt: Mqtt
         c.export.mqtt = Some(mqtt);
     })
     .await
+}
+
+/// `zstd_batches`: a batch is one compressed message whose records keep their ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_carry_every_record_once_in_fewer_bytes() {
+    let Some(addr) = broker().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    common::write_package(&models, "affine", "1", &common::affine_onnx(1.0));
+    let topic_prefix = prefix();
+    let mut rx = subscribe(&addr, &format!("{topic_prefix}/#")).await;
+    let mqtt = MqttConfig {
+        url: format!("mqtt://{addr}"),
+        topic_prefix: topic_prefix.clone(),
+        zstd_batches: true,
+        ..MqttConfig::default()
+    };
+    let agent = agent_with(&models, &dir.path().join("data"), mqtt).await;
+    for _ in 0..40 {
+        assert_eq!(infer(&agent, "?export=true").await, 200);
+    }
+    let got = receive(&mut rx, 40).await;
+    assert!(got.iter().all(|(t, v)| t.ends_with("/batch") && v["kind"] == "result" && v["model"] == "affine"));
+    let ids: std::collections::HashSet<&str> = got.iter().map(|(_, v)| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 40);
+    // The linger gathers the 40 results into few messages, far smaller than their JSON.
+    let sent = metric(&agent, "outpost_export_sent_bytes_total{sink=\"mqtt\"}").await;
+    let json: usize = got.iter().map(|(_, v)| v.to_string().len()).sum();
+    assert!(sent > 0.0 && sent < json as f64 / 2.0, "sent {sent} bytes for {json} bytes of records");
+    agent.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
