@@ -1,6 +1,8 @@
 //! The fleet commands as an operator runs them: a real `outpost server` process, a real
 //! `outpost agent` process that enrolls with a token, and the CLI talking to both.
 
+#[path = "fleet/export_kill9.rs"]
+mod export_kill9;
 #[path = "fleet/kill9.rs"]
 mod kill9;
 #[path = "fleet/lossy.rs"]
