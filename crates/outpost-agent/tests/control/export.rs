@@ -203,6 +203,8 @@ struct Gate {
 const DOWN: u8 = 0;
 const UP: u8 = 1;
 const REFUSE: u8 = 2;
+/// An HTTP server that answers 503 to everything (the control plane overloaded).
+const UNAVAILABLE: u8 = 3;
 
 impl Gate {
     async fn start(broker: String) -> Gate {
@@ -233,6 +235,19 @@ impl Gate {
                             // CONNACK, MQTT 3.1.1 return code 5: not authorized.
                             let _ = client.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
                             tokio::time::sleep(Duration::from_millis(200)).await;
+                        });
+                    }
+                    UNAVAILABLE => {
+                        tokio::spawn(async move {
+                            let mut buf = [0u8; 64 * 1024];
+                            let _ = client.read(&mut buf).await;
+                            let body = r#"{"code":"overloaded","message":"try later"}"#;
+                            let head = format!(
+                                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                                 retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = client.write_all(head.as_bytes()).await;
                         });
                     }
                     _ => drop(client),
@@ -355,5 +370,64 @@ async fn a_fleet_agent_exports_results_and_events_to_its_server() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(metric(&agent, sent).await, 12.0);
+    agent.shutdown().await.unwrap();
+}
+
+/// The server sink against a control plane that answers 503 for a while: results wait on the
+/// device, failures are counted, and once it answers again every result arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_wait_out_a_server_answering_503_and_arrive_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = super::ControlPlane::start(&dir.path().join("server")).await;
+    let gate = Gate::start(plane.base.trim_start_matches("http://").to_string()).await;
+    gate.set(UP);
+    let token = plane.enrollment_token(1).await;
+    let mut config = super::agent_config(dir.path(), &format!("http://{}", gate.addr), Some(token));
+    config.export.models = vec!["affine".into()];
+    common::write_package(&config.model_dir, "affine", "1", &common::affine_onnx(1.0));
+    let agent = outpost_agent::Agent::start(config).await.unwrap();
+    let status = agent.control().unwrap().clone();
+    super::wait_until("enrolled", || status.device_id().is_some()).await;
+    let device = status.device_id().unwrap();
+    let count = async || {
+        let page = plane.call(reqwest::Method::GET, &format!("/v1/results?device={device}&kind=result"), None).await;
+        page["items"].as_array().unwrap().len()
+    };
+    for _ in 0..5 {
+        assert_eq!(infer(&agent, "").await, 200);
+    }
+    for _ in 0..100 {
+        if count().await == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count().await, 5);
+
+    gate.set(UNAVAILABLE);
+    for _ in 0..15 {
+        assert_eq!(infer(&agent, "").await, 200, "the device serves while its server is away");
+    }
+    let failures = "outpost_export_sink_failures_total{sink=\"server\"}";
+    for _ in 0..100 {
+        if metric(&agent, failures).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&agent, failures).await >= 1.0, "the 503s are counted");
+    assert_eq!(count().await, 5, "nothing got through a server answering 503");
+
+    gate.set(UP);
+    for _ in 0..300 {
+        if count().await >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = plane.call(reqwest::Method::GET, &format!("/v1/results?device={device}&kind=result"), None).await;
+    let ids: std::collections::HashSet<&str> =
+        page["items"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 20, "every result once: {page}");
     agent.shutdown().await.unwrap();
 }
