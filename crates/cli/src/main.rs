@@ -5,6 +5,7 @@
 
 mod agent;
 mod bandwidth_bench;
+mod catch_up_bench;
 mod delta;
 mod delta_lossy;
 mod demo;

@@ -81,6 +81,9 @@ pub struct BenchExportArgs {
     /// Publish zstd-compressed batches over MQTT instead of a message per record.
     #[arg(long)]
     zstd_batches: bool,
+    /// Instead: queue this many results with the broker away, then time the catch-up.
+    #[arg(long)]
+    catch_up: Option<u64>,
 }
 
 /// Flags of `outpost model bench`.
@@ -145,7 +148,10 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Inspect(a) => inspect_cmd(a),
         ModelCommand::Bench(a) => bench_cmd(a),
-        ModelCommand::BenchExport(a) => crate::bandwidth_bench::run(a.requests, &a.mqtt, a.zstd_batches),
+        ModelCommand::BenchExport(a) => match a.catch_up {
+            Some(n) => crate::catch_up_bench::run(n, &a.mqtt),
+            None => crate::bandwidth_bench::run(a.requests, &a.mqtt, a.zstd_batches),
+        },
         ModelCommand::Pack(a) => pack::run(a),
         ModelCommand::TrainDemo(a) => train_demo(a),
         ModelCommand::Publish(a) => crate::fleet::models::publish(a),
