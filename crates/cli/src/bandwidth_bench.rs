@@ -185,6 +185,7 @@ pub fn run(requests: usize, mqtt: &str, zstd_batches: bool) -> Result<()> {
             mqtt: broker.as_ref().map(|url| MqttConfig {
                 url: url.clone(),
                 topic_prefix: prefix,
+                zstd_batches,
                 ..MqttConfig::default()
             }),
             ..ExportConfig::default()

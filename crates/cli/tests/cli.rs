@@ -48,6 +48,22 @@ fn demo_trains_serves_and_detects_faults_offline() {
     assert!(text.contains("during the rollouts and updates, 0 failed"), "{text}");
     assert!(dir.path().join("agent-0/models/vibration-anomaly-2.opkg").exists());
     assert!(!dir.path().join("agent-0/models/vibration-anomaly-5.opkg").exists(), "corrupt bytes never installed");
+    // Export and drift: both agents (and part of the simulated fleet) raise the drift alert.
+    let ids: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split("enrolled as device ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(ids.len(), 2, "{text}");
+    let alert = text.lines().find(|l| l.contains("ALERT drift:")).unwrap_or_else(|| panic!("{text}"));
+    assert!(ids.iter().all(|id| alert.contains(id)), "{alert}");
+    assert!(text.contains("site=demo-lab: 2 devices"), "{text}");
+    assert!(text.contains("of streaming the raw data"), "{text}");
+    let broker = std::net::TcpStream::connect("127.0.0.1:1883").is_ok();
+    if broker || std::env::var("CI").is_ok_and(|v| v == "true") {
+        assert!(text.contains("subscriber <- "), "{text}");
+        assert!(text.contains(": drift alert, score"), "{text}");
+    }
 }
 
 #[test]
