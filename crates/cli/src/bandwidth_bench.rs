@@ -122,17 +122,8 @@ fn clip(i: usize) -> Vec<u8> {
     out
 }
 
-fn metric(base: &str, series: &str) -> f64 {
-    let text = ureq::get(&format!("{base}/metrics")).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok());
-    text.unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn sent(base: &str, sink: &str) -> f64 {
-    metric(base, &format!("outpost_export_sent_bytes_total{{sink=\"{sink}\"}}"))
+    crate::demo_drift::sent_bytes(base, sink)
 }
 
 /// Waits until every sink has delivered everything queued.

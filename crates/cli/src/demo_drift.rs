@@ -285,6 +285,6 @@ pub fn run(rt: &Runtime, fleet: &DemoFleet, name: &str, seed: u64, simulated: us
 }
 
 /// Bytes an agent's `sink` delivered so far.
-fn sent_bytes(base: &str, sink: &str) -> f64 {
+pub fn sent_bytes(base: &str, sink: &str) -> f64 {
     metric(base, &format!("outpost_export_sent_bytes_total{{sink=\"{sink}\"}}"))
 }

@@ -172,6 +172,7 @@ fn add_limits(doc: &mut serde_json::Value) {
         ("cursor", "/v1/audit", int_cursor.clone()),
         ("cursor", "/v1/results", int_cursor.clone()),
         ("kind", "/v1/results", json!({"type": "string", "enum": ["result", "event", "alert", "telemetry"]})),
+        ("group_by", "/v1/drift", json!({"type": "string", "pattern": LABEL_KEY_PATTERN})),
         ("cursor", "/v1/devices/{id}/commands", int_cursor),
         ("cursor", "/v1/models", model_cursor),
         ("name", "/v1/models/{name}/{version}/package", model_name.clone()),
@@ -229,7 +230,9 @@ fn add_limits(doc: &mut serde_json::Value) {
 const GATE_PATTERN: &str = concat!(
     "^(?:error_rate<(?:(?:100(?:\\.0+)?|[0-9]{1,2}(?:\\.[0-9]+)?)%|(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)x)",
     "|p(?:50|99)_latency<(?:[0-9]{1,12}(?:\\.[0-9]+)?ms|(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)x)",
-    "|shadow_agreement>(?:100(?:\\.0+)?|[0-9]{1,2}(?:\\.[0-9]+)?)%)$"
+    "|shadow_agreement>(?:100(?:\\.0+)?|[0-9]{1,2}(?:\\.[0-9]+)?)%",
+    "|drift_alerts<(?:100(?:\\.0+)?|[0-9]{1,2}(?:\\.[0-9]+)?)%",
+    "|drift_score<(?:[0-9]{1,12}(?:\\.[0-9]+)?|(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)x))$"
 );
 
 /// Label key grammar ([`outpost_proto::fleet::selector::validate_key`]).

@@ -3,6 +3,8 @@
 #[path = "common/db.rs"]
 mod test_db;
 
+#[path = "storage/drift.rs"]
+mod drift;
 #[path = "storage/fixtures.rs"]
 mod fixtures;
 #[path = "storage/rollouts.rs"]
@@ -217,52 +219,6 @@ async fn a_batch_with_the_same_device_twice_keeps_the_newest_report() {
         assert_eq!(dev.hardware.arch, "aarch64", "[{label}] hardware in a report updates the device");
         assert_eq!((dev.status, dev.last_seen_ms), (DeviceStatus::Online, Some(NOW - 10)), "[{label}]");
         assert_eq!(raw_count(&url, "SELECT COUNT(*) FROM device_status").await, 2, "[{label}] unknown device dropped");
-    }
-}
-
-#[tokio::test]
-async fn drift_windows_keep_the_latest_per_device_and_model_and_since_when_it_alerts() {
-    use outpost_proto::fleet::drift::{DriftReport, DriftStatus};
-    for (label, db) in databases().await {
-        enroll_many(&db, 1, 2, [("site".to_string(), "berlin".to_string())].into()).await;
-        let with = |seq: u64, status: DriftStatus, score: f64| {
-            let mut r = report(seq, NOW + seq as i64, &[("bearing", "2")]);
-            r.models[0].drift =
-                Some(DriftReport { version: "2".into(), status, score, samples: 100, ..Default::default() });
-            r.models[0].windows = vec![outpost_proto::fleet::quality::VersionWindow {
-                version: "2".into(),
-                requests: 100,
-                drift_windows: 1,
-                drift_alerts: u64::from(status == DriftStatus::Alert),
-                drift_score: score,
-                ..Default::default()
-            }];
-            r
-        };
-        db.write_reports(&[row("dev-00001", NOW + 1, with(1, DriftStatus::Ok, 0.01))]).await.unwrap();
-        db.write_reports(&[row("dev-00001", NOW + 2, with(2, DriftStatus::Alert, 0.9))]).await.unwrap();
-        db.write_reports(&[row("dev-00001", NOW + 3, with(3, DriftStatus::Alert, 1.2))]).await.unwrap();
-        db.write_reports(&[row("dev-00002", NOW + 3, with(1, DriftStatus::Warn, 0.15))]).await.unwrap();
-        let entries = db.drift_entries(Some("bearing"), NOW).await.unwrap_or_else(|e| panic!("[{label}] {e}"));
-        assert_eq!(entries.len(), 2, "[{label}] one window per device and model");
-        let first = &entries[0];
-        assert_eq!(
-            (first.device_id.as_str(), first.report.status, first.report.score),
-            ("dev-00001", DriftStatus::Alert, 1.2)
-        );
-        assert_eq!(first.alert_since_ms, Some(NOW + 2), "[{label}] alerting since the first alert window");
-        assert_eq!(first.labels.get("site").map(String::as_str), Some("berlin"), "[{label}]");
-        assert_eq!(entries[1].alert_since_ms, None, "[{label}]");
-        db.write_reports(&[row("dev-00001", NOW + 4, with(4, DriftStatus::Ok, 0.02))]).await.unwrap();
-        let entries = db.drift_entries(None, NOW).await.unwrap();
-        assert_eq!((entries[0].report.status, entries[0].alert_since_ms), (DriftStatus::Ok, None), "[{label}]");
-        assert!(db.drift_entries(None, NOW + 10).await.unwrap().is_empty(), "[{label}] stale windows do not count");
-        // The per-version windows carry the drift counts the rollout gates sum.
-        let stats = db.version_stats_since("bearing", 0, 0).await.unwrap();
-        let alerts: u64 = stats.iter().map(|(_, _, s)| s.drift_alerts).sum();
-        let windows: u64 = stats.iter().map(|(_, _, s)| s.drift_windows).sum();
-        assert_eq!((windows, alerts), (5, 2), "[{label}]");
-        assert_eq!(db.prune_drift(NOW + 10).await.unwrap(), 2, "[{label}]");
     }
 }
 

@@ -163,14 +163,7 @@ pub fn judge(gate: &Gate, input: &GateInput) -> GateReading {
                 }
                 Threshold::Millis(_) | Threshold::Value(_) => return mismatched(gate),
             };
-            let (low, _) = wilson(c.errors as f64, c.requests as f64);
-            let failed = if input.final_call { value >= limit } else { low >= limit };
-            let verdict = match (failed, input.final_call) {
-                (true, _) => Verdict::Fail,
-                (false, true) => Verdict::Pass,
-                (false, false) if value < limit => Verdict::Pass,
-                (false, false) => Verdict::Waiting,
-            };
+            let verdict = rate_verdict(c.errors as f64, c.requests as f64, limit, input.final_call);
             let note = format!("{} errors in {} requests", c.errors, c.requests);
             reading(gate, Some(value), baseline, Some(limit), verdict, note)
         }
@@ -239,6 +232,20 @@ pub fn judge(gate: &Gate, input: &GateInput) -> GateReading {
     }
 }
 
+/// The verdict on a rate of `k` in `n` that must stay below `limit`: at the end of the bake the
+/// rate decides; before, it fails only when its lower 95 % bound is past the limit.
+fn rate_verdict(k: f64, n: f64, limit: f64, final_call: bool) -> Verdict {
+    let value = k / n;
+    let (low, _) = wilson(k, n);
+    let failed = if final_call { value >= limit } else { low >= limit };
+    match (failed, final_call) {
+        (true, _) => Verdict::Fail,
+        (false, true) => Verdict::Pass,
+        (false, false) if value < limit => Verdict::Pass,
+        (false, false) => Verdict::Waiting,
+    }
+}
+
 /// Closed drift windows a drift gate needs before it decides: a window spans hundreds of
 /// requests, so a few of them already say more than `min_samples` requests would.
 pub const MIN_DRIFT_WINDOWS: u64 = 3;
@@ -254,14 +261,7 @@ fn judge_drift(gate: &Gate, input: &GateInput) -> GateReading {
     if gate.metric == GateMetric::DriftAlerts {
         let Threshold::Fraction(limit) = gate.threshold else { return mismatched(gate) };
         let value = c.drift_alerts as f64 / n as f64;
-        let (low, _) = wilson(c.drift_alerts as f64, n as f64);
-        let failed = if input.final_call { value >= limit } else { low >= limit };
-        let verdict = match (failed, input.final_call) {
-            (true, _) => Verdict::Fail,
-            (false, true) => Verdict::Pass,
-            (false, false) if value < limit => Verdict::Pass,
-            (false, false) => Verdict::Waiting,
-        };
+        let verdict = rate_verdict(c.drift_alerts as f64, n as f64, limit, input.final_call);
         return reading(gate, Some(value), None, Some(limit), verdict, note);
     }
     let value = c.drift_score / n as f64;
