@@ -333,7 +333,8 @@ fn quantile_bins(quantiles: &[f64]) -> (Vec<f64>, Vec<f64>) {
     (edges, shares)
 }
 
-/// Adds up to `max` elements of `t` that belong to feature `f` to `acc`.
+/// Adds to `acc` up to `max` / (channels along the feature's axis) elements of `t` that belong
+/// to feature `f`, so that a request costs at most about `max` elements per tensor.
 fn sample_tensor(t: &Tensor, f: &Feature, max: usize, acc: &mut Acc) {
     let shape = t.shape();
     let n = t.len();
@@ -350,7 +351,8 @@ fn sample_tensor(t: &Tensor, f: &Feature, max: usize, acc: &mut Acc) {
     };
     let runs = n / (inner * channels).max(1);
     let total = runs * inner;
-    let stride = total.div_ceil(max.max(1)).max(1);
+    // The tensor's budget is shared by its channels (each channel is a feature of its own).
+    let stride = total.div_ceil((max / channels).max(1)).max(1);
     let edges = &f.reference.edges;
     macro_rules! walk {
         ($t:ty, $conv:expr) => {{

@@ -139,8 +139,9 @@ fn sampling_is_bounded_and_reaches_every_channel() {
     let m = monitor("1", Some(&reference(3, Some(1))), s);
     let mut rng = Normals(5);
     let sample = m.sample_inputs(&[input(&mut rng, 3, 9, 1.0, 0.0)]);
+    // 50 elements for the tensor: 16 or 17 for each of its three channels.
     for acc in sample.accs.iter().take(3) {
-        assert!(acc.n > 0.0 && acc.n <= 50.0, "{acc:?}");
+        assert!(acc.n > 0.0 && acc.n <= 17.0, "{acc:?}");
     }
     // A tensor of another type and a missing tensor are not errors.
     let bytes: Tensor = tract_onnx::prelude::tract_ndarray::Array3::<u8>::from_elem((1, 3, 4), 2).into();
