@@ -27,11 +27,10 @@ pub fn probe_broker(addr: &str) -> Option<String> {
     Some(format!("mqtt://{addr}"))
 }
 
-/// The demo agents export every result, to the server and to the broker when there is one,
-/// under a topic prefix of their own (the broker may be shared).
+/// The demo agents export the results step 10 asks for (`?export=true`), to the server and to
+/// the broker when there is one, under a topic prefix of their own (the broker may be shared).
 pub fn export_config(mqtt: Option<&str>) -> ExportConfig {
     ExportConfig {
-        models: vec!["*".into()],
         mqtt: mqtt.map(|url| MqttConfig {
             url: url.to_string(),
             topic_prefix: topic_prefix(),
@@ -98,7 +97,7 @@ fn subscribe(rt: &Runtime, url: &str) -> Result<Inbox> {
 /// Sends `count` sensor windows to an agent's predict endpoint; returns the raw bytes they
 /// are (float32 samples, what a cloud-only design streams).
 fn send(base: &str, name: &str, source: &mut VibrationSource, count: usize, fault: Fault) -> Result<u64> {
-    let url = format!("{base}/v1/models/{name}/predict");
+    let url = format!("{base}/v1/models/{name}/predict?export=true");
     let mut raw = 0u64;
     for i in 0..count {
         let progress = i as f32 / count.max(1) as f32;

@@ -24,6 +24,9 @@ pub const PROBATION_FILE: &str = "probation.json";
 pub const MAX_RESTARTS: u32 = 3;
 /// Requests a window needs before its error rate or latency can fail it.
 pub const MIN_REQUESTS: u64 = 20;
+/// Latencies each window needs before their p99s are compared: below 100 the p99 is the single
+/// slowest request, and one scheduling hiccup on a busy device would roll a version back.
+pub const MIN_LATENCY_SAMPLES: usize = 100;
 /// An error rate up to this is never a failure by itself.
 pub const ERROR_RATE_FLOOR: f64 = 0.05;
 /// A new version fails when its error rate or p99 is more than this times the previous one's.
@@ -95,7 +98,7 @@ pub fn verdict(before: &ModelWindow, now: &ModelWindow) -> Option<String> {
             was * 100.0
         ));
     }
-    if before.latencies_ms.len() as u64 >= MIN_REQUESTS {
+    if before.latencies_ms.len() >= MIN_LATENCY_SAMPLES && now.latencies_ms.len() >= MIN_LATENCY_SAMPLES {
         let (was, is) = (p99(&before.latencies_ms), p99(&now.latencies_ms));
         // A millisecond of slack: sub-millisecond models jitter by more than 2x.
         if is > was * WORSE_FACTOR + 1.0 {
