@@ -268,7 +268,7 @@ pub fn run(rt: &Runtime, fleet: &DemoFleet, name: &str, seed: u64, simulated: us
     let windows = (WINDOW_REQUESTS * 3) as usize * agents.len();
     println!("   bytes that left the agents for {windows} sensor windows ({raw} bytes of raw samples), per sink:");
     for (sink, before, now, how) in [
-        ("server", sent_before.1, last.1, "zstd-compressed batches over HTTPS"),
+        ("server", sent_before.1, last.1, "zstd-compressed batches to the server"),
         ("mqtt", sent_before.0, last.0, "one JSON message per record"),
     ] {
         if sink == "mqtt" && fleet.mqtt.is_none() {
