@@ -77,6 +77,7 @@ pub async fn list_drift(
 #[utoipa::path(get, path = "/v1/alerts", tag = "drift", params(AlertQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "Firing alerts", body = Vec<Alert>),
+        (status = 400, description = "invalid_request: a query that does not parse", body = ErrorBody),
         (status = 401, description = "Missing or bad token", body = ErrorBody),
         (status = 503, description = "database_unavailable or query_timeout", body = ErrorBody),
     ))]
