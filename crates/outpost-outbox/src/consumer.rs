@@ -2,7 +2,8 @@
 //!
 //! A position file holds, per priority, the first sequence number the consumer has not acked.
 //! It is replaced whole (temp + fsync + rename + fsync dir) on every ack, so a crash leaves the
-//! old or the new position and the consumer never skips a record it did not ack.
+//! old or the new position and the consumer never skips a record it did not ack. On a full disk
+//! it is overwritten in place instead, so that acks, and the deletions that free space, go on.
 
 use std::fmt;
 use std::fs;
@@ -130,7 +131,19 @@ impl PositionStore {
     }
 
     pub(crate) fn save(&self, name: &ConsumerName, positions: &Positions) -> Result<()> {
-        fsutil::atomic_write(&self.path(name), &encode_positions(positions))
+        let path = self.path(name);
+        let bytes = encode_positions(positions);
+        match fsutil::atomic_write(&path, &bytes) {
+            Err(e) if e.is_disk_full() => {
+                // The temp file needs a block the full disk does not have, so acks would stop, the
+                // consumed segments would never be deleted and the outbox could not free the very
+                // space it filled. Overwriting the existing file needs no new block; a record is 40
+                // bytes, within one sector, and a torn one fails its CRC and resets the consumer to
+                // redeliver (duplicates, never a skipped record).
+                fsutil::overwrite_in_place(&path, &bytes).map_err(|_| e)
+            }
+            other => other,
+        }
     }
 
     pub(crate) fn remove(&self, name: &ConsumerName) -> Result<()> {

@@ -26,6 +26,22 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     fsync_dir(parent(path))
 }
 
+/// Overwrites the existing file `path`, of exactly `bytes.len()` bytes, without allocating: what a
+/// full disk still allows. Not atomic beyond the device's sector writes; callers check a CRC.
+pub(crate) fn overwrite_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new().write(true).open(path).ctx("open", path)?;
+    let len = f.metadata().ctx("stat", path)?.len();
+    if len != bytes.len() as u64 {
+        return Err(crate::error::OutboxError::io(
+            "overwrite",
+            path,
+            std::io::Error::other(format!("{len} bytes on disk, {} to write in place", bytes.len())),
+        ));
+    }
+    f.write_all(bytes).ctx("write", path)?;
+    f.sync_data().ctx("fsync", path)
+}
+
 /// Creates `dir` if missing, making its entry in the parent durable.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
     if dir.is_dir() {

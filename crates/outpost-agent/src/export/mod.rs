@@ -76,8 +76,17 @@ pub struct SinkLabels {
 /// Labels of dropped-record series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DropLabels {
-    /// `busy` (appends backed up) or `error` (the append failed).
+    /// `busy` (appends backed up), `disk_full` or `error` (the append failed otherwise).
     pub reason: &'static str,
+}
+
+/// The `reason` label of a record whose append failed.
+fn drop_reason(e: &outpost_outbox::OutboxError) -> &'static str {
+    if e.is_disk_full() {
+        "disk_full"
+    } else {
+        "error"
+    }
 }
 
 /// The per-sink series, registered once.
@@ -247,7 +256,7 @@ impl Exporter {
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(e) = outbox.append(Priority::Normal, payload).await {
-                dropped.get_or_create(&DropLabels { reason: "error" }).inc();
+                dropped.get_or_create(&DropLabels { reason: drop_reason(&e) }).inc();
                 tracing::warn!(error = %e, "cannot queue a result for export");
             }
         });
@@ -260,7 +269,7 @@ impl Exporter {
         let (outbox, dropped) = (self.outbox.clone(), self.dropped.clone());
         tokio::spawn(async move {
             if let Err(e) = outbox.append(Priority::Low, stored("telemetry", &json)).await {
-                dropped.get_or_create(&DropLabels { reason: "error" }).inc();
+                dropped.get_or_create(&DropLabels { reason: drop_reason(&e) }).inc();
                 tracing::warn!(error = %e, "cannot queue telemetry for export");
             }
         });

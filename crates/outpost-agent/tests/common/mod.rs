@@ -172,3 +172,36 @@ pub async fn call(
     .await
     .unwrap()
 }
+
+/// A size-limited filesystem (tmpfs), unmounted on drop.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts `bytes` of tmpfs at `dir`; `None` where mounting is not allowed (a failure under
+    /// CI=true, where this fault must be tested).
+    pub fn mount(dir: &Path, bytes: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk(dir.to_path_buf())),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(std::env::var("CI").is_err(), "CI=true but a small tmpfs cannot be mounted: {why}");
+                eprintln!("cannot mount a small tmpfs ({why}): full-disk test skipped");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -164,39 +164,6 @@ pub(super) async fn corrupt_stored(server_data: &Path, sha: &str) {
     }
 }
 
-/// A size-limited filesystem (tmpfs), unmounted on drop.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    /// Mounts `bytes` of tmpfs at `dir`; `None` where mounting is not allowed (a failure under
-    /// CI=true, where this fault must be tested).
-    fn mount(dir: &Path, bytes: u64) -> Option<SmallDisk> {
-        std::fs::create_dir_all(dir).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir)
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(SmallDisk(dir.to_path_buf())),
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(std::env::var("CI").is_err(), "CI=true but a small tmpfs cannot be mounted: {why}");
-                eprintln!("cannot mount a small tmpfs ({why}): full-disk test skipped");
-                None
-            }
-        }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_that_does_not_fit_the_disk_fails_as_disk_full_and_the_old_version_serves() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,7 +171,7 @@ async fn an_update_that_does_not_fit_the_disk_fails_as_disk_full_and_the_old_ver
     let token = plane.enrollment_token(1).await;
     let config = agent_config(dir.path(), &plane.base, Some(token));
     let models = config.model_dir.clone();
-    let Some(_disk) = SmallDisk::mount(&models, 1536 << 10) else { return };
+    let Some(_disk) = super::common::SmallDisk::mount(&models, 1536 << 10) else { return };
     super::common::write_package(&models, "affine", "1", &super::common::affine_onnx(1.0));
     // v2 carries 1 MiB of extra listed data: with the 1 MiB the fetcher keeps free, it cannot fit.
     let build = dir.path().join("build");

@@ -132,10 +132,67 @@ async fn compressed_batches_carry_every_record_once_in_fewer_bytes() {
     assert!(got.iter().all(|(t, v)| t.ends_with("/batch") && v["kind"] == "result" && v["model"] == "affine"));
     let ids: std::collections::HashSet<&str> = got.iter().map(|(_, v)| v["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 40);
-    // The linger gathers the 40 results into few messages, far smaller than their JSON.
+    // The linger gathers the 40 results into few messages, far smaller than their JSON. The sink
+    // counts a batch once its PUBACK is in, which may be after the subscriber has it.
+    wait_for_metric(&agent, "outpost_export_sent_records_total{sink=\"mqtt\"}", 40.0).await;
     let sent = metric(&agent, "outpost_export_sent_bytes_total{sink=\"mqtt\"}").await;
     let json: usize = got.iter().map(|(_, v)| v.to_string().len()).sum();
     assert!(sent > 0.0 && sent < json as f64 / 2.0, "sent {sent} bytes for {json} bytes of records");
+    agent.shutdown().await.unwrap();
+}
+
+/// A full disk under the data directory: requests are still answered, the results that do not
+/// fit are counted as `disk_full`, what was stored is still delivered (its acks commit on the
+/// full disk), and export resumes once there is space again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_full_disk_requests_are_answered_lost_results_are_counted_and_export_resumes() {
+    let Some(addr) = broker().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    common::write_package(&models, "affine", "1", &common::affine_onnx(1.0));
+    let data = dir.path().join("data");
+    let Some(_disk) = common::SmallDisk::mount(&data, 4 << 20) else { return };
+    let topic_prefix = prefix();
+    let mut rx = subscribe(&addr, &format!("{topic_prefix}/#")).await;
+    let mqtt = MqttConfig { url: format!("mqtt://{addr}"), topic_prefix, ..MqttConfig::default() };
+    let agent = agent_with(&models, &data, mqtt).await;
+    let sent = "outpost_export_sent_records_total{sink=\"mqtt\"}";
+    let full = "outpost_export_dropped_records_total{reason=\"disk_full\"}";
+    for _ in 0..10 {
+        assert_eq!(infer(&agent, "?export=true").await, 200);
+    }
+    let mut got = receive(&mut rx, 10).await;
+    wait_for_metric(&agent, sent, 10.0).await;
+
+    let filler = data.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut f, &[0; 4096]).is_ok() {}
+    drop(f);
+    for _ in 0..20 {
+        assert_eq!(infer(&agent, "?export=true").await, 200, "a full disk does not fail the request");
+    }
+    // Each of the 20 is either stored and delivered, or counted as lost to the full disk.
+    let mut settled = false;
+    for _ in 0..100 {
+        if metric(&agent, full).await + metric(&agent, sent).await == 30.0 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lost = metric(&agent, full).await;
+    assert!(settled && lost > 0.0, "{lost} lost to the full disk, {} sent", metric(&agent, sent).await);
+    got.extend(receive(&mut rx, 20 - lost as usize).await);
+
+    std::fs::remove_file(&filler).unwrap();
+    for _ in 0..10 {
+        assert_eq!(infer(&agent, "?export=true").await, 200);
+    }
+    got.extend(receive(&mut rx, 10).await);
+    let ids: std::collections::HashSet<&str> = got.iter().map(|(_, v)| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 40 - lost as usize, "every stored result arrived, once");
+    assert_eq!(metric(&agent, full).await, lost, "nothing lost once there was space");
     agent.shutdown().await.unwrap();
 }
 
@@ -179,12 +236,7 @@ async fn exported_results_reach_the_broker_once_each_with_their_ids_over_mqtt_3_
         assert!(rx.try_recv().is_err(), "v{version}: nothing else was exported");
         // The sink counts a batch once all its PUBACKs are in, which may be after delivery.
         let sent = "outpost_export_sent_records_total{sink=\"mqtt\"}";
-        for _ in 0..50 {
-            if metric(&agent, sent).await >= 20.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_metric(&agent, sent, 20.0).await;
         assert_eq!(metric(&agent, sent).await, 20.0, "v{version}");
         assert_eq!(metric(&agent, "outpost_export_sink_connected{sink=\"mqtt\"}").await, 1.0, "v{version}");
         assert_eq!(metric(&agent, "outpost_export_records_total{kind=\"result\"}").await, 20.0, "v{version}");
@@ -268,6 +320,16 @@ async fn metric(agent: &outpost_agent::Agent, series: &str) -> f64 {
     let text = call("GET", format!("http://{}/metrics", agent.addr), vec![], None).await;
     let text = String::from_utf8_lossy(&text.body).to_string();
     text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Waits up to 10 s for `series` to reach `at_least`: sinks count a batch only once it is acknowledged.
+async fn wait_for_metric(agent: &outpost_agent::Agent, series: &str, at_least: f64) {
+    for _ in 0..100 {
+        if metric(agent, series).await >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,12 +425,7 @@ async fn a_fleet_agent_exports_results_and_events_to_its_server() {
         (Some("affine"), Some("1"), Some("lab"))
     );
     let sent = "outpost_export_sent_records_total{sink=\"server\"}";
-    for _ in 0..50 {
-        if metric(&agent, sent).await >= 12.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_metric(&agent, sent, 12.0).await;
     assert_eq!(metric(&agent, sent).await, 12.0);
     agent.shutdown().await.unwrap();
 }

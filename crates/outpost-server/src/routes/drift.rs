@@ -1,6 +1,7 @@
 //! The fleet's drift (`GET /v1/drift`) and the alerts its rules raise (`GET /v1/alerts`), from
 //! each device's latest drift window (see [`crate::drift`]).
 
+use super::given;
 use crate::auth::Viewer;
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
@@ -34,10 +35,6 @@ pub struct DriftQuery {
 pub struct AlertQuery {
     /// Only alerts about this model.
     pub model: Option<String>,
-}
-
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|s| !s.is_empty())
 }
 
 fn fresh_since(state: &SharedState) -> i64 {

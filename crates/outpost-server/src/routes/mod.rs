@@ -46,6 +46,11 @@ pub fn page_args(cursor: Option<&str>, limit: Option<u32>) -> Result<(Option<&st
     Ok((cursor.filter(|c| !c.is_empty()), limit))
 }
 
+/// A query parameter that was given and is not empty (`?model=` means no filter).
+pub fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
 /// Body of the health endpoints.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HealthBody {

@@ -5,7 +5,7 @@
 //! no known kind, or is too large is refused with its reason and the rest of the batch is
 //! stored, so one bad record cannot make a device drop the good ones around it.
 
-use super::page_args;
+use super::{given, page_args};
 use crate::auth::{SignedDevice, Viewer};
 use crate::db::results::{ResultFilter, ResultRow};
 use crate::error::ApiError;
@@ -137,10 +137,6 @@ pub struct ResultQuery {
 }
 
 /// A filter's value; an empty one is no filter, as in the other listings.
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|s| !s.is_empty())
-}
-
 /// Exported records, oldest first.
 #[utoipa::path(get, path = "/v1/results", tag = "results", params(ResultQuery), security(("bearer" = [])),
     responses(
