@@ -19,6 +19,7 @@ mod http_bench;
 mod keys;
 mod model;
 mod pack;
+mod reference;
 mod server;
 mod sim;
 mod tuf;

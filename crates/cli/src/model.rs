@@ -23,6 +23,8 @@ pub enum ModelCommand {
     BenchExport(BenchExportArgs),
     /// Build a model package (`.opkg` or directory) from an ONNX file.
     Pack(pack::PackArgs),
+    /// Compute a package's drift reference statistics from sample requests.
+    Reference(crate::reference::ReferenceArgs),
     /// Train the demo vibration anomaly model and write its package.
     TrainDemo(TrainDemoArgs),
     /// Upload a package to the server's registry (name, version and task from its manifest).
@@ -153,6 +155,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
             None => crate::bandwidth_bench::run(a.requests, &a.mqtt, a.zstd_batches),
         },
         ModelCommand::Pack(a) => pack::run(a),
+        ModelCommand::Reference(a) => crate::reference::run(a),
         ModelCommand::TrainDemo(a) => train_demo(a),
         ModelCommand::Publish(a) => crate::fleet::models::publish(a),
         ModelCommand::List(a) => crate::fleet::models::list(a),

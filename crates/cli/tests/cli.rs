@@ -4,6 +4,8 @@ use std::process::Command;
 
 #[path = "cli/pack.rs"]
 mod pack;
+#[path = "cli/reference.rs"]
+mod reference;
 
 fn outpost(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_outpost")).args(args).output().expect("binary runs");

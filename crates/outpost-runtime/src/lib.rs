@@ -24,6 +24,7 @@ pub mod package;
 pub mod pipeline;
 pub mod pool;
 pub mod record;
+pub mod reference;
 pub mod rewrite;
 pub mod selftest;
 pub mod shapes;

@@ -90,6 +90,11 @@ impl Package {
         Ok(Package { path: PathBuf::from("<memory>"), manifest, files: files.into_iter().collect() })
     }
 
+    /// The same files under `manifest` (their hashes filled in again), checked as a whole.
+    pub fn with_manifest(self, manifest: Manifest) -> Result<Package, RuntimeError> {
+        Package::from_parts(manifest, self.files.into_iter().collect())
+    }
+
     /// Contents of a listed file.
     pub fn file(&self, name: &str) -> Option<&[u8]> {
         self.files.get(name).map(Vec::as_slice)

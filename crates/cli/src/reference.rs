@@ -1,0 +1,168 @@
+//! `outpost model reference`: the `[reference]` statistics a package's drift monitor compares
+//! live requests with, computed from sample requests run through the package itself.
+//!
+//! A sample is what a client sends the agent: an OIP v2 infer body, or what the package's
+//! `[pre]` pipeline takes on `predict` (an image, a WAV clip, a sensor JSON body). Each is
+//! turned into model inputs and run exactly as the agent would, so the statistics describe
+//! the tensors the device will see, outputs included.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use outpost_agent::http::codec;
+use outpost_runtime::model::MemoryBudget;
+use outpost_runtime::pipeline::preprocess;
+use outpost_runtime::reference::ReferenceBuilder;
+use outpost_runtime::{LoadOptions, LoadedModel, Package, Tensor};
+use std::path::PathBuf;
+
+/// Below this many requests the reference is coarse: say so.
+const FEW_SAMPLES: u64 = 100;
+
+/// Flags of `outpost model reference`.
+#[derive(Debug, Args)]
+pub struct ReferenceArgs {
+    /// The package (`.opkg` or directory).
+    package: PathBuf,
+    /// Sample requests: files, or directories of them (not recursed). A `.jsonl` file holds one
+    /// request per line. A request is an OIP v2 infer body (`{"inputs": [...]}`) or what the
+    /// package's `[pre]` pipeline takes on `predict`: an image, a WAV clip, a sensor JSON body.
+    #[arg(long = "samples", required = true)]
+    samples: Vec<PathBuf>,
+    /// Where to write the package; by default a `.opkg` is replaced (atomically). A directory
+    /// package needs a new path.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Path of libonnxruntime.so (for packages that run only on onnxruntime).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_library: Option<PathBuf>,
+}
+
+/// Runs `outpost model reference`.
+pub fn run(a: ReferenceArgs) -> Result<()> {
+    let pkg = Package::open(&a.package).with_context(|| format!("opening {}", a.package.display()))?;
+    let out = a.out.clone().unwrap_or_else(|| a.package.clone());
+    let to_dir = out.extension().is_none_or(|e| e != "opkg");
+    if to_dir && out.exists() {
+        bail!("{} exists: a directory package is never overwritten, give --out NEW_DIR or a .opkg path", out.display());
+    }
+    let opts = LoadOptions { run_selftest: false, ort_library: a.ort_library.clone(), ..LoadOptions::default() };
+    let model = LoadedModel::load(&pkg, &opts, &MemoryBudget::new(u64::MAX))
+        .with_context(|| format!("loading {}", a.package.display()))?;
+    let mut builder = ReferenceBuilder::new();
+    let (mut requests, mut items) = (0u64, 0u64);
+    for (label, body) in samples(&a.samples)? {
+        for inputs in model_inputs(&pkg, &model, &body).with_context(|| label.clone())? {
+            let done = model.infer_blocking(inputs.clone()).with_context(|| label.clone())?;
+            let outputs = done.result.with_context(|| label.clone())?;
+            let ins: Vec<(&str, &Tensor)> = model.inputs().iter().map(|s| s.name.as_str()).zip(&inputs).collect();
+            let outs: Vec<(&str, &Tensor)> = model.outputs().iter().map(|s| s.name.as_str()).zip(&outputs).collect();
+            builder.add(&ins, &outs).with_context(|| label.clone())?;
+            items += 1;
+        }
+        requests += 1;
+    }
+    if items == 0 {
+        bail!("no sample requests found in {}", list(&a.samples));
+    }
+    let reference = builder.finish();
+    let mut manifest = pkg.manifest.clone();
+    let described: Vec<String> = [("input", &reference.inputs), ("output", &reference.outputs)]
+        .iter()
+        .flat_map(|(kind, m)| {
+            m.iter().map(move |(name, s)| match s.axis {
+                Some(axis) => format!("{kind} {name}: {} channels along axis {axis}", s.mean.len()),
+                None => format!("{kind} {name}: all values pooled"),
+            })
+        })
+        .collect();
+    manifest.reference = Some(reference);
+    let pkg = pkg.with_manifest(manifest)?;
+    if to_dir {
+        pkg.write_dir(&out)?;
+    } else {
+        pkg.write_opkg(&out)?;
+    }
+    println!("{}: reference statistics from {requests} requests ({items} model runs)", out.display());
+    for d in described {
+        println!("  {d}");
+    }
+    if items < FEW_SAMPLES {
+        eprintln!(
+            "  only {items} model runs: a reference this small is coarse; a few hundred or more \
+             requests like the device's make drift scores mean more"
+        );
+    }
+    Ok(())
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Every sample request with a label naming where it came from (`file` or `file:line`).
+fn samples(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).with_context(|| format!("--samples {}", p.display()))?;
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("listing {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file() && !f.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        if f.extension().is_some_and(|e| e == "jsonl" || e == "ndjson") {
+            for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                    out.push((format!("{}:{}", f.display(), i + 1), line.to_vec()));
+                }
+            }
+        } else {
+            out.push((f.display().to_string(), bytes));
+        }
+    }
+    Ok(out)
+}
+
+/// The model inputs of one request: an OIP body decoded, or raw data through `[pre]`.
+fn model_inputs(pkg: &Package, model: &LoadedModel, body: &[u8]) -> Result<Vec<Vec<Tensor>>> {
+    if is_oip(body) {
+        let parsed = codec::parse_request(body, None).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let inputs = codec::decode_inputs(&parsed, model.inputs()).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        return Ok(vec![inputs]);
+    }
+    let Some(pre) = &pkg.manifest.pre else {
+        bail!("not an OIP v2 infer request ({{\"inputs\": [...]}}), and the package has no [pre] pipeline to make inputs of it");
+    };
+    let prepared = preprocess(pre, body)?;
+    Ok(prepared.items.into_iter().map(|(t, _)| vec![t]).collect())
+}
+
+/// Whether `body` is a JSON object with an `inputs` array (an OIP v2 infer request).
+fn is_oip(body: &[u8]) -> bool {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v.get("inputs").is_some_and(|i| i.is_array()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oip_bodies_are_told_from_pipeline_bodies() {
+        assert!(is_oip(br#" {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}"#));
+        assert!(!is_oip(br#"{"channels": [[1, 2], [3, 4]]}"#));
+        assert!(!is_oip(br#"{"inputs": "x"}"#));
+        assert!(!is_oip(b"\x89PNG\r\n"));
+    }
+}
