@@ -12,6 +12,7 @@
 //! score is its worst feature's PSI. A window closes after `window_samples` requests, or after
 //! `window_secs` once it has `min_samples`; whoever polls takes the closed windows.
 
+use crate::tensor::{visit_numeric, AsF64, NumericVisitor};
 use crate::Tensor;
 use outpost_proto::fleet::drift::{
     normals, score_bucket, DriftReport, DriftStatus, FeatureDrift, DEFAULT_ALERT_PSI, DEFAULT_WARN_PSI, SCORE_BUCKETS,
@@ -353,39 +354,29 @@ fn sample_tensor(t: &Tensor, f: &Feature, max: usize, acc: &mut Acc) {
     let total = runs * inner;
     // The tensor's budget is shared by its channels (each channel is a feature of its own).
     let stride = total.div_ceil((max / channels).max(1)).max(1);
-    let edges = &f.reference.edges;
-    macro_rules! walk {
-        ($t:ty, $conv:expr) => {{
-            let Ok(data) = crate::tensor::values::<$t>(t) else { return };
+    struct Strided<'a> {
+        total: usize,
+        stride: usize,
+        inner: usize,
+        channels: usize,
+        channel: usize,
+        edges: &'a [f64],
+        acc: &'a mut Acc,
+    }
+    impl NumericVisitor for Strided<'_> {
+        type Out = ();
+        fn visit<T: AsF64>(self, data: &[T]) {
             let mut k = 0usize;
-            while k < total {
-                let (run, at) = (k / inner, k % inner);
-                let i = (run * channels + channel) * inner + at;
-                if let Some(v) = data.get(i) {
-                    acc.add($conv(*v), edges);
+            while k < self.total {
+                let (run, at) = (k / self.inner, k % self.inner);
+                if let Some(v) = data.get((run * self.channels + self.channel) * self.inner + at) {
+                    self.acc.add(v.as_f64(), self.edges);
                 }
-                k += stride;
+                k += self.stride;
             }
-        }};
-    }
-    match t.datum_type() {
-        DatumType::F32 => walk!(f32, f64::from),
-        DatumType::F64 => walk!(f64, |v: f64| v),
-        DatumType::F16 => {
-            walk!(tract_onnx::tract_core::internal::f16, |v: tract_onnx::tract_core::internal::f16| f64::from(
-                v.to_f32()
-            ))
         }
-        DatumType::U8 => walk!(u8, f64::from),
-        DatumType::I8 => walk!(i8, f64::from),
-        DatumType::U16 => walk!(u16, f64::from),
-        DatumType::I16 => walk!(i16, f64::from),
-        DatumType::I32 => walk!(i32, f64::from),
-        DatumType::U32 => walk!(u32, f64::from),
-        DatumType::I64 => walk!(i64, |v: i64| v as f64),
-        DatumType::U64 => walk!(u64, |v: u64| v as f64),
-        _ => {}
     }
+    visit_numeric(t, Strided { total, stride, inner, channels, channel, edges: &f.reference.edges, acc });
 }
 
 /// The request's primary score: the largest value of the first output's first row (the top

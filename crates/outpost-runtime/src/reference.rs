@@ -10,10 +10,10 @@
 
 use crate::drift::QUANTILE_LEVELS;
 use crate::error::RuntimeError;
+use crate::tensor::{visit_numeric, AsF64, NumericVisitor};
 use crate::Tensor;
 use outpost_proto::manifest::{ReferenceStats, TensorStats};
 use std::collections::BTreeMap;
-use tract_onnx::prelude::DatumType;
 
 /// Channel counts above this are pooled into one feature.
 pub const MAX_CHANNELS: usize = 64;
@@ -198,31 +198,16 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// Calls `f(index, value)` for every element of a numeric tensor; other types have none.
 fn for_each_value(t: &Tensor, f: &mut dyn FnMut(usize, f64)) {
-    macro_rules! walk {
-        ($t:ty, $conv:expr) => {{
-            if let Ok(data) = crate::tensor::values::<$t>(t) {
-                for (i, v) in data.iter().enumerate() {
-                    f(i, $conv(*v));
-                }
+    struct Each<'a>(&'a mut dyn FnMut(usize, f64));
+    impl NumericVisitor for Each<'_> {
+        type Out = ();
+        fn visit<T: AsF64>(self, data: &[T]) {
+            for (i, v) in data.iter().enumerate() {
+                (self.0)(i, v.as_f64());
             }
-        }};
+        }
     }
-    use tract_onnx::tract_core::internal::f16;
-    match t.datum_type() {
-        DatumType::F32 => walk!(f32, f64::from),
-        DatumType::F64 => walk!(f64, |v: f64| v),
-        DatumType::F16 => walk!(f16, |v: f16| f64::from(v.to_f32())),
-        DatumType::U8 => walk!(u8, f64::from),
-        DatumType::I8 => walk!(i8, f64::from),
-        DatumType::U16 => walk!(u16, f64::from),
-        DatumType::I16 => walk!(i16, f64::from),
-        DatumType::I32 => walk!(i32, f64::from),
-        DatumType::U32 => walk!(u32, f64::from),
-        DatumType::I64 => walk!(i64, |v: i64| v as f64),
-        DatumType::U64 => walk!(u64, |v: u64| v as f64),
-        DatumType::Bool => walk!(bool, |v: bool| f64::from(u8::from(v))),
-        _ => {}
-    }
+    visit_numeric(t, Each(f));
 }
 
 #[cfg(test)]

@@ -210,6 +210,59 @@ pub fn values<T: Datum>(t: &Tensor) -> TractResult<&[T]> {
     t.try_as_plain_ram()?.as_slice::<T>()
 }
 
+/// A numeric element read as `f64`.
+pub trait AsF64: Datum + Copy {
+    /// The value as `f64` (64-bit integers round above 2^53).
+    fn as_f64(self) -> f64;
+}
+
+macro_rules! as_f64 {
+    ($($t:ty => $conv:expr),* $(,)?) => {$(
+        impl AsF64 for $t {
+            fn as_f64(self) -> f64 {
+                ($conv)(self)
+            }
+        }
+    )*};
+}
+
+as_f64! {
+    f32 => f64::from, f64 => |v: f64| v, f16 => |v: f16| f64::from(v.to_f32()),
+    u8 => f64::from, i8 => f64::from, u16 => f64::from, i16 => f64::from,
+    u32 => f64::from, i32 => f64::from, u64 => |v: u64| v as f64, i64 => |v: i64| v as f64,
+}
+
+/// What a caller does with a numeric tensor's elements, whatever their type: one generic
+/// method, so each element type gets its own monomorphised loop (no call per element).
+pub trait NumericVisitor {
+    /// What the visit returns.
+    type Out;
+    /// Visits the elements.
+    fn visit<T: AsF64>(self, data: &[T]) -> Self::Out;
+}
+
+/// Runs `v` over the elements of a numeric tensor; `None` for other types (booleans and
+/// strings carry no distribution a mean or a drift score means anything for).
+pub fn visit_numeric<V: NumericVisitor>(t: &Tensor, v: V) -> Option<V::Out> {
+    fn go<T: AsF64, V: NumericVisitor>(t: &Tensor, v: V) -> Option<V::Out> {
+        values::<T>(t).ok().map(|d| v.visit(d))
+    }
+    match t.datum_type() {
+        DatumType::F32 => go::<f32, V>(t, v),
+        DatumType::F64 => go::<f64, V>(t, v),
+        DatumType::F16 => go::<f16, V>(t, v),
+        DatumType::U8 => go::<u8, V>(t, v),
+        DatumType::I8 => go::<i8, V>(t, v),
+        DatumType::U16 => go::<u16, V>(t, v),
+        DatumType::I16 => go::<i16, V>(t, v),
+        DatumType::U32 => go::<u32, V>(t, v),
+        DatumType::I32 => go::<i32, V>(t, v),
+        DatumType::U64 => go::<u64, V>(t, v),
+        DatumType::I64 => go::<i64, V>(t, v),
+        _ => None,
+    }
+}
+
 fn internal(reason: String) -> RuntimeError {
     RuntimeError::Inference { model: String::new(), reason }
 }
