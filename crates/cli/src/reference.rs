@@ -13,6 +13,7 @@ use outpost_runtime::model::MemoryBudget;
 use outpost_runtime::pipeline::preprocess;
 use outpost_runtime::reference::ReferenceBuilder;
 use outpost_runtime::{LoadOptions, LoadedModel, Package, Tensor};
+use std::io::BufRead;
 use std::path::PathBuf;
 
 /// Below this many requests the reference is coarse: say so.
@@ -50,17 +51,18 @@ pub fn run(a: ReferenceArgs) -> Result<()> {
         .with_context(|| format!("loading {}", a.package.display()))?;
     let mut builder = ReferenceBuilder::new();
     let (mut requests, mut items) = (0u64, 0u64);
-    for (label, body) in samples(&a.samples)? {
-        for inputs in model_inputs(&pkg, &model, &body).with_context(|| label.clone())? {
-            let done = model.infer_blocking(inputs.clone()).with_context(|| label.clone())?;
-            let outputs = done.result.with_context(|| label.clone())?;
+    for_each_sample(&a.samples, |label, body| {
+        for inputs in model_inputs(&pkg, &model, body).with_context(|| label.to_string())? {
+            let done = model.infer_blocking(inputs.clone()).with_context(|| label.to_string())?;
+            let outputs = done.result.with_context(|| label.to_string())?;
             let ins: Vec<(&str, &Tensor)> = model.inputs().iter().map(|s| s.name.as_str()).zip(&inputs).collect();
             let outs: Vec<(&str, &Tensor)> = model.outputs().iter().map(|s| s.name.as_str()).zip(&outputs).collect();
-            builder.add(&ins, &outs).with_context(|| label.clone())?;
+            builder.add(&ins, &outs).with_context(|| label.to_string())?;
             items += 1;
         }
         requests += 1;
-    }
+        Ok(())
+    })?;
     if items == 0 {
         bail!("no sample requests found in {}", list(&a.samples));
     }
@@ -99,8 +101,9 @@ fn list(paths: &[PathBuf]) -> String {
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// Every sample request with a label naming where it came from (`file` or `file:line`).
-fn samples(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
+/// Calls `f` with every sample request, one at a time (a sample file may be larger than memory
+/// would like), and a label naming where it came from (`file` or `file:line`).
+fn for_each_sample(paths: &[PathBuf], mut f: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
     let mut files = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).with_context(|| format!("--samples {}", p.display()))?;
@@ -116,20 +119,25 @@ fn samples(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>> {
             files.push(p.clone());
         }
     }
-    let mut out = Vec::new();
-    for f in files {
-        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-        if f.extension().is_some_and(|e| e == "jsonl" || e == "ndjson") {
-            for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+    for file in files {
+        let reading = || format!("reading {}", file.display());
+        if file.extension().is_some_and(|e| e == "jsonl" || e == "ndjson") {
+            let mut lines = std::io::BufReader::new(std::fs::File::open(&file).with_context(reading)?);
+            let mut line = Vec::new();
+            for number in 1.. {
+                line.clear();
+                if lines.read_until(b'\n', &mut line).with_context(reading)? == 0 {
+                    break;
+                }
                 if line.iter().any(|b| !b.is_ascii_whitespace()) {
-                    out.push((format!("{}:{}", f.display(), i + 1), line.to_vec()));
+                    f(&format!("{}:{number}", file.display()), &line)?;
                 }
             }
         } else {
-            out.push((f.display().to_string(), bytes));
+            f(&file.display().to_string(), &std::fs::read(&file).with_context(reading)?)?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The model inputs of one request: an OIP body decoded, or raw data through `[pre]`.
