@@ -213,7 +213,22 @@ impl DemoFleet {
         let deadline = Instant::now() + within;
         while !self.agents.iter().all(|a| a.state.store.get(name).is_some_and(|m| m.version() == version)) {
             if Instant::now() > deadline {
-                bail!("the agents do not serve {name}@{version} after {} s", within.as_secs());
+                // What each serves, and why it refused the version if it did: a rollback's reason.
+                let seen: Vec<String> = self
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        let serving = a.state.store.get(name).map(|m| m.version().to_string());
+                        let blocked = a
+                            .state
+                            .store
+                            .blocked()
+                            .remove(name)
+                            .map(|b| format!(", refused {}: {}", b.version, b.reason));
+                        format!("{:?}{}", serving, blocked.unwrap_or_default())
+                    })
+                    .collect();
+                bail!("the agents do not serve {name}@{version} after {} s: {}", within.as_secs(), seen.join("; "));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -36,6 +36,6 @@ mod loading_tests;
 mod test_graphs;
 
 pub use error::RuntimeError;
-pub use model::{LoadOptions, LoadedModel};
+pub use model::{side_by_side, LoadOptions, LoadedModel};
 pub use package::Package;
 pub use tract_onnx::prelude::Tensor;

@@ -462,8 +462,37 @@ fn median_run(engine: &dyn Engine, input_shapes: &[IoSpec], ranges: &IndexRanges
             times.push(started.elapsed());
         }
     }
+    median(times)
+}
+
+fn median(mut times: Vec<Duration>) -> Option<Duration> {
     times.sort();
     times.get(times.len() / 2).copied()
+}
+
+/// Median single-run times of `a` and `b`, each on inputs generated for its own graph, run in
+/// alternation on fresh sessions (3 warm-up runs each, then `runs` each) so that whatever
+/// else loads the device weighs on both alike; `None` when either cannot run.
+///
+/// Request latencies of two versions are taken at different times, under different load; this
+/// is the comparison that tells a slower model from a busier device.
+pub fn side_by_side(a: &LoadedModel, b: &LoadedModel, runs: usize) -> Option<(Duration, Duration)> {
+    let ia = crate::bench::generate_inputs(&a.inputs, &a.index_ranges, 11).ok()?;
+    let ib = crate::bench::generate_inputs(&b.inputs, &b.index_ranges, 11).ok()?;
+    let (mut sa, mut sb) = (a.engine.session().ok()?, b.engine.session().ok()?);
+    let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for i in 0..runs + 3 {
+        // Alternating which goes first cancels a bias toward whichever runs on a warm cache.
+        for first in [i % 2 == 0, i % 2 == 1] {
+            let (session, inputs, times) = if first { (&mut sa, &ia, &mut ta) } else { (&mut sb, &ib, &mut tb) };
+            let started = Instant::now();
+            session.run(inputs.clone()).ok()?;
+            if i >= 3 {
+                times.push(started.elapsed());
+            }
+        }
+    }
+    Some((median(ta)?, median(tb)?))
 }
 
 /// Keeps the engine with the lower median latency on this device, and says what was measured.

@@ -5,13 +5,23 @@
 //! keeps restarting while it is on probation (a crash loop). A
 //! rolled-back version is blocked until the desired state names another version.
 //!
+//! The two request windows are taken at different times: a device that got busier during the
+//! update (a rollout fetching deltas, a neighbour process) shows a worse p99 under a version
+//! that is no slower. So a latency regression is confirmed before anything is rolled back: both
+//! versions run side by side, in alternation on the same load ([`outpost_runtime::side_by_side`]),
+//! and only a version that is also slower there goes back. One that is not is not judged on
+//! latency again in that probation (its error rate still is).
+//!
 //! What is on probation and what was rolled back is kept in `<data_dir>/probation.json`
 //! (written atomically), so a crash loop is seen across restarts and a rolled-back version stays
 //! blocked through them.
 
 use crate::metrics::{Metrics, ModelWindow};
-use crate::store::{Blocked, ModelStore};
+use crate::store::{Blocked, ModelSlot, ModelStore};
 use outpost_proto::fleet::device::{FailureKind, UpdateReport};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -31,6 +41,8 @@ pub const MIN_LATENCY_SAMPLES: usize = 100;
 pub const ERROR_RATE_FLOOR: f64 = 0.05;
 /// A new version fails when its error rate or p99 is more than this times the previous one's.
 pub const WORSE_FACTOR: f64 = 2.0;
+/// Measured runs of each version when a latency regression is checked side by side.
+pub const SIDE_BY_SIDE_RUNS: usize = 25;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Persisted {
@@ -55,6 +67,32 @@ struct Live {
     version: String,
     started: Instant,
     baseline: ModelWindow,
+    /// Side by side, this version was not slower than the previous one: latency is settled.
+    latency_cleared: bool,
+}
+
+/// A regression a version on probation shows against the one it replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Regression {
+    /// The error rate: the version goes back as it is.
+    Errors(String),
+    /// Request p99: checked side by side before the version goes back.
+    Latency(String),
+}
+
+impl Regression {
+    /// What was seen, in words.
+    pub fn reason(&self) -> &str {
+        match self {
+            Regression::Errors(r) | Regression::Latency(r) => r,
+        }
+    }
+}
+
+/// Whether the new version's side-by-side median (ms) confirms a latency regression against
+/// the previous one's: the same factor and millisecond of slack as for request p99s.
+pub fn slower_side_by_side(new_ms: f64, previous_ms: f64) -> bool {
+    new_ms > previous_ms * WORSE_FACTOR + 1.0
 }
 
 /// The probation of one agent's models.
@@ -68,6 +106,15 @@ pub struct Probation {
     live: Mutex<HashMap<String, Live>>,
     /// The model directory and what to keep of it once a version has passed.
     retention: Mutex<Option<(PathBuf, super::prune::Retention)>>,
+    latency_checks: Family<CheckLabels, Counter>,
+}
+
+/// Labels of the side-by-side latency checks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CheckLabels {
+    model: String,
+    /// `confirmed` (rolled back), `cleared` (the device was busier) or `unavailable`.
+    outcome: &'static str,
 }
 
 fn p99(samples: &[f64]) -> f64 {
@@ -83,26 +130,29 @@ fn error_rate(w: &ModelWindow) -> f64 {
     }
 }
 
-/// Why `now` (the new version's window) fails against `before` (the previous version's), if
-/// it does.
-pub fn verdict(before: &ModelWindow, now: &ModelWindow) -> Option<String> {
+/// How `now` (the new version's window) fails against `before` (the previous version's), if
+/// it does; latency only when `judge_latency`.
+pub fn verdict(before: &ModelWindow, now: &ModelWindow, judge_latency: bool) -> Option<Regression> {
     if now.requests < MIN_REQUESTS {
         return None;
     }
     let (was, is) = (error_rate(before), error_rate(now));
     if is > ERROR_RATE_FLOOR && is > was * WORSE_FACTOR {
-        return Some(format!(
+        return Some(Regression::Errors(format!(
             "error rate {:.1} % over {} requests, {:.1} % before the update",
             is * 100.0,
             now.requests,
             was * 100.0
-        ));
+        )));
     }
-    if before.latencies_ms.len() >= MIN_LATENCY_SAMPLES && now.latencies_ms.len() >= MIN_LATENCY_SAMPLES {
+    if judge_latency
+        && before.latencies_ms.len() >= MIN_LATENCY_SAMPLES
+        && now.latencies_ms.len() >= MIN_LATENCY_SAMPLES
+    {
         let (was, is) = (p99(&before.latencies_ms), p99(&now.latencies_ms));
         // A millisecond of slack: sub-millisecond models jitter by more than 2x.
         if is > was * WORSE_FACTOR + 1.0 {
-            return Some(format!("p99 latency {is:.2} ms, {was:.2} ms before the update"));
+            return Some(Regression::Latency(format!("p99 latency {is:.2} ms, {was:.2} ms before the update")));
         }
     }
     None
@@ -149,7 +199,13 @@ impl Probation {
             state: Mutex::new(state),
             live: Mutex::new(HashMap::new()),
             retention: Mutex::new(None),
+            latency_checks: Family::default(),
         };
+        me.metrics.register(
+            "probation_latency_checks",
+            "Latency regressions on probation checked side by side, by outcome",
+            me.latency_checks.clone(),
+        );
         me.save();
         Arc::new(me)
     }
@@ -200,7 +256,8 @@ impl Probation {
                     continue; // nothing was replaced: a first load, or a passed probation
                 }
                 let baseline = self.metrics.probe(&name).1.unwrap_or_default();
-                live.insert(name.clone(), Live { version: active.clone(), started: Instant::now(), baseline });
+                let l = Live { version: active.clone(), started: Instant::now(), baseline, latency_cleared: false };
+                live.insert(name.clone(), l);
                 if !resumed {
                     state.probation.insert(name.clone(), Entry { version: active.clone(), previous, restarts: 0 });
                     dirty = true;
@@ -209,7 +266,15 @@ impl Probation {
                 continue;
             }
             let Some(l) = live.get(&name).cloned() else { continue };
-            if let Some(reason) = verdict(&l.baseline, &self.metrics.probe(&name).0) {
+            // Not held through a side-by-side run: reports read it.
+            drop(live);
+            let reason = match verdict(&l.baseline, &self.metrics.probe(&name).0, !l.latency_cleared) {
+                Some(Regression::Errors(reason)) => Some(reason),
+                Some(Regression::Latency(seen)) => self.confirm_latency(&name, &slot, seen),
+                None => None,
+            };
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(reason) = reason {
                 live.remove(&name);
                 drop(live);
                 self.store.roll_back(&name, &l.version, &reason);
@@ -240,6 +305,39 @@ impl Probation {
             self.save();
         }
         rolled_back
+    }
+
+    /// Runs the version on probation and the one it replaced side by side after their request
+    /// p99s showed `seen`: the reason to roll back when the new one is slower there too (or
+    /// when they cannot be compared), `None` after clearing its latency for this probation.
+    fn confirm_latency(&self, name: &str, slot: &ModelSlot, seen: String) -> Option<String> {
+        let (Some(new), Some(old)) = (slot.active.as_ref(), slot.previous.as_ref()) else {
+            return Some(seen);
+        };
+        let count =
+            |outcome| self.latency_checks.get_or_create(&CheckLabels { model: name.to_string(), outcome }).inc();
+        let Some((n, o)) = outpost_runtime::side_by_side(new, old, SIDE_BY_SIDE_RUNS) else {
+            count("unavailable");
+            return Some(format!("{seen} (the two versions could not be run side by side to check)"));
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (n, o) = (ms(n), ms(o));
+        if slower_side_by_side(n, o) {
+            count("confirmed");
+            return Some(format!("{seen}; side by side {n:.2} ms against {o:.2} ms"));
+        }
+        count("cleared");
+        tracing::info!(
+            model = %name,
+            version = %new.version(),
+            %seen,
+            side_by_side_ms = %format!("{n:.2} against {o:.2}"),
+            "not rolled back: the device got busier, the version is no slower side by side; its latency is settled for this probation"
+        );
+        if let Some(l) = self.live.lock().unwrap_or_else(|p| p.into_inner()).get_mut(name) {
+            l.latency_cleared |= l.version == new.version();
+        }
+        None
     }
 
     /// Records a clean stop, so the next start is not counted toward a crash loop.
@@ -293,12 +391,31 @@ mod tests {
 
     #[test]
     fn verdicts_need_enough_requests_and_a_clear_regression() {
-        assert_eq!(verdict(&window(100, 0, 2.0), &window(10, 10, 2.0)), None, "too few requests to judge");
-        assert_eq!(verdict(&window(100, 0, 2.0), &window(100, 4, 2.0)), None, "4 % is under the floor");
-        assert!(verdict(&window(100, 0, 2.0), &window(100, 30, 2.0)).unwrap().contains("error rate 30.0 %"));
-        assert_eq!(verdict(&window(100, 20, 2.0), &window(100, 30, 2.0)), None, "not twice as bad as before");
-        assert!(verdict(&window(100, 0, 2.0), &window(100, 0, 9.0)).unwrap().contains("p99 latency 9.00 ms"));
-        assert_eq!(verdict(&window(100, 0, 0.2), &window(100, 0, 0.9)), None, "within the millisecond of slack");
-        assert_eq!(verdict(&window(5, 0, 2.0), &window(100, 0, 9.0)), None, "no latency baseline to compare with");
+        let v = |before, now| verdict(&before, &now, true);
+        let reason = |r: Option<Regression>| r.map(|r| r.reason().to_string()).unwrap_or_default();
+        assert_eq!(v(window(100, 0, 2.0), window(10, 10, 2.0)), None, "too few requests to judge");
+        assert_eq!(v(window(100, 0, 2.0), window(100, 4, 2.0)), None, "4 % is under the floor");
+        let errors = v(window(100, 0, 2.0), window(100, 30, 2.0));
+        assert!(matches!(errors, Some(Regression::Errors(_))) && reason(errors).contains("error rate 30.0 %"));
+        assert_eq!(v(window(100, 20, 2.0), window(100, 30, 2.0)), None, "not twice as bad as before");
+        let slow = v(window(100, 0, 2.0), window(100, 0, 9.0));
+        assert!(matches!(slow, Some(Regression::Latency(_))) && reason(slow).contains("p99 latency 9.00 ms"));
+        assert_eq!(v(window(100, 0, 0.2), window(100, 0, 0.9)), None, "within the millisecond of slack");
+        assert_eq!(v(window(5, 0, 2.0), window(100, 0, 9.0)), None, "no latency baseline to compare with");
+    }
+
+    #[test]
+    fn settled_latency_is_not_judged_again_but_errors_still_are() {
+        assert_eq!(verdict(&window(100, 0, 2.0), &window(100, 0, 9.0), false), None);
+        let errors = verdict(&window(100, 0, 2.0), &window(100, 30, 9.0), false);
+        assert!(matches!(errors, Some(Regression::Errors(_))), "{errors:?}");
+    }
+
+    #[test]
+    fn side_by_side_confirms_only_a_clear_slowdown() {
+        assert!(slower_side_by_side(9.0, 2.0));
+        assert!(!slower_side_by_side(4.5, 2.0), "within the factor and the slack");
+        assert!(!slower_side_by_side(2.1, 2.0));
+        assert!(!slower_side_by_side(1.3, 0.2), "a millisecond of slack");
     }
 }

@@ -457,7 +457,16 @@ fn next_wave(ctx: &mut Ctx<'_>, eligible: u64) {
         let reason = if ctx.r.spec.shadow {
             format!("every wave passed in shadow on {devices} devices; the candidate was never served")
         } else {
-            format!("every wave passed; {devices} devices updated; the version is now assigned to the selector")
+            // Waves pass at their success share, so the rest are named, not counted as updated.
+            let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
+            for m in ctx.members.values().filter(|m| m.state != DeviceRolloutState::Reverted) {
+                *by_state.entry(m.state.as_str()).or_default() += 1;
+            }
+            let updated = by_state.remove("updated").unwrap_or(0);
+            let rest: String = by_state.iter().map(|(s, n)| format!(", {n} {s}")).collect();
+            format!(
+                "every wave passed; {updated} of {devices} devices updated{rest}; the version is now assigned to the selector"
+            )
         };
         ctx.decide("rollout.complete", reason, serde_json::json!({"gates": gates, "devices": devices}));
     }
