@@ -6,6 +6,20 @@ use std::path::Path;
 
 use crate::error::{IoContext, Result};
 
+/// Bytes that writers may still use and total bytes of the file system holding `path` (`None`
+/// when it cannot be asked).
+pub fn disk_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let frsize = stat.f_frsize as u64;
+    Some(((stat.f_bavail as u64).saturating_mul(frsize), (stat.f_blocks as u64).saturating_mul(frsize)))
+}
+
 /// Makes a directory's entries (creations, renames, deletions) durable.
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir).ctx("open directory", dir)?.sync_all().ctx("fsync directory", dir)

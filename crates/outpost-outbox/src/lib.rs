@@ -32,7 +32,10 @@
 //! written and zeroed or stale blocks never pass for records. Overhead: 8 bytes per record.
 //!
 //! A segment is sealed (fsynced) and a new one started when the next frame would take it past
-//! [`OutboxConfig::segment_bytes`]; a record larger than that gets a segment of its own.
+//! [`OutboxConfig::segment_bytes`]; a record larger than that gets a segment of its own. On a
+//! disk too small for that size a new segment is sealed at an eighth of what the log could hold
+//! there (free space plus its own bytes; at least 64 KiB): only sealed segments are deleted
+//! once consumed, so an outbox that filled its disk still frees most of it by acking.
 //!
 //! # Ids and order
 //!
@@ -121,6 +124,7 @@ pub use cap::{DropCounters, Dropped};
 pub use config::{FsyncPolicy, OutboxConfig};
 pub use consumer::ConsumerName;
 pub use error::{OutboxError, Result};
+pub use fsutil::disk_space;
 pub use outbox::{Outbox, OutboxStats, PriorityStats};
 pub use record::{Priority, Record, RecordId};
 pub use recovery::{RecoveryEvent, RecoveryReport};

@@ -40,6 +40,23 @@ pub(crate) struct DroppedSegment {
     pub bytes: u64,
 }
 
+/// Smallest size [`segment_limit`] shrinks a segment to: a file per few records would cost more
+/// in directory syncs than it frees.
+pub(crate) const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+
+/// The size a new segment may grow to: the configured size, but at most an eighth of what this
+/// log could hold on its disk (the space still `available` plus the `own` bytes it holds).
+///
+/// Only sealed segments are deleted once consumed; an active segment that held most of a small
+/// disk would stay however much was acked, and a log that filled its disk could never free it.
+/// Sized this way, at least seven eighths of a full log are in sealed segments.
+pub(crate) fn segment_limit(configured: u64, available: Option<u64>, own: u64) -> u64 {
+    match available {
+        Some(free) => configured.min((free.saturating_add(own) / 8).max(MIN_SEGMENT_BYTES)),
+        None => configured,
+    }
+}
+
 /// The segments of one priority, oldest first; never empty.
 #[derive(Debug)]
 pub(crate) struct SegmentLog {
@@ -47,6 +64,9 @@ pub(crate) struct SegmentLog {
     dir: PathBuf,
     segments: VecDeque<Segment>,
     segment_bytes: u64,
+    /// The size at which the active segment is sealed: `segment_bytes`, or less on a small
+    /// disk (see [`segment_limit`]).
+    active_limit: u64,
     /// fsync appends (every policy but `Never`).
     sync: bool,
     poisoned: Option<OutboxError>,
@@ -133,8 +153,10 @@ impl SegmentLog {
         if segments.is_empty() {
             segments.push_back(Segment::create(&dir, priority, 0, false)?);
         }
+        let own: u64 = segments.iter().map(Segment::size).sum();
         Ok(SegmentLog {
             priority,
+            active_limit: segment_limit(segment_bytes, fsutil::disk_space(&dir).map(|d| d.0), own),
             dir,
             segments,
             segment_bytes,
@@ -210,7 +232,7 @@ impl SegmentLog {
 
     fn would_rotate(&self, frame: u64) -> bool {
         let active = self.active();
-        active.records() > 0 && active.size() + frame > self.segment_bytes
+        active.records() > 0 && active.size() + frame > self.active_limit
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -304,6 +326,8 @@ impl SegmentLog {
     fn rotate(&mut self) -> Result<()> {
         self.commit()?;
         let base = self.next_seq();
+        self.active_limit =
+            segment_limit(self.segment_bytes, fsutil::disk_space(&self.dir).map(|d| d.0), self.total_bytes());
         let seg = Segment::create(&self.dir, self.priority, base, self.skipped > 0)?;
         self.skipped = 0;
         self.segments.push_back(seg);
@@ -471,6 +495,15 @@ mod tests {
         let mut out = Vec::new();
         log.read(&mut Cursor::at(from), usize::MAX, usize::MAX, &mut out).unwrap();
         out.iter().map(|r| r.id.seq).collect()
+    }
+
+    #[test]
+    fn segments_shrink_to_an_eighth_of_a_small_disk_but_not_below_the_floor() {
+        assert_eq!(segment_limit(8 << 20, None, 0), 8 << 20, "no figure: the configured size");
+        assert_eq!(segment_limit(8 << 20, Some(1 << 40), 0), 8 << 20, "a large disk: the configured size");
+        assert_eq!(segment_limit(8 << 20, Some(3 << 20), 1 << 20), 512 << 10, "what the log holds counts as its own");
+        assert_eq!(segment_limit(8 << 20, Some(0), 0), MIN_SEGMENT_BYTES);
+        assert_eq!(segment_limit(300, Some(0), 0), 300, "never larger than configured");
     }
 
     #[test]

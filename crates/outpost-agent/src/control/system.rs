@@ -84,15 +84,7 @@ pub fn read_rss_bytes() -> u64 {
 
 /// Free and total bytes of the filesystem holding `path` (zeros when it cannot be asked).
 pub fn disk_space(path: &Path) -> (u64, u64) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return (0, 0) };
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is a valid C string.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return (0, 0);
-    }
-    let frsize = stat.f_frsize as u64;
-    (stat.f_bavail as u64 * frsize, stat.f_blocks as u64 * frsize)
+    outpost_outbox::disk_space(path).unwrap_or((0, 0))
 }
 
 /// Samples system resource use; CPU percent is measured between consecutive calls.

@@ -137,12 +137,25 @@ async fn concurrent_appends_on_a_filling_disk_get_ok_only_for_records_that_are_o
 /// consumed segments are deleted, and appends work again without anything else freeing space.
 #[test]
 fn an_outbox_that_filled_the_disk_frees_it_by_acking() {
-    let Some(disk) = SmallDisk::mount("256k") else {
+    fill_ack_and_append("256k", 16 * 1024);
+}
+
+#[test]
+fn segments_larger_than_the_disk_still_free_it_by_acking() {
+    // The export's default segments are 8 MiB; a whole 1 MiB disk would be one active segment,
+    // which acks never delete, if segments were not sized by the disk.
+    fill_ack_and_append("1m", 8 << 20);
+}
+
+/// Fills a tmpfs of `size` with an outbox of `segment_bytes` segments, fills the rest with a
+/// file, acks everything, and appends again.
+fn fill_ack_and_append(size: &str, segment_bytes: u64) {
+    let Some(disk) = SmallDisk::mount(size) else {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
         return;
     };
     let dir = disk.path().join("outbox");
-    let cfg = OutboxConfig { fsync: FsyncPolicy::Always, segment_bytes: 16 * 1024, max_total_bytes: 1 << 30 };
+    let cfg = OutboxConfig { fsync: FsyncPolicy::Always, segment_bytes, max_total_bytes: 1 << 30 };
     let c = name("sink");
     let mut ob = Outbox::open(&dir, cfg).unwrap();
     ob.add_consumer(&c).unwrap();
@@ -155,7 +168,7 @@ fn an_outbox_that_filled_the_disk_frees_it_by_acking() {
                 break;
             }
         }
-        assert!(acked < 1000, "the disk never filled");
+        assert!(acked < 10_000, "the disk never filled");
     }
     // Every byte the temp file of a position would need is taken.
     let mut filler = fs::File::create(disk.path().join("filler")).unwrap();
