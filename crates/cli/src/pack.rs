@@ -79,6 +79,10 @@ pub struct PackArgs {
     /// Path of libonnxruntime.so.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_library: Option<PathBuf>,
+    /// Sample requests whose statistics become the package's drift `[reference]`, as
+    /// `outpost model reference --samples` takes them (files, directories, `.jsonl`).
+    #[arg(long = "reference-samples")]
+    reference_samples: Vec<PathBuf>,
     /// Output: `NAME-VERSION.opkg` by default; a path without `.opkg` writes a directory.
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -149,6 +153,13 @@ pub fn run(a: PackArgs) -> Result<()> {
         };
     }
     let pkg = Package::from_parts(manifest, files)?;
+    let (pkg, reference) = if a.reference_samples.is_empty() {
+        (pkg, None)
+    } else {
+        let (pkg, summary) = crate::reference::attach(pkg, &a.reference_samples, a.ort_library.clone())
+            .context("computing the drift reference from --reference-samples")?;
+        (pkg, Some(summary))
+    };
     let m = &pkg.manifest;
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("{}-{}.opkg", m.model.name, m.model.version)));
     if out.extension().is_some_and(|e| e == "opkg") {
@@ -168,6 +179,9 @@ pub fn run(a: PackArgs) -> Result<()> {
         m.model.task,
         pkg.size_bytes()
     );
+    if let Some(summary) = reference {
+        summary.print(&out);
+    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use outpost_runtime::pipeline::preprocess;
 use outpost_runtime::reference::ReferenceBuilder;
 use outpost_runtime::{LoadOptions, LoadedModel, Package, Tensor};
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Below this many requests the reference is coarse: say so.
 const FEW_SAMPLES: u64 = 100;
@@ -46,12 +46,48 @@ pub fn run(a: ReferenceArgs) -> Result<()> {
     if to_dir && out.exists() {
         bail!("{} exists: a directory package is never overwritten, give --out NEW_DIR or a .opkg path", out.display());
     }
-    let opts = LoadOptions { run_selftest: false, ort_library: a.ort_library.clone(), ..LoadOptions::default() };
-    let model = LoadedModel::load(&pkg, &opts, &MemoryBudget::new(u64::MAX))
-        .with_context(|| format!("loading {}", a.package.display()))?;
+    let (pkg, summary) = attach(pkg, &a.samples, a.ort_library.clone())
+        .with_context(|| format!("computing the reference of {}", a.package.display()))?;
+    if to_dir {
+        pkg.write_dir(&out)?;
+    } else {
+        pkg.write_opkg(&out)?;
+    }
+    summary.print(&out);
+    Ok(())
+}
+
+/// What [`attach`] computed from, and what it describes.
+pub struct Summary {
+    requests: u64,
+    items: u64,
+    described: Vec<String>,
+}
+
+impl Summary {
+    /// Prints it under the package's path.
+    pub fn print(&self, out: &Path) {
+        println!("{}: reference statistics from {} requests ({} model runs)", out.display(), self.requests, self.items);
+        for d in &self.described {
+            println!("  {d}");
+        }
+        if self.items < FEW_SAMPLES {
+            eprintln!(
+                "  only {} model runs: a reference this small is coarse; a few hundred or more \
+                 requests like the device's make drift scores mean more",
+                self.items
+            );
+        }
+    }
+}
+
+/// `pkg` with the `[reference]` statistics of `samples` run through it (see the module docs).
+pub fn attach(pkg: Package, samples: &[PathBuf], ort_library: Option<PathBuf>) -> Result<(Package, Summary)> {
+    let opts = LoadOptions { run_selftest: false, ort_library, ..LoadOptions::default() };
+    let model = LoadedModel::load(&pkg, &opts, &MemoryBudget::new(u64::MAX)).context("loading the model")?;
     let mut builder = ReferenceBuilder::new();
     let (mut requests, mut items) = (0u64, 0u64);
-    for_each_sample(&a.samples, |label, body| {
+    for_each_sample(samples, |label, body| {
         for inputs in model_inputs(&pkg, &model, body).with_context(|| label.to_string())? {
             let done = model.infer_blocking(inputs.clone()).with_context(|| label.to_string())?;
             let outputs = done.result.with_context(|| label.to_string())?;
@@ -64,7 +100,7 @@ pub fn run(a: ReferenceArgs) -> Result<()> {
         Ok(())
     })?;
     if items == 0 {
-        bail!("no sample requests found in {}", list(&a.samples));
+        bail!("no sample requests found in {}", list(samples));
     }
     let reference = builder.finish();
     let mut manifest = pkg.manifest.clone();
@@ -78,23 +114,7 @@ pub fn run(a: ReferenceArgs) -> Result<()> {
         })
         .collect();
     manifest.reference = Some(reference);
-    let pkg = pkg.with_manifest(manifest)?;
-    if to_dir {
-        pkg.write_dir(&out)?;
-    } else {
-        pkg.write_opkg(&out)?;
-    }
-    println!("{}: reference statistics from {requests} requests ({items} model runs)", out.display());
-    for d in described {
-        println!("  {d}");
-    }
-    if items < FEW_SAMPLES {
-        eprintln!(
-            "  only {items} model runs: a reference this small is coarse; a few hundred or more \
-             requests like the device's make drift scores mean more"
-        );
-    }
-    Ok(())
+    Ok((pkg.with_manifest(manifest)?, Summary { requests, items, described }))
 }
 
 fn list(paths: &[PathBuf]) -> String {

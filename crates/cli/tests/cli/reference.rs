@@ -170,3 +170,44 @@ fn raw_sensor_bodies_go_through_the_pipeline_and_bad_samples_are_named() {
     let (ok, text) = outpost(&["model", "reference", as_dir.to_str().unwrap(), "--samples", bodies.to_str().unwrap()]);
     assert!(!ok && text.contains("never overwritten"), "{text}");
 }
+
+#[test]
+fn pack_takes_the_reference_samples_in_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let opkg = pack(dir.path(), None);
+    let mut rows = Stream(0x9e37_79b9_7f4a_7c15);
+    let lines: Vec<String> = (0..200).map(|_| oip(&rows.row(1.0))).collect();
+    let samples = dir.path().join("requests.jsonl");
+    std::fs::write(&samples, lines.join("\n")).unwrap();
+    let (ok, text) = outpost(&["model", "reference", opkg.to_str().unwrap(), "--samples", samples.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let two_steps = Package::open(&opkg).unwrap().manifest.reference.unwrap();
+
+    let onnx = dir.path().join("affine.onnx");
+    let one = dir.path().join("one-step.opkg");
+    let pack_with = |samples: &Path, out: &Path| {
+        outpost(&[
+            "model",
+            "pack",
+            onnx.to_str().unwrap(),
+            "--name",
+            "affine",
+            "--reference-samples",
+            samples.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let (ok, text) = pack_with(&samples, &one);
+    assert!(ok, "{text}");
+    assert!(text.contains("reference statistics from 200 requests (200 model runs)"), "{text}");
+    assert_eq!(Package::open(&one).unwrap().manifest.reference.unwrap(), two_steps, "the same statistics");
+
+    // A bad sample fails the pack, naming it, and writes no package.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{}\n{{\"inputs\": 7}}\n", lines[0])).unwrap();
+    let failed = dir.path().join("failed.opkg");
+    let (ok, text) = pack_with(&bad, &failed);
+    assert!(!ok && text.contains("bad.jsonl:2") && text.contains("--reference-samples"), "{text}");
+    assert!(!failed.exists());
+}
