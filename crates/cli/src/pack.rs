@@ -98,59 +98,9 @@ pub fn run(a: PackArgs) -> Result<()> {
                 .with_context(|| format!("merging {}", base.display()))?;
     }
     warn_pinned(&manifest, &a);
-    let rules = InputRules::from_manifest(&manifest);
-    let backends = match a.backend.as_str() {
-        "auto" | "fastest" => vec![BackendKind::Tract, BackendKind::Onnxruntime],
-        one => vec![one.parse::<BackendKind>().map_err(|e| anyhow::anyhow!("--backend: {e} (or auto, fastest)"))?],
-    };
-    let engine = EngineOptions {
-        model_name: manifest.model.name.clone(),
-        symbols: manifest.symbols.clone(),
-        threads: 1,
-        ort_library: a.ort_library.clone(),
-        input_shapes: rules.pinned(),
-        symbol_bounds: rules.upper_bounds(),
-        shape_plans: outpost_runtime::backend::DEFAULT_SHAPE_PLANS,
-    };
-    let cases = a.inputs.iter().map(|dir| real_case(dir, &manifest)).collect::<Result<Vec<_>>>()?;
     let mut files = vec![(MODEL_FILE.to_string(), onnx.clone())];
-    if a.selftest_cases > 0 || !cases.is_empty() {
-        let opts = RecordOptions {
-            backends,
-            engine,
-            rules,
-            cases,
-            generated_cases: a.selftest_cases,
-            atol: ATOL,
-            rtol: RTOL,
-            time_budget: Duration::from_millis(700),
-        };
-        let rec = record::record(&onnx, &opts).map_err(|e| anyhow::anyhow!("{e}{}", hint(&e.to_string(), &a)))?;
-        for t in &rec.trials {
-            match &t.outcome {
-                Ok(p50) => eprintln!("  {:<12} p50 {:.3} ms", t.backend.name(), p50.as_secs_f64() * 1e3),
-                Err(e) => eprintln!("  {:<12} cannot serve it: {e}", t.backend.name()),
-            }
-        }
-        if !rec.selftest.synthetic.is_empty() {
-            eprintln!(
-                "  self-test inputs are generated ({}): give real samples with --inputs DIR for a test that means more",
-                rec.selftest.synthetic.join(", ")
-            );
-        }
-        manifest.model.backend = match a.backend.as_str() {
-            "fastest" => choice(rec.preferred),
-            "auto" => BackendChoice::Auto,
-            _ => choice(backends_first(&a.backend)),
-        };
-        manifest.model.preferred = (manifest.model.backend == BackendChoice::Auto).then(|| choice(rec.preferred));
-        files.push((SELFTEST_FILE.to_string(), serde_json::to_vec(&rec.selftest)?));
-        manifest.selftest = Some(SelfTestRef { file: SELFTEST_FILE.into(), atol: ATOL, rtol: RTOL });
-    } else if a.backend != "auto" {
-        manifest.model.backend = match a.backend.as_str() {
-            "fastest" => bail!("--backend fastest measures the self-test runs; it needs --selftest-cases > 0"),
-            other => choice(backends_first(other)),
-        };
+    if let Some(selftest) = record_selftest(&a, &onnx, &mut manifest)? {
+        files.push((SELFTEST_FILE.to_string(), selftest));
     }
     let pkg = Package::from_parts(manifest, files)?;
     let (pkg, reference) = if a.reference_samples.is_empty() {
@@ -183,6 +133,67 @@ pub fn run(a: PackArgs) -> Result<()> {
         summary.print(&out);
     }
     Ok(())
+}
+
+/// Runs every backend asked for on the self-test inputs (real ones from `--inputs`, else
+/// generated), sets the manifest's backend choice and self-test entry, and returns the
+/// self-test file; `None` when no self-test was asked for.
+fn record_selftest(a: &PackArgs, onnx: &[u8], manifest: &mut Manifest) -> Result<Option<Vec<u8>>> {
+    let backends = match a.backend.as_str() {
+        "auto" | "fastest" => vec![BackendKind::Tract, BackendKind::Onnxruntime],
+        one => vec![one.parse::<BackendKind>().map_err(|e| anyhow::anyhow!("--backend: {e} (or auto, fastest)"))?],
+    };
+    let cases = a.inputs.iter().map(|dir| real_case(dir, manifest)).collect::<Result<Vec<_>>>()?;
+    if a.selftest_cases == 0 && cases.is_empty() {
+        if a.backend != "auto" {
+            manifest.model.backend = match a.backend.as_str() {
+                "fastest" => bail!("--backend fastest measures the self-test runs; it needs --selftest-cases > 0"),
+                other => choice(backends_first(other)),
+            };
+        }
+        return Ok(None);
+    }
+    let rules = InputRules::from_manifest(manifest);
+    let engine = EngineOptions {
+        model_name: manifest.model.name.clone(),
+        symbols: manifest.symbols.clone(),
+        threads: 1,
+        ort_library: a.ort_library.clone(),
+        input_shapes: rules.pinned(),
+        symbol_bounds: rules.upper_bounds(),
+        shape_plans: outpost_runtime::backend::DEFAULT_SHAPE_PLANS,
+    };
+    let opts = RecordOptions {
+        backends,
+        engine,
+        rules,
+        cases,
+        generated_cases: a.selftest_cases,
+        atol: ATOL,
+        rtol: RTOL,
+        time_budget: Duration::from_millis(700),
+    };
+    let rec = record::record(onnx, &opts).map_err(|e| anyhow::anyhow!("{e}{}", hint(&e.to_string(), a)))?;
+    for t in &rec.trials {
+        match &t.outcome {
+            Ok(p50) => eprintln!("  {:<12} p50 {:.3} ms", t.backend.name(), p50.as_secs_f64() * 1e3),
+            Err(e) => eprintln!("  {:<12} cannot serve it: {e}", t.backend.name()),
+        }
+    }
+    if !rec.selftest.synthetic.is_empty() {
+        eprintln!(
+            "  self-test inputs are generated ({}): give real samples with --inputs DIR for a test that means more",
+            rec.selftest.synthetic.join(", ")
+        );
+    }
+    manifest.model.backend = match a.backend.as_str() {
+        "fastest" => choice(rec.preferred),
+        "auto" => BackendChoice::Auto,
+        _ => choice(backends_first(&a.backend)),
+    };
+    manifest.model.preferred = (manifest.model.backend == BackendChoice::Auto).then(|| choice(rec.preferred));
+    manifest.selftest = Some(SelfTestRef { file: SELFTEST_FILE.into(), atol: ATOL, rtol: RTOL });
+    Ok(Some(serde_json::to_vec(&rec.selftest)?))
 }
 
 fn backends_first(name: &str) -> BackendKind {
