@@ -471,28 +471,44 @@ fn median(mut times: Vec<Duration>) -> Option<Duration> {
 }
 
 /// Median single-run times of `a` and `b`, each on inputs generated for its own graph, run in
-/// alternation on fresh sessions (3 warm-up runs each, then `runs` each) so that whatever
-/// else loads the device weighs on both alike; `None` when either cannot run.
+/// alternation (3 warm-up runs each, then `runs` each) so that whatever else loads the device
+/// weighs on both alike; `None` when either cannot run.
 ///
 /// Request latencies of two versions are taken at different times, under different load; this
-/// is the comparison that tells a slower model from a busier device.
+/// is the comparison that tells a slower model from a busier device. The runs go through each
+/// model's own session pool (no extra session, so no memory beyond the budget, and the
+/// intra-op threads it serves with) and count only the run, not the wait for a session; they
+/// are not recorded as requests or in the drift windows.
 pub fn side_by_side(a: &LoadedModel, b: &LoadedModel, runs: usize) -> Option<(Duration, Duration)> {
     let ia = crate::bench::generate_inputs(&a.inputs, &a.index_ranges, 11).ok()?;
     let ib = crate::bench::generate_inputs(&b.inputs, &b.index_ranges, 11).ok()?;
-    let (mut sa, mut sb) = (a.engine.session().ok()?, b.engine.session().ok()?);
     let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for i in 0..runs + 3 {
         // Alternating which goes first cancels a bias toward whichever runs on a warm cache.
         for first in [i % 2 == 0, i % 2 == 1] {
-            let (session, inputs, times) = if first { (&mut sa, &ia, &mut ta) } else { (&mut sb, &ib, &mut tb) };
-            let started = Instant::now();
-            session.run(inputs.clone()).ok()?;
+            let (model, inputs, times) = if first { (a, &ia, &mut ta) } else { (b, &ib, &mut tb) };
+            let run = model.timed_run(inputs)?;
             if i >= 3 {
-                times.push(started.elapsed());
+                times.push(run);
             }
         }
     }
     Some((median(ta)?, median(tb)?))
+}
+
+impl LoadedModel {
+    /// Time one run of `inputs` takes on a session of the pool, waiting (a bounded while) for a
+    /// place in a full queue; `None` when it fails or never finds one.
+    fn timed_run(&self, inputs: &[Tensor]) -> Option<Duration> {
+        for _ in 0..200 {
+            match self.pool.run_blocking(inputs.to_vec()) {
+                Ok(done) => return done.result.ok().map(|_| done.run),
+                Err(RuntimeError::QueueFull { .. }) => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) => return None,
+            }
+        }
+        None
+    }
 }
 
 /// Keeps the engine with the lower median latency on this device, and says what was measured.
