@@ -32,6 +32,7 @@ pub mod results;
 pub mod rollouts;
 mod select;
 mod sql;
+mod stats_cursor;
 mod summary;
 mod tokens;
 
@@ -41,6 +42,7 @@ pub use nonces::NonceRow;
 pub use pools::DbOptions;
 pub(crate) use reports::failure_name;
 pub use rollouts::Reader;
+pub use stats_cursor::{StatsCursor, LATE_COMMIT_MS};
 pub use tokens::{is_blank, RevokeOutcome};
 
 use outpost_proto::fleet::api::{Command, DeviceStatus};

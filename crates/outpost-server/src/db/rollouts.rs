@@ -10,7 +10,6 @@ use super::sql::Sql;
 use super::{Db, DbError};
 use crate::desired::RolloutTarget;
 use crate::rollout::engine::{Member, Mode, RolloutRecord, Step, WaveRecord};
-use crate::rollout::gates::StatRow;
 use outpost_proto::fleet::device::FailureKind;
 use outpost_proto::fleet::rollout::{CreateRollout, DeviceRolloutState, RolloutState};
 use outpost_proto::fleet::Selector;
@@ -309,50 +308,6 @@ impl Db {
         q.bind(owner);
         q.query().execute(self.engine_pool()).await?;
         Ok(())
-    }
-
-    /// Per-version windows of `model` stored after row `after_id`, oldest first, with their ids.
-    pub async fn version_stats_since(
-        &self,
-        model: &str,
-        after_id: i64,
-        not_before_ms: i64,
-    ) -> Result<Vec<(i64, String, StatRow)>, DbError> {
-        let mut q = Sql::new(
-            "SELECT id, device_id, version, shadow, received_ms, requests, errors, latency, agreement, \
-             drift_windows, drift_alerts, drift_score FROM version_stats WHERE model = ",
-        );
-        q.bind(model).push(" AND id > ").bind(after_id);
-        // After the first read, the id alone bounds the rows (a range of the primary key): with
-        // the time bound as well, PostgreSQL walked (model, received_ms) over the whole window,
-        // 600,000 entries at 10,000 devices, to return the few new rows.
-        if after_id == 0 {
-            q.push(" AND received_ms >= ").bind(not_before_ms);
-        }
-        q.push(" ORDER BY id");
-        let rows = q.query().fetch_all(self.engine_pool()).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let latency: String = row.try_get("latency")?;
-            out.push((
-                row.try_get("id")?,
-                row.try_get("device_id")?,
-                StatRow {
-                    id: row.try_get("id")?,
-                    received_ms: row.try_get("received_ms")?,
-                    version: row.try_get("version")?,
-                    shadow: row.try_get::<i64, _>("shadow")? == 1,
-                    requests: u64::try_from(row.try_get::<i64, _>("requests")?).unwrap_or(0),
-                    errors: u64::try_from(row.try_get::<i64, _>("errors")?).unwrap_or(0),
-                    latency: serde_json::from_str(&latency).unwrap_or_default(),
-                    agreement: row.try_get("agreement")?,
-                    drift_windows: u64::try_from(row.try_get::<i64, _>("drift_windows")?).unwrap_or(0),
-                    drift_alerts: u64::try_from(row.try_get::<i64, _>("drift_alerts")?).unwrap_or(0),
-                    drift_score: row.try_get("drift_score")?,
-                },
-            ));
-        }
-        Ok(out)
     }
 
     /// Stores an engine step if `owner` still holds the lease and nobody changed the rollout

@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 /// Per-version windows of one model held in memory, read incrementally.
 #[derive(Debug, Default)]
 struct StatsCache {
-    last_id: i64,
+    cursor: crate::db::StatsCursor,
     by_device: HashMap<String, Vec<StatRow>>,
     /// The newest rows, for the memos of gate sums.
     log: RowLog,
@@ -167,10 +167,9 @@ impl Driver {
         let model = stored.record.spec.model.to_string();
         let keep_from = now.saturating_sub(window_ms(&stored.record, &self.cfg));
         let cache = caches.entry(model.clone()).or_default();
-        let rows = self.db.version_stats_since(&model, cache.last_id, keep_from).await?;
-        for (id, device, row) in rows {
-            cache.last_id = cache.last_id.max(id);
-            cache.log.push(id, &device);
+        let rows = self.db.version_stats_next(&mut cache.cursor, &model, keep_from, now).await?;
+        for (device, row) in rows {
+            cache.log.push(row.id, &device);
             cache.by_device.entry(device).or_default().push(row);
         }
         cache.by_device.retain(|_, rows| {

@@ -1,9 +1,10 @@
 //! What the rollout engine reads about the fleet is never wider than its selector says: a
 //! stored selector that no longer parses is an error (not "every device"), and a device whose
-//! override cannot be read is left out rather than updated.
+//! override cannot be read is left out rather than updated. Its gate windows are read once
+//! each, also when PostgreSQL commits them out of id order.
 
 use crate::fixtures::*;
-use outpost_server::db::Reader;
+use outpost_server::db::{Reader, StatsCursor};
 use outpost_server::rollout::engine::RolloutRecord;
 
 fn record(selector: &str) -> RolloutRecord {
@@ -123,5 +124,49 @@ async fn every_change_the_engine_reads_stamps_the_device_and_heartbeats_alone_do
             [("dev-00001".to_string(), NOW + 3_000)],
             "[{label}] a device that never reported has no time"
         );
+    }
+}
+
+/// One window row of `model`, as a report batch writes it.
+fn window_sql(model: &str, device: &str, requests: i64) -> String {
+    format!(
+        "INSERT INTO version_stats (device_id, model, version, shadow, received_ms, requests, errors, latency, \
+         agreement) VALUES ('{device}', '{model}', '2', 0, {NOW}, {requests}, 0, '[]', 0)"
+    )
+}
+
+#[tokio::test]
+async fn windows_committed_out_of_id_order_are_each_read_once() {
+    use sqlx::Connection;
+    for (label, url, db) in databases_with_urls().await {
+        let mut cursor = StatsCursor::default();
+        let read = |rows: Vec<(String, outpost_server::rollout::gates::StatRow)>| {
+            rows.into_iter().map(|(d, r)| (d, r.requests, r.id)).collect::<Vec<_>>()
+        };
+        raw(&url, &window_sql("m", "first", 1)).await;
+        let first = db.version_stats_next(&mut cursor, "m", NOW - 1000, NOW).await.unwrap();
+        assert_eq!(read(first), vec![("first".to_string(), 1, 1)], "[{label}]");
+        if label != "postgres" {
+            // SQLite's writers take turns: ids commit in order, nothing to race.
+            continue;
+        }
+        // A batch takes the next id and stays open while a later one commits.
+        sqlx::any::install_default_drivers();
+        let mut slow = <sqlx::AnyConnection as Connection>::connect(&url).await.unwrap();
+        let mut open = slow.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(window_sql("m", "slow", 2))).execute(&mut *open).await.unwrap();
+        raw(&url, &window_sql("m", "fast", 3)).await;
+        raw(&url, &window_sql("other", "fast", 9)).await;
+        let fast = db.version_stats_next(&mut cursor, "m", NOW - 1000, NOW + 1000).await.unwrap();
+        assert_eq!(read(fast), vec![("fast".to_string(), 3, 2)], "[{label}]");
+        open.commit().await.unwrap();
+        // `id > last` alone never returned it: its id is below the fast one's.
+        let late = db.version_stats_next(&mut cursor, "m", NOW - 1000, NOW + 2000).await.unwrap();
+        assert_eq!(read(late), vec![("slow".to_string(), 2, 3)], "[{label}] numbered in the order returned");
+        let again = db.version_stats_next(&mut cursor, "m", NOW - 1000, NOW + 3000).await.unwrap();
+        assert!(again.is_empty(), "[{label}] each row once: {:?}", read(again));
+        raw(&url, &window_sql("m", "next", 4)).await;
+        let next = db.version_stats_next(&mut cursor, "m", NOW - 1000, NOW + 4000).await.unwrap();
+        assert_eq!(read(next), vec![("next".to_string(), 4, 4)], "[{label}]");
     }
 }
