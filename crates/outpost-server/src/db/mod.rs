@@ -42,7 +42,7 @@ pub use nonces::NonceRow;
 pub use pools::DbOptions;
 pub(crate) use reports::failure_name;
 pub use rollouts::Reader;
-pub use stats_cursor::{StatsCursor, LATE_COMMIT_MS};
+pub use stats_cursor::StatsCursor;
 pub use tokens::{is_blank, RevokeOutcome};
 
 use outpost_proto::fleet::api::{Command, DeviceStatus};

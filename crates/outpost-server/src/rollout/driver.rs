@@ -167,7 +167,7 @@ impl Driver {
         let model = stored.record.spec.model.to_string();
         let keep_from = now.saturating_sub(window_ms(&stored.record, &self.cfg));
         let cache = caches.entry(model.clone()).or_default();
-        let rows = self.db.version_stats_next(&mut cache.cursor, &model, keep_from, now).await?;
+        let rows = self.db.version_stats_next(&mut cache.cursor, &model, keep_from).await?;
         for (device, row) in rows {
             cache.log.push(row.id, &device);
             cache.by_device.entry(device).or_default().push(row);

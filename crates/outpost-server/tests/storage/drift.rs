@@ -42,7 +42,7 @@ async fn drift_windows_keep_the_latest_per_device_and_model_and_since_when_it_al
         assert_eq!((entries[0].report.status, entries[0].alert_since_ms), (DriftStatus::Ok, None), "[{label}]");
         assert!(db.drift_entries(None, NOW + 10).await.unwrap().is_empty(), "[{label}] stale windows do not count");
         // The per-version windows carry the drift counts the rollout gates sum.
-        let stats = db.version_stats_next(&mut StatsCursor::default(), "bearing", 0, NOW).await.unwrap();
+        let stats = db.version_stats_next(&mut StatsCursor::default(), "bearing", 0).await.unwrap();
         let alerts: u64 = stats.iter().map(|(_, s)| s.drift_alerts).sum();
         let windows: u64 = stats.iter().map(|(_, s)| s.drift_windows).sum();
         assert_eq!((windows, alerts), (5, 2), "[{label}]");
