@@ -89,9 +89,10 @@ impl Regression {
     }
 }
 
-/// Whether the new version's side-by-side median (ms) confirms a latency regression against
-/// the previous one's: the same factor and millisecond of slack as for request p99s.
-pub fn slower_side_by_side(new_ms: f64, previous_ms: f64) -> bool {
+/// Whether a new version's latency (ms) is far worse than the previous one's: more than
+/// [`WORSE_FACTOR`] times it plus a millisecond (sub-millisecond models jitter by more than 2x).
+/// The one rule for request p99s and for side-by-side medians.
+pub fn clearly_slower(new_ms: f64, previous_ms: f64) -> bool {
     new_ms > previous_ms * WORSE_FACTOR + 1.0
 }
 
@@ -150,8 +151,7 @@ pub fn verdict(before: &ModelWindow, now: &ModelWindow, judge_latency: bool) -> 
         && now.latencies_ms.len() >= MIN_LATENCY_SAMPLES
     {
         let (was, is) = (p99(&before.latencies_ms), p99(&now.latencies_ms));
-        // A millisecond of slack: sub-millisecond models jitter by more than 2x.
-        if is > was * WORSE_FACTOR + 1.0 {
+        if clearly_slower(is, was) {
             return Some(Regression::Latency(format!("p99 latency {is:.2} ms, {was:.2} ms before the update")));
         }
     }
@@ -322,7 +322,7 @@ impl Probation {
         };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let (n, o) = (ms(n), ms(o));
-        if slower_side_by_side(n, o) {
+        if clearly_slower(n, o) {
             count("confirmed");
             return Some(format!("{seen}; side by side {n:.2} ms against {o:.2} ms"));
         }
@@ -413,9 +413,9 @@ mod tests {
 
     #[test]
     fn side_by_side_confirms_only_a_clear_slowdown() {
-        assert!(slower_side_by_side(9.0, 2.0));
-        assert!(!slower_side_by_side(4.5, 2.0), "within the factor and the slack");
-        assert!(!slower_side_by_side(2.1, 2.0));
-        assert!(!slower_side_by_side(1.3, 0.2), "a millisecond of slack");
+        assert!(clearly_slower(9.0, 2.0));
+        assert!(!clearly_slower(4.5, 2.0), "within the factor and the slack");
+        assert!(!clearly_slower(2.1, 2.0));
+        assert!(!clearly_slower(1.3, 0.2), "a millisecond of slack");
     }
 }
